@@ -1,0 +1,247 @@
+"""Choosing the array library and device.
+
+``get_backend(name, dtype)`` returns a :class:`Backend`: the array-api-compat namespace ``xp`` that the layers
+compute with, the device arrays live on, the floating dtype, and the few host <-> device conversions the training
+loop needs. Everything library-specific stays in this package; ``llm/`` only ever sees ``xp``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llm.errors import BackendUnavailableError, ConfigError
+
+from .ops import index_add, index_add_onehot
+
+__all__ = [
+    "Backend",
+    "get_backend",
+    "available_backends",
+    "BACKEND_ALIASES",
+    "index_add",
+    "index_add_onehot",
+]
+
+# User-facing names -> canonical backend names.
+BACKEND_ALIASES = {
+    "cpu": "numpy",
+    "numpy": "numpy",
+    "cuda": "cupy",
+    "cupy": "cupy",
+    "gpu": "cupy",
+    "strict": "strict",
+    "array_api_strict": "strict",
+    "torch": "torch",
+    "torch:cpu": "torch",
+    "torch:cuda": "torch:cuda",
+    "auto": "auto",
+}
+
+_DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One array library on one device, with one floating dtype for parameters and activations."""
+
+    name: str  # canonical: numpy, cupy, torch, torch:cuda, strict
+    xp: Any  # the array-api-compat namespace
+    device: Any
+    dtype: Any  # an xp floating dtype (xp.float32 or xp.float64)
+    dtype_name: str = "float32"
+    _sync: Any = field(default=None, repr=False, compare=False)
+    _to_host: Any = field(default=None, repr=False, compare=False)
+
+    # -- host -> device ---------------------------------------------------------------------------------------
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Move a host array (or list, or an array of this namespace) onto this backend's device.
+
+        Like ``xp.asarray`` it may share memory with `x` on CPU backends when no conversion is needed.
+
+        Floating data takes the backend dtype, integers become int64, booleans stay bool, unless `dtype` is given.
+        """
+        xp = self.xp
+        if dtype is None:
+            kind = _dtype_kind(x)
+            dtype = self.dtype if kind == "f" else xp.int64 if kind in "iu" else xp.bool if kind == "b" else None
+        if isinstance(x, (list, tuple, int, float, bool, np.generic)) or isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        return xp.asarray(x, dtype=dtype, device=self.device)
+
+    def normal(self, rng: np.random.Generator, shape: tuple[int, ...], std: float) -> Any:
+        """Draw N(0, std^2) on the host in float64 and move it here: one seed, the same weights on every backend."""
+        return self.asarray(rng.standard_normal(shape) * std)
+
+    @staticmethod
+    def rng(seed: int | None) -> np.random.Generator:
+        """The host random generator every random choice of the library is drawn from."""
+        return np.random.default_rng(seed)
+
+    # -- device -> host ---------------------------------------------------------------------------------------
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Copy an array of this backend to a NumPy array on the host."""
+        return self._to_host(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (a no-op on CPU backends); call before reading a timer."""
+        if self._sync is not None:
+            self._sync()
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.dtype_name}, device {self.device})"
+
+
+def _dtype_kind(x: Any) -> str:
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        return np.asarray(x).dtype.kind
+    try:
+        return np.dtype(dt).kind
+    except TypeError:
+        s = str(dt)
+        return "f" if "float" in s else "b" if "bool" in s else "i" if "int" in s else "?"
+
+
+def _tune_allocator() -> None:
+    """Keep glibc from handing freed activation buffers back to the OS every step (see shared PERF-NOTES).
+
+    Every array-API op allocates; without this, each training step page-faults its working set in again.
+    """
+    if getattr(_tune_allocator, "done", False):
+        return
+    _tune_allocator.done = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _numpy_to_host(a: Any) -> np.ndarray:
+    return np.asarray(a)
+
+
+def _dlpack_to_host(a: Any) -> np.ndarray:
+    return np.array(np.from_dlpack(a), copy=True)
+
+
+def _make_numpy(dtype: str) -> Backend:
+    import array_api_compat.numpy as xp
+
+    _tune_allocator()
+    return Backend("numpy", xp, "cpu", getattr(xp, dtype), dtype, None, _numpy_to_host)
+
+
+def _make_strict(dtype: str) -> Backend:
+    try:
+        import array_api_strict as xp
+    except ImportError:
+        raise BackendUnavailableError(
+            'backend "strict" needs array-api-strict: pip install array-api-strict (or pip install -e ".[test]")'
+        ) from None
+    _tune_allocator()
+    dev = xp.asarray(0.0).device
+    return Backend("strict", xp, dev, getattr(xp, dtype), dtype, None, _dlpack_to_host)
+
+
+def _make_cupy(dtype: str) -> Backend:
+    try:
+        import cupy
+        import array_api_compat.cupy as xp
+    except ImportError:
+        raise BackendUnavailableError(
+            'backend "cuda" needs CuPy: pip install -e ".[cuda]" (CUDA 12 driver) or ".[cuda13]" (CUDA 13 driver)'
+        ) from None
+    except Exception as exc:  # a broken CuPy install (mismatched CUDA libraries) fails at import
+        raise BackendUnavailableError(f'backend "cuda": CuPy failed to import ({_one_line(exc)}); reinstall the '
+                                      "cupy-cuda12x or cupy-cuda13x wheel that matches your driver") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise BackendUnavailableError(f'backend "cuda": no CUDA device visible ({_one_line(exc)}); '
+                                      "check nvidia-smi, or use --device cpu") from None
+    if count < 1:
+        raise BackendUnavailableError('backend "cuda": no CUDA device visible; check nvidia-smi, or use --device cpu')
+    try:
+        float(cupy.arange(4, dtype=cupy.float32).sum())  # compiles a kernel: catches missing NVRTC / driver issues
+    except Exception as exc:
+        raise BackendUnavailableError(f'backend "cuda": CuPy cannot run on this GPU ({_one_line(exc)}); '
+                                      "install the cupy wheel matching your CUDA driver") from None
+
+    def to_host(a: Any) -> np.ndarray:
+        return cupy.asnumpy(a)
+
+    def sync() -> None:
+        cupy.cuda.get_current_stream().synchronize()
+
+    return Backend("cupy", xp, cupy.cuda.Device(), getattr(xp, dtype), dtype, sync, to_host)
+
+
+def _make_torch(dtype: str, cuda: bool) -> Backend:
+    try:
+        import torch
+        import array_api_compat.torch as xp
+    except ImportError:
+        raise BackendUnavailableError(
+            'backend "torch" needs PyTorch: pip install -e ".[torch]" (CPU only: pip install torch==2.13.0)'
+        ) from None
+    if cuda and not torch.cuda.is_available():
+        raise BackendUnavailableError('backend "torch:cuda": no CUDA device visible to PyTorch; use --device torch')
+    _tune_allocator()
+    dev = torch.device("cuda" if cuda else "cpu")
+
+    def to_host(a: Any) -> np.ndarray:
+        return a.detach().cpu().numpy().copy()
+
+    sync = torch.cuda.synchronize if cuda else None
+    return Backend("torch:cuda" if cuda else "torch", xp, dev, getattr(xp, dtype), dtype, sync, to_host)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+@functools.lru_cache(maxsize=None)
+def get_backend(name: str = "auto", dtype: str = "float32") -> Backend:
+    """Return the backend called `name` (cpu/numpy, cuda/cupy, strict, torch, torch:cuda, auto) in `dtype`.
+
+    Raises ConfigError for an unknown name or dtype, BackendUnavailableError when the library or device is missing.
+    """
+    key = BACKEND_ALIASES.get(str(name).strip().lower())
+    if key is None:
+        raise ConfigError(f"unknown backend {name!r}: choose one of cpu, cuda, auto, torch, torch:cuda, strict")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}: choose float32 or float64")
+    if key == "numpy":
+        return _make_numpy(dtype)
+    if key == "strict":
+        return _make_strict(dtype)
+    if key == "cupy":
+        return _make_cupy(dtype)
+    if key in ("torch", "torch:cuda"):
+        return _make_torch(dtype, cuda=key == "torch:cuda")
+    try:  # auto: the GPU when one is usable, else NumPy
+        return _make_cupy(dtype)
+    except BackendUnavailableError:
+        return _make_numpy(dtype)
+
+
+def available_backends(dtype: str = "float32") -> dict[str, str | None]:
+    """Map each canonical backend name to None when usable here, else to the reason it is not."""
+    out: dict[str, str | None] = {}
+    for key in ("numpy", "strict", "torch", "cupy", "torch:cuda"):
+        try:
+            get_backend(key, dtype)
+            out[key] = None
+        except BackendUnavailableError as exc:
+            out[key] = str(exc)
+    return out

@@ -1,0 +1,48 @@
+"""The operations the array API standard lacks, one function each, with a portable fallback.
+
+The layers call these; the dispatch on the array library happens here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat as compat
+import array_api_extra as xpx
+
+
+def index_add_onehot(target: Any, index: Any, values: Any) -> None:
+    """Portable scatter-add: ``target[index[i]] += values[i]`` in place, repeated indices summed.
+
+    target: (N, C), index: (M,) integer, values: (M, C). Written as a one-hot matmul, so it needs only the standard.
+    """
+    xp = compat.array_namespace(target)
+    onehot = xpx.one_hot(index, target.shape[0], dtype=target.dtype, xp=xp)  # (M, N)
+    target += xp.matrix_transpose(onehot) @ values
+
+
+def index_add(target: Any, index: Any, values: Any) -> None:
+    """Scatter-add ``target[index[i]] += values[i]`` in place, with repeated indices accumulating.
+
+    target: (N, C), index: (M,) integer, values: (M, C). Uses each library's true scatter-add (``np.add.at``,
+    ``cupyx.scatter_add``, ``torch.Tensor.index_add_``); other namespaces get the one-hot matmul.
+    Note ``xpx.at(target, index).add(values)`` is not used: it does not accumulate duplicates.
+    """
+    if compat.is_numpy_array(target):
+        import numpy as np
+
+        n, c = target.shape
+        if target.flags.c_contiguous:
+            # np.add.at on the flat view is several times faster than on the 2-D table.
+            flat_idx = (np.asarray(index)[:, None] * c + np.arange(c)).reshape(-1)
+            np.add.at(target.reshape(-1), flat_idx, np.asarray(values).reshape(-1))
+        else:
+            np.add.at(target, np.asarray(index), values)
+    elif compat.is_torch_array(target):
+        target.index_add_(0, index, values)
+    elif compat.is_cupy_array(target):
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
+    else:
+        index_add_onehot(target, index, values)

@@ -1,0 +1,149 @@
+"""Corpus loading and validation (host side).
+
+A corpus file is a JSON array of strings, one training sequence each, every one ending in the end-of-sequence
+marker ``</s>``. Two corpora ship with the package (see :data:`BUILTIN_CORPORA`):
+
+* ``pretrain`` -- one factual sentence per entry, e.g. ``"Ice floats on water. </s>"``;
+* ``chat`` -- one dialogue per entry, ``"User: <question> Assistant: <answer> </s>"``.
+
+Every problem with a corpus file raises :class:`~llm.errors.DataError` with a one-line message that names the file,
+what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+from llm.errors import DataError, LLMWarning
+
+EOS_MARKER = "</s>"
+USER_TAG = "User:"
+ASSISTANT_TAG = "Assistant:"
+
+_CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+BUILTIN_CORPORA: dict[str, Path] = {
+    "pretrain": _CORPUS_DIR / "pretrain.json",
+    "chat": _CORPUS_DIR / "chat.json",
+}
+
+
+def _type_name(value: object) -> str:
+    """JSON-flavoured name of a decoded JSON value's type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise DataError(f"corpus file {str(path)!r} does not exist; check the path, or leave it out to use a built-in corpus")
+    if path.is_dir():
+        raise DataError(f"corpus path {str(path)!r} is a directory; pass the JSON file inside it instead")
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise DataError(f"cannot read corpus file {str(path)!r}: permission denied; fix its permissions (chmod +r)") from None
+    except OSError as exc:
+        raise DataError(f"cannot read corpus file {str(path)!r}: {exc.strerror or exc}; check the file") from None
+    try:
+        return raw.decode("utf-8-sig")  # a leading byte-order mark is tolerated
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"corpus file {str(path)!r} is not UTF-8 text (invalid byte at offset {exc.start}); re-save it as UTF-8"
+        ) from None
+
+
+def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -> list[str]:
+    """Load and check a corpus: a JSON array of non-empty strings, each ending in ``</s>``.
+
+    ``path=None`` loads the built-in corpus of that ``kind`` ("pretrain" or "chat"). Entries are stripped of
+    surrounding whitespace; an entry without a trailing ``</s>`` gets ``" </s>"`` appended, and one
+    :class:`~llm.errors.LLMWarning` says how many entries were fixed. With ``kind="chat"`` every entry must contain
+    ``"User:"`` followed later by ``"Assistant:"``. Any other problem raises :class:`~llm.errors.DataError`.
+    """
+    if kind not in BUILTIN_CORPORA:
+        raise DataError(f"unknown corpus kind {kind!r}; use one of {sorted(BUILTIN_CORPORA)}")
+    if path is None:
+        path = BUILTIN_CORPORA[kind]
+    try:
+        path = Path(os.fspath(path)).expanduser()
+    except TypeError:
+        raise DataError(f"corpus path must be a str or path, got {type(path).__name__}") from None
+    name = str(path)
+
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"corpus file {name!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
+            f"it must be a JSON array of strings"
+        ) from None
+    if not isinstance(data, list):
+        raise DataError(f"corpus file {name!r} holds {_type_name(data)}, not a JSON array of strings; wrap the entries in [...]")
+    if not data:
+        raise DataError(f"corpus file {name!r} is an empty array; add at least one training text")
+
+    entries: list[str] = []
+    fixed = 0
+    for i, item in enumerate(data):
+        if not isinstance(item, str):
+            raise DataError(f"corpus file {name!r}: entry {i} is {_type_name(item)}, expected a string; quote it or remove it")
+        entry = item.strip()
+        if not entry:
+            raise DataError(f"corpus file {name!r}: entry {i} is empty or whitespace only; remove it or add text")
+        if not entry.endswith(EOS_MARKER):
+            entry = entry + " " + EOS_MARKER
+            fixed += 1
+        if not entry[: -len(EOS_MARKER)].strip():
+            raise DataError(f"corpus file {name!r}: entry {i} has no text before {EOS_MARKER}; remove it or add text")
+        if kind == "chat":
+            u = entry.find(USER_TAG)
+            a = entry.find(ASSISTANT_TAG, u + len(USER_TAG)) if u >= 0 else -1
+            if a < 0:
+                raise DataError(
+                    f"chat corpus file {name!r}: entry {i} is not a dialogue; write it as "
+                    f"'{USER_TAG} <question> {ASSISTANT_TAG} <answer> {EOS_MARKER}'"
+                )
+        entries.append(entry)
+
+    if fixed:
+        warnings.warn(
+            f"corpus file {name!r}: {fixed} of {len(entries)} entries did not end with '{EOS_MARKER}'; "
+            f"appended ' {EOS_MARKER}' to them",
+            LLMWarning,
+            stacklevel=2,
+        )
+    return entries
+
+
+def split_dialogue(text: str) -> tuple[str, str]:
+    """Split ``"User: Q Assistant: A </s>"`` into ``("User: Q Assistant:", "A </s>")``.
+
+    The split is at the first ``"Assistant:"``; both parts are stripped of surrounding whitespace. Raises
+    :class:`~llm.errors.DataError` if there is no ``"Assistant:"``.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"dialogue must be a str, got {type(text).__name__}")
+    cut = text.find(ASSISTANT_TAG)
+    if cut < 0:
+        raise DataError(f"dialogue has no {ASSISTANT_TAG!r}: {text[:60]!r}; write it as '{USER_TAG} ... {ASSISTANT_TAG} ...'")
+    end = cut + len(ASSISTANT_TAG)
+    return text[:end].strip(), text[end:].strip()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batching / padding helpers follow below.

@@ -1,0 +1,51 @@
+"""Exception types users can catch.
+
+Every error the library raises on bad input is an ``LLMError``; its message is one line that says what was wrong
+and what to do. The CLIs print that line and exit non-zero instead of showing a traceback.
+"""
+
+
+class LLMError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(LLMError, ValueError):
+    """A number or option out of range (model size, epochs, learning rate, sampling settings...)."""
+
+
+class BackendUnavailableError(LLMError, RuntimeError):
+    """The requested array library or device is missing; the message names the fix."""
+
+
+class DataError(LLMError, ValueError):
+    """A corpus file is missing, unreadable or not in the expected format."""
+
+
+class PromptError(LLMError, ValueError):
+    """A prompt that cannot be answered (empty, or nothing left after tokenization)."""
+
+
+class CheckpointError(LLMError):
+    """A checkpoint that cannot be saved or loaded; the message names the file and the problem."""
+
+
+class TrainingDivergedError(LLMError, ArithmeticError):
+    """The loss became NaN or infinite; the message names the step and suggests a lower learning rate."""
+
+
+__all__ = [
+    "LLMError",
+    "ConfigError",
+    "BackendUnavailableError",
+    "DataError",
+    "PromptError",
+    "CheckpointError",
+    "TrainingDivergedError",
+]
+
+
+class LLMWarning(UserWarning):
+    """A recoverable problem in the input (e.g. a corpus entry without ``</s>``); said once, then handled."""
+
+
+__all__.append("LLMWarning")

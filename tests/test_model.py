@@ -1,0 +1,197 @@
+"""The full model, the loss and the optimizer: gradient checks in float64, masking, causality, Adam."""
+
+import math
+
+import numpy as np
+import pytest
+
+import llm
+from llm import GPT, Adam, GPTConfig, cross_entropy
+from llm.errors import ConfigError
+from tests.conftest import require_backend
+from tests.gradcheck import check_array
+
+TOL = 1e-6
+SMALL = dict(vocab_size=13, d_model=8, n_heads=2, n_layers=2, d_ff=16, max_seq_len=7)
+
+
+def _batch(rng, B=3, T=6, V=13):
+    tokens = rng.integers(0, V, (B, T))
+    targets = rng.integers(0, V, (B, T))
+    mask = np.ones((B, T), dtype=bool)
+    mask[0, 4:] = False  # padded tails
+    mask[2, 2:] = False
+    return tokens, targets, mask
+
+
+@pytest.mark.parametrize("variant", [{}, {"tie_weights": True}, {"norm": "post", "activation": "gelu"}])
+def test_model_loss_gradients_match_finite_differences(backend_name, variant):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(0)
+    model = GPT(GPTConfig(**SMALL, init_std=0.3, **variant), be, seed=1)
+    for name, p in model.params.items():  # non-trivial norm parameters so their gradients are tested
+        if "ln" in name:
+            p[...] = be.asarray(rng.standard_normal(tuple(p.shape)) * 0.3 + (1.0 if name.endswith("gamma") else 0))
+    tokens, targets, mask = _batch(rng)
+
+    def loss() -> float:
+        logits = model.forward(tokens)
+        return float(cross_entropy(logits, be.asarray(targets), be.asarray(mask))[0])
+
+    model.loss_and_grads(tokens, targets, mask)
+    grads = {k: be.asarray(be.to_numpy(g)) for k, g in model.grads.items()}  # snapshot: loss() reruns forward
+    errors = {name: check_array(be, loss, p, grads[name], rng, n=8) for name, p in model.params.items()}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOL, f"{backend_name} {variant}: worst {worst} = {errors[worst]:.2e}"
+    assert set(model.grads) == set(model.params)
+
+
+def test_loss_gradient_wrt_logits(backend_name):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(5)
+    logits = be.asarray(rng.standard_normal((2, 4, 9)) * 3)
+    targets, mask = be.asarray(rng.integers(0, 9, (2, 4))), be.asarray(rng.random((2, 4)) > 0.3)
+    _, dlogits = cross_entropy(logits, targets, mask)
+    err = check_array(be, lambda: float(cross_entropy(logits, targets, mask)[0]), logits, dlogits, rng, n=30)
+    assert err <= TOL
+
+
+def test_cross_entropy_matches_reference_and_is_stable(backend_name):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 5)) * 2
+    t = rng.integers(0, 5, (2, 3))
+    m = np.array([[True, True, False], [True, False, False]])
+    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    ref = -np.take_along_axis(logp, t[..., None], -1)[..., 0][m].mean()
+    loss, _ = cross_entropy(be.asarray(x), be.asarray(t), be.asarray(m))
+    assert float(loss) == pytest.approx(ref, rel=1e-12)
+    ref_all = -np.take_along_axis(logp, t[..., None], -1).mean()
+    assert float(cross_entropy(be.asarray(x), be.asarray(t))[0]) == pytest.approx(ref_all, rel=1e-12)
+    # a shift of 1e4 would overflow exp() without the max subtraction; the loss must not change
+    shifted, _ = cross_entropy(be.asarray(x + 1e4), be.asarray(t), be.asarray(m))
+    assert float(shifted) == pytest.approx(ref, rel=1e-9)
+    # an all-False mask: nothing to learn from, loss and gradient are zero (not NaN)
+    empty, d = cross_entropy(be.asarray(x), be.asarray(t), be.asarray(np.zeros((2, 3), bool)))
+    assert float(empty) == 0.0 and np.all(be.to_numpy(d) == 0)
+
+
+def test_future_tokens_never_change_earlier_logits(backend_name):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(7)
+    model = GPT(GPTConfig(**SMALL, init_std=0.3), be, seed=0)
+    tokens = rng.integers(0, 13, (2, 7))
+    a = be.to_numpy(model.forward(tokens))
+    tokens[:, 4:] = rng.integers(0, 13, (2, 3))
+    b = be.to_numpy(model.forward(tokens))
+    np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-12, atol=1e-12)
+
+
+def test_padding_never_changes_loss_or_gradients_of_real_tokens(backend_name):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(8)
+    model = GPT(GPTConfig(**SMALL, init_std=0.3), be, seed=0)
+    tokens, targets, mask = _batch(rng)
+    l1 = model.loss_and_grads(tokens, targets, mask)
+    g1 = {k: be.to_numpy(g) for k, g in model.grads.items()}
+    tokens[~mask] = rng.integers(0, 13, int((~mask).sum()))  # new padding tokens and targets
+    targets[~mask] = rng.integers(0, 13, int((~mask).sum()))
+    l2 = model.loss_and_grads(tokens, targets, mask)
+    assert l1 == pytest.approx(l2, rel=1e-13)
+    for k, g in model.grads.items():
+        np.testing.assert_allclose(be.to_numpy(g), g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_loss_and_grads_zeroes_before_filling():
+    be = require_backend("numpy", "float64")
+    rng = np.random.default_rng(9)
+    model = GPT(GPTConfig(**SMALL), be, seed=0)
+    tokens, targets, mask = _batch(rng)
+    model.loss_and_grads(tokens, targets, mask)
+    first = {k: g.copy() for k, g in model.grads.items()}
+    model.loss_and_grads(tokens, targets, mask)
+    for k, g in model.grads.items():
+        np.testing.assert_array_equal(g, first[k])
+
+
+def test_public_api_shapes_and_parameter_count():
+    be = require_backend("numpy")
+    cfg = GPTConfig(vocab_size=50)
+    model = GPT(cfg, be, seed=0)
+    C, F, V, T, L = 128, 256, 50, 80, 3
+    block = 2 * 2 * C + (C * 3 * C) + (C * C + C) + (C * F + F) + (F * C + C)
+    expected = V * C + T * C + L * block + 2 * C + (V * C + V)
+    assert model.num_parameters() == expected
+    assert GPT(GPTConfig(vocab_size=50, tie_weights=True), be).num_parameters() == expected - V * C
+    logits = model.forward(np.zeros((2, 10), dtype=np.int64))
+    assert logits.shape == (2, 10, V)
+    loss = model.loss_and_grads(np.zeros((2, 10), int), np.ones((2, 10), int))
+    assert isinstance(loss, float) and loss == pytest.approx(math.log(V), rel=0.05)
+    with pytest.raises(ConfigError, match="exceeds max_seq_len"):
+        model.forward(np.zeros((1, 81), dtype=np.int64))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="not divisible"):
+        GPTConfig(vocab_size=10, d_model=10, n_heads=3)
+    for bad in ({"d_model": 0}, {"max_seq_len": -1}, {"vocab_size": 0}, {"n_layers": 1.5}):
+        with pytest.raises(ConfigError):
+            GPTConfig(**{"vocab_size": 10, **bad})
+    assert GPTConfig.from_dict(GPTConfig(vocab_size=10).to_dict()) == GPTConfig(vocab_size=10)
+
+
+def _reference_adam(p, grads, steps, lr, clip, wd=0.0, b1=0.9, b2=0.999, eps=1e-8):
+    p = {k: v.copy() for k, v in p.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    for t in range(1, steps + 1):
+        norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+        scale = min(1.0, clip / (norm + 1e-6))
+        for k in p:
+            g = grads[k] * scale
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            if wd and p[k].ndim >= 2:
+                p[k] = p[k] - lr * wd * p[k]
+            p[k] = p[k] - lr * (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
+    return p
+
+
+@pytest.mark.parametrize("clip,wd", [(5.0, 0.0), (0.5, 0.0), (5.0, 0.1)])
+def test_adam_matches_reference(backend_name, clip, wd):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(10)
+    host = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
+    grads = {"w": rng.standard_normal((4, 3)) * 3, "b": rng.standard_normal(3)}
+    params = {k: be.asarray(v.copy()) for k, v in host.items()}
+    opt = Adam(params, lr=0.01, clip_norm=clip, weight_decay=wd)
+    dgrads = {k: be.asarray(v) for k, v in grads.items()}
+    for _ in range(5):
+        opt.step(dgrads)
+    ref = _reference_adam(host, grads, 5, 0.01, clip, wd)
+    for k in host:
+        np.testing.assert_allclose(be.to_numpy(params[k]), ref[k], rtol=1e-12, atol=1e-14)
+    norm = math.sqrt(sum((g ** 2).sum() for g in grads.values()))
+    assert float(opt.last_grad_norm) == pytest.approx(norm, rel=1e-12)
+
+
+def test_adam_rejects_bad_settings():
+    be = require_backend("numpy")
+    p = {"w": be.asarray(np.zeros(3))}
+    for kwargs in ({"lr": 0}, {"lr": -1e-3}, {"lr": float("nan")}, {"clip_norm": 0}, {"weight_decay": -1}):
+        with pytest.raises(ConfigError):
+            Adam(p, **kwargs)
+
+
+def test_training_steps_reduce_the_loss():
+    be = require_backend("numpy")
+    rng = np.random.default_rng(11)
+    model = GPT(GPTConfig(**SMALL), be, seed=0)
+    opt = Adam(model.params, lr=1e-2)
+    tokens, targets, mask = _batch(rng)
+    first = model.loss_and_grads(tokens, targets, mask)
+    for _ in range(60):
+        loss = model.loss_and_grads(tokens, targets, mask)
+        opt.step(model.grads)
+    assert loss < 0.5 * first
+    assert llm.GPT is GPT
