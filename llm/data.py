@@ -15,9 +15,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from llm.errors import DataError, LLMWarning
+import numpy as np
+
+from llm.errors import ConfigError, DataError, LLMWarning
 
 EOS_MARKER = "</s>"
 USER_TAG = "User:"
@@ -147,3 +151,87 @@ def split_dialogue(text: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Batching / padding helpers follow below.
+
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: token ids, and the index of the first token whose prediction counts in the loss."""
+
+    ids: tuple[int, ...]
+    loss_start: int = 1  # ids[loss_start:] are the targets that count (1 = every token after the first)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded mini-batch on the host: inputs, next-token targets, and the loss mask, all (B, T)."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions that count in the loss (the tokens the model learns from)."""
+        return int(self.mask.sum())
+
+
+def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = "all") -> list[Example]:
+    """Tokenize a corpus into examples of at most ``max_seq_len + 1`` tokens (inputs + the final target).
+
+    ``loss_on="answer"`` makes only the assistant's answer (and its ``</s>``) count, for dialogues
+    ``User: ... Assistant: ... </s>``; ``"all"`` counts every token. Longer sequences are truncated, with one
+    warning saying how many.
+    """
+    if loss_on not in ("all", "answer"):
+        raise ConfigError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
+    examples, truncated = [], 0
+    for text in texts:
+        if loss_on == "answer":
+            prompt, answer = split_dialogue(text)
+            prompt_ids, ids = tokenizer.encode(prompt), tokenizer.encode(prompt) + tokenizer.encode(answer)
+            loss_start = max(len(prompt_ids), 1)
+        else:
+            ids, loss_start = tokenizer.encode(text), 1
+        if len(ids) > max_seq_len + 1:
+            truncated += 1
+            ids = ids[:max_seq_len + 1]
+        if len(ids) < 2 or loss_start >= len(ids):
+            continue  # nothing to predict
+        examples.append(Example(tuple(ids), loss_start))
+    if truncated:
+        warnings.warn(f"{truncated} of {len(texts)} sequences are longer than max_seq_len {max_seq_len} + 1 "
+                       "tokens and were truncated", LLMWarning, stacklevel=2)
+    return examples
+
+
+def collate(examples: list[Example], pad_id: int) -> Batch:
+    """Right-pad examples to the longest one; padded positions are masked out of the loss."""
+    T = max(len(e.ids) for e in examples) - 1
+    B = len(examples)
+    tokens = np.full((B, T), pad_id, dtype=np.int64)
+    targets = np.full((B, T), pad_id, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=bool)
+    for row, e in enumerate(examples):
+        n = len(e.ids) - 1
+        tokens[row, :n] = e.ids[:-1]
+        targets[row, :n] = e.ids[1:]
+        mask[row, e.loss_start - 1:n] = True  # target t is ids[t + 1]
+    return Batch(tokens, targets, mask)
+
+
+def iterate_batches(examples: list[Example], batch_size: int, pad_id: int,
+                    order: np.ndarray | None = None, start: int = 0) -> Iterator[Batch]:
+    """Yield batches of `batch_size` examples taken in `order` (a permutation; None keeps corpus order).
+
+    `start` skips the first batches (resuming mid-epoch). The last batch may be smaller.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    order = np.arange(len(examples)) if order is None else order
+    for i in range(start * batch_size, len(order), batch_size):
+        yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+
+
+def num_batches(n_examples: int, batch_size: int) -> int:
+    return -(-n_examples // batch_size)

@@ -11,6 +11,7 @@ from .config import GPTConfig
 from .errors import ConfigError
 from .layers import Embedding, LayerNorm, OutputProjection, TransformerBlock
 from .layers.base import Layer
+from backends.ops import index_add
 from .loss import cross_entropy
 
 
@@ -82,14 +83,40 @@ class GPT(Layer):
         """Mean cross-entropy over positions where `mask` (B, T) is True (all when None); zeroes, then fills grads.
 
         Padding is on the right, so the causal mask alone keeps real tokens from seeing it: no key mask is needed.
+        With a mask, the final norm, the output projection and the loss run only on the N positions that count
+        (the vocabulary-wide part of the step shrinks from B*T rows to N), and their gradient is scattered back.
         """
+        xp = self.backend.xp
         self.zero_grads()
-        logits = self.forward(tokens)
-        targets = self.backend.asarray(targets, dtype=self.backend.xp.int64)
+        tokens = self._tokens(tokens)
+        targets = xp.reshape(self.backend.asarray(targets, dtype=xp.int64), (-1,))
+        x = self.embed.forward(tokens)
+        for block in self.blocks:
+            x = block.forward(x)
+        B, T, C = x.shape
+        x = xp.reshape(x, (1, B * T, C))
+        rows = None
         if mask is not None:
-            mask = self.backend.asarray(mask, dtype=self.backend.xp.bool)
-        loss, dlogits = cross_entropy(logits, targets, mask)
-        self.backward(dlogits)
+            mask = self.backend.asarray(mask, dtype=xp.bool)
+            rows = xp.nonzero(xp.reshape(mask, (-1,)))[0]  # (N,) positions that count
+            if rows.shape[0] == 0:
+                return 0.0  # nothing to learn from: zero loss, zero gradients
+            x = xp.take(x, rows, axis=1)  # (1, N, C)
+            targets = xp.take(targets, rows, axis=0)
+        if self.ln_f is not None:
+            x = self.ln_f.forward(x)
+        loss, dlogits = cross_entropy(self.head.forward(x), targets[None, :])
+        dx = self.head.backward(dlogits)
+        if self.ln_f is not None:
+            dx = self.ln_f.backward(dx)
+        if rows is not None:
+            full = xp.zeros((B * T, C), dtype=dx.dtype, device=self.backend.device)
+            index_add(full, rows, dx[0, ...])  # rows are distinct: a plain scatter
+            dx = full
+        dx = xp.reshape(dx, (B, T, C))
+        for block in reversed(self.blocks):
+            dx = block.backward(dx)
+        self.embed.backward(dx)
         return float(loss)
 
     # -- inference path with a KV cache -----------------------------------------------------------------------------

@@ -31,7 +31,9 @@ class OutputProjection(Layer):
         # x: (B, T, C) -> logits: (B, T, V)
         xp = array_namespace(x)
         self.x = x
-        return x @ xp.matrix_transpose(self._weight()[0]) + self.params["bias"]
+        x2 = xp.reshape(x, (-1, self.d_model))  # one 2-D GEMM, not a loop over the batch
+        logits = x2 @ xp.matrix_transpose(self._weight()[0]) + self.params["bias"]
+        return xp.reshape(logits, (*x.shape[:-1], self.vocab_size))
 
     def backward(self, dout: Any) -> Any:
         # dout: (B, T, V) -> dx: (B, T, C)
@@ -41,4 +43,4 @@ class OutputProjection(Layer):
         grad += xp.matrix_transpose(d2) @ xp.reshape(self.x, (-1, self.d_model))
         self.grads["bias"] += xp.sum(d2, axis=0)
         self.x = None
-        return dout @ weight
+        return xp.reshape(d2 @ weight, (*dout.shape[:-1], self.d_model))

@@ -22,19 +22,22 @@ class Linear(Layer):
 
     def forward(self, x: Any) -> Any:
         # x: (..., d_in) -> (..., d_out)
+        xp = array_namespace(x)
         self.x = x
-        y = x @ self.params["weight"]
+        # One 2-D GEMM: NumPy runs a 3-D @ 2-D matmul as a loop of small per-batch GEMMs.
+        y = xp.reshape(x, (-1, self.d_in)) @ self.params["weight"]
         if "bias" in self.params:
             y = y + self.params["bias"]
-        return y
+        return xp.reshape(y, (*x.shape[:-1], self.d_out))
 
     def backward(self, dout: Any) -> Any:
         # dout: (..., d_out) -> dx: (..., d_in)
         xp = array_namespace(dout)
+        x_shape = self.x.shape
         x2 = xp.reshape(self.x, (-1, self.d_in))
         d2 = xp.reshape(dout, (-1, self.d_out))
         self.grads["weight"] += xp.matrix_transpose(x2) @ d2
         if "bias" in self.params:
             self.grads["bias"] += xp.sum(d2, axis=0)
         self.x = None
-        return dout @ xp.matrix_transpose(self.params["weight"])
+        return xp.reshape(d2 @ xp.matrix_transpose(self.params["weight"]), x_shape)

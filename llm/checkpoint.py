@@ -1,0 +1,466 @@
+"""Checkpoints: save a model (and optionally its training state) to a directory, load it on any backend.
+
+A checkpoint is a directory::
+
+    model.safetensors       the parameters, keyed by their names in ``GPT.params``, in the model's dtype
+    config.json             {"format_version": 1, "dtype": "float32" | "float64", "model": GPTConfig.to_dict()}
+    tokenizer.json          tokenizer.to_dict()
+    optimizer.safetensors   (resumable checkpoints only) the Adam moments, keyed "m.<name>" and "v.<name>"
+    training.json           (resumable checkpoints only) {"recipe", "seed", "state", "optimizer_t"}
+
+Host-side module: arrays cross to and from the device through the backend's ``to_numpy`` / ``asarray``, so a
+checkpoint written from one backend (or dtype) loads onto any other.
+
+Saving is atomic: everything is written into a fresh hidden sibling directory, flushed and fsynced, and only then
+swapped into place, so a failure or an interrupt at any point leaves the previous checkpoint intact. Loading checks
+every file and raises :class:`~llm.errors.CheckpointError` with one line naming the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import math
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from .config import GPTConfig
+from .data import num_batches
+from .errors import CheckpointError, ConfigError, DataError
+from .model import GPT
+from .tokenizer import tokenizer_from_dict
+from .training import PHASES, Recipe, Trainer, TrainState
+
+FORMAT_VERSION = 1
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINING_FILE = "training.json"
+
+_RESAVE = "re-save the checkpoint or use another one"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load",
+    "restore_trainer",
+]
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint directory holds, loaded onto one backend.
+
+    ``recipe``, ``seed``, ``train_state`` and ``optimizer_state`` are None for a checkpoint saved without a trainer.
+    ``optimizer_state`` is ``{"t": int, "m": {name: array}, "v": {name: array}}`` with arrays on the model's backend.
+    """
+
+    model: GPT
+    tokenizer: Any
+    recipe: Recipe | None
+    seed: int | None
+    train_state: TrainState | None
+    optimizer_state: dict | None
+    path: Path
+
+    @property
+    def resumable(self) -> bool:
+        return self.train_state is not None and self.optimizer_state is not None and self.recipe is not None
+
+
+# =====================================================================================================================
+# saving
+# =====================================================================================================================
+
+def save_checkpoint(path: str | os.PathLike, model: GPT, tokenizer: Any, trainer: Trainer | None = None) -> Path:
+    """Write `model` and `tokenizer` (and, with `trainer`, everything needed to resume training) to directory `path`.
+
+    The write is atomic: an existing checkpoint at `path` is replaced only once the new one is complete on disk.
+    Raises CheckpointError (the previous checkpoint kept) when a parameter is NaN/inf, when `path` exists and is not
+    a checkpoint, or when the disk refuses (no space, no permission...). A KeyboardInterrupt during the write
+    cleans up and propagates, again leaving the previous checkpoint as it was. Returns `path` as a Path.
+    """
+    path = Path(os.fspath(path))
+    files = _serialize(model, tokenizer, trainer)
+    _check_destination(path)
+    parent = Path(os.path.abspath(path)).parent
+    name = Path(os.path.abspath(path)).name
+    tmp: Path | None = None
+    aside: Path | None = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
+        for file_name, data in files.items():
+            _write_file(tmp / file_name, data)
+        _fsync_dir(tmp)
+        if os.path.lexists(path):
+            aside = parent / f".{name}.old-{secrets.token_hex(4)}"
+            os.replace(path, aside)
+        os.replace(tmp, path)
+        tmp = None
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        restored = _restore_aside(aside, path)
+        if isinstance(exc, OSError):
+            msg = _write_error(path, parent, exc)
+            if not restored:
+                msg += f" (the previous checkpoint was moved to {aside}: rename it back)"
+            raise CheckpointError(msg) from None
+        raise
+    # The new checkpoint is in place; what follows only tidies up.
+    try:
+        _fsync_dir(parent)
+    except OSError:
+        pass
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return path
+
+
+def _serialize(model: GPT, tokenizer: Any, trainer: Trainer | None) -> dict[str, bytes]:
+    """Every file of the checkpoint as bytes, in the order they are written (no disk access)."""
+    be = model.backend
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"refusing to save: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                              f"vocab_size is {model.config.vocab_size}; save the tokenizer the model was built with")
+    params = {}
+    for pname, p in model.params.items():
+        host = np.ascontiguousarray(be.to_numpy(p))
+        if not np.isfinite(host).all():
+            raise CheckpointError(f"refusing to save: parameter {pname} has NaN/inf values (the run diverged); "
+                                  "the last good checkpoint is kept")
+        params[pname] = host
+    config = {"format_version": FORMAT_VERSION, "dtype": be.dtype_name, "model": model.config.to_dict()}
+    files = {
+        MODEL_FILE: safetensors.numpy.save(params, metadata={"format": "arraygpt"}),
+        CONFIG_FILE: _json_bytes(config),
+        TOKENIZER_FILE: _json_bytes(tokenizer.to_dict()),
+    }
+    if trainer is not None:
+        if trainer.model is not model:
+            raise CheckpointError("refusing to save: the trainer given trains another model than the one saved")
+        opt = trainer.optimizer.state_dict()
+        moments = {}
+        for key in ("m", "v"):
+            if set(opt[key]) != set(params):
+                raise CheckpointError(f"refusing to save: the optimizer's {key!r} moments do not cover the model's "
+                                      "parameters")
+            for pname, arr in opt[key].items():
+                moments[f"{key}.{pname}"] = np.ascontiguousarray(be.to_numpy(arr))
+        training = {"recipe": trainer.recipe.to_dict(), "seed": trainer.seed, "state": trainer.state.to_dict(),
+                    "optimizer_t": int(opt["t"])}
+        files[OPTIMIZER_FILE] = safetensors.numpy.save(moments, metadata={"format": "arraygpt"})
+        files[TRAINING_FILE] = _json_bytes(training)
+    return files
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode("utf-8")
+
+
+def _check_destination(path: Path) -> None:
+    """Refuse to replace anything that is not a checkpoint (an empty directory is fine)."""
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {path}: it exists and is not a directory; "
+                              "choose another --out")
+    try:
+        entries = set(os.listdir(path))
+    except OSError as exc:
+        raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)}; choose another --out") from None
+    if entries and CONFIG_FILE not in entries and MODEL_FILE not in entries:
+        raise CheckpointError(f"cannot save a checkpoint to {path}: it is a non-empty directory that is not a "
+                              "checkpoint (no config.json / model.safetensors), and saving would replace it; "
+                              "choose another --out")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write `data` to a new file and make sure it reached the disk."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot fsync a directory; nothing more can be done there
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _restore_aside(aside: Path | None, path: Path) -> bool:
+    """Put the previous checkpoint back after a failed swap; False if it could not be."""
+    if aside is None or not os.path.lexists(aside):
+        return True
+    try:
+        if os.path.lexists(path):  # the new one got in place before the interruption: keep it
+            shutil.rmtree(aside, ignore_errors=True)
+            return True
+        os.replace(aside, path)
+        return True
+    except OSError:
+        return False
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _write_error(path: Path, parent: Path, exc: OSError) -> str:
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = exc.filename if exc.filename else parent
+        return (f"could not write checkpoint {path}: permission denied on {where} ({_os_reason(exc)}); "
+                "choose a directory you can write to with --out")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"could not write checkpoint {path}: {_os_reason(exc)}; free some space or choose another --out"
+    return f"could not write checkpoint {path}: {_os_reason(exc)}; check the disk or choose another --out"
+
+
+# =====================================================================================================================
+# loading
+# =====================================================================================================================
+
+def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
+    """Load a checkpoint directory onto `backend` (a Backend, or a backend name: then the saved dtype is used).
+
+    Every file is validated; any problem raises CheckpointError naming the file and what to do.
+    """
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory {path} does not exist; check the path "
+                              "(a checkpoint is the directory a training run wrote with --out)")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory; pass the directory that holds "
+                              f"{CONFIG_FILE} and {MODEL_FILE}")
+
+    config_path = path / CONFIG_FILE
+    raw = _read_json(config_path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{config_path} holds {type(raw).__name__}, not a JSON object; {_RESAVE}")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{config_path}: unsupported format_version {version!r} (this version of ArrayGPT "
+                              f"reads version {FORMAT_VERSION}); use the ArrayGPT version that wrote it, or re-train")
+    dtype = raw.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise CheckpointError(f"{config_path}: dtype must be \"float32\" or \"float64\", got {dtype!r}; {_RESAVE}")
+    model_cfg = raw.get("model")
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{config_path}: \"model\" must be an object of GPTConfig fields; {_RESAVE}")
+    try:
+        config = GPTConfig.from_dict(model_cfg)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{config_path}: invalid model config ({_one_line(exc)}); {_RESAVE}") from None
+
+    if isinstance(backend, str):
+        from backends import get_backend  # a name: load in the dtype the checkpoint was saved in
+
+        backend = get_backend(backend, dtype)
+
+    tok_path = path / TOKENIZER_FILE
+    try:
+        tokenizer = tokenizer_from_dict(_read_json(tok_path))
+    except DataError as exc:
+        raise CheckpointError(f"{tok_path}: invalid tokenizer ({_one_line(exc)}); {_RESAVE}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{tok_path}: the vocabulary has {tokenizer.vocab_size} tokens but {CONFIG_FILE} says "
+                              f"vocab_size {config.vocab_size}; the files come from different models: {_RESAVE}")
+
+    model = GPT(config, backend, seed=0)
+    expected = {name: tuple(int(n) for n in p.shape) for name, p in model.params.items()}
+    weights_path = path / MODEL_FILE
+    weights = _read_tensors(weights_path, expected, "parameter")
+    for name, host in weights.items():
+        model.params[name][...] = backend.asarray(host)
+
+    train_path, opt_path = path / TRAINING_FILE, path / OPTIMIZER_FILE
+    has_train, has_opt = train_path.exists(), opt_path.exists()
+    recipe = seed = state = optimizer_state = None
+    if has_train != has_opt:
+        present, missing = (train_path, opt_path) if has_train else (opt_path, train_path)
+        raise CheckpointError(f"{missing} is missing although {present.name} is there; the training state is "
+                              f"incomplete: {_RESAVE}, or delete {present.name} to keep only the model")
+    if has_train:
+        recipe, seed, state, t = _read_training(train_path)
+        moments = _read_tensors(opt_path, {f"{k}.{n}": s for k in ("m", "v") for n, s in expected.items()},
+                                "optimizer tensor")
+        optimizer_state = {"t": t,
+                           "m": {n: backend.asarray(moments[f"m.{n}"]) for n in expected},
+                           "v": {n: backend.asarray(moments[f"v.{n}"]) for n in expected}}
+    return Checkpoint(model, tokenizer, recipe, seed, state, optimizer_state, path)
+
+
+def load(path: str | os.PathLike, backend: Any) -> tuple[GPT, Any]:
+    """Load a checkpoint's model and tokenizer onto `backend` (ready to generate): ``model, tok = load(dir, be)``."""
+    ckpt = load_checkpoint(path, backend)
+    return ckpt.model, ckpt.tokenizer
+
+
+def restore_trainer(ckpt: Checkpoint, pretrain_texts: list[str], chat_texts: list[str],
+                    **trainer_kwargs: Any) -> Trainer:
+    """A Trainer that continues the run saved in `ckpt` exactly where it stopped.
+
+    The corpora must be the ones the run was started with. `trainer_kwargs` go to Trainer (progress, log, on_epoch,
+    on_phase_end). The model is ``ckpt.model``: training continues in place.
+    """
+    if not ckpt.resumable:
+        raise CheckpointError(f"checkpoint {ckpt.path} was saved without training state: it can be chatted with, "
+                              "not resumed; start a new run instead")
+    for key in ("recipe", "seed"):
+        if key in trainer_kwargs:
+            raise CheckpointError(f"restore_trainer takes the {key} from the checkpoint; do not pass {key}=")
+    trainer = Trainer(ckpt.model, ckpt.tokenizer, pretrain_texts, chat_texts, ckpt.recipe, seed=ckpt.seed,
+                      **trainer_kwargs)
+    state = copy.deepcopy(ckpt.train_state)
+    if state.phase < len(PHASES):
+        phase = PHASES[state.phase]
+        n = len(trainer.examples[phase])
+        per_epoch = num_batches(n, ckpt.recipe.batch_size) if n else 0
+        if state.batch > per_epoch:
+            raise CheckpointError(f"checkpoint {ckpt.path} stopped at batch {state.batch} of a {phase} epoch, but the "
+                                  f"{phase} corpus given has only {per_epoch} batches; resume with the corpora the "
+                                  "run was started with")
+    trainer.state = state
+    trainer.optimizer.load_state_dict(ckpt.optimizer_state)
+    return trainer
+
+
+# -- loading helpers --------------------------------------------------------------------------------------------------
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete: {_RESAVE}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a file; {_RESAVE}") from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied; fix its permissions (chmod +r)") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {_os_reason(exc)}; check the disk or {_RESAVE}") from None
+
+
+def _read_json(path: Path) -> Any:
+    data = _read_bytes(path)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); the file is corrupt: "
+                              f"{_RESAVE}") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                              f"the file is corrupt: {_RESAVE}") from None
+
+
+def _read_tensors(path: Path, expected: dict[str, tuple[int, ...]], what: str) -> dict[str, np.ndarray]:
+    """Load a safetensors file and check it holds exactly `expected` (name -> shape), finite floats."""
+    data = _read_bytes(path)
+    try:
+        tensors = safetensors.numpy.load(data)
+    except (safetensors.SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({_one_line(exc)}); {_RESAVE}") from None
+    missing = [n for n in expected if n not in tensors]
+    unexpected = [n for n in tensors if n not in expected]
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} {what}(s) the model in {CONFIG_FILE} needs "
+                              f"({_names(missing)}); the files come from different models: {_RESAVE}")
+    if unexpected:
+        raise CheckpointError(f"{path} has {len(unexpected)} unexpected {what}(s) ({_names(unexpected)}) that the "
+                              f"model in {CONFIG_FILE} does not have; the files come from different models: {_RESAVE}")
+    out = {}
+    for name, shape in expected.items():
+        arr = tensors[name]
+        if tuple(arr.shape) != shape:
+            raise CheckpointError(f"{path}: {what} {name} has shape {tuple(arr.shape)} but {CONFIG_FILE} implies "
+                                  f"{shape}; the weights belong to a different model size: use the {CONFIG_FILE} "
+                                  f"saved with them, or {_RESAVE}")
+        if arr.dtype.kind != "f":
+            raise CheckpointError(f"{path}: {what} {name} has dtype {arr.dtype}, expected floating point; {_RESAVE}")
+        if not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: {what} {name} has NaN/inf values; the file is corrupt: {_RESAVE}")
+        out[name] = np.array(arr)  # a private, writable copy
+    return out
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_training(path: Path) -> tuple[Recipe, int | None, TrainState, int]:
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds {type(raw).__name__}, not a JSON object; {_RESAVE}")
+    missing = [k for k in ("recipe", "seed", "state", "optimizer_t") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; the training state is incomplete: {_RESAVE}")
+    try:
+        if not isinstance(raw["recipe"], dict):
+            raise TypeError("recipe must be an object")
+        recipe = Recipe(**raw["recipe"])
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid recipe ({_one_line(exc)}); {_RESAVE}") from None
+    seed = raw["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise CheckpointError(f"{path}: seed must be an integer or null, got {seed!r}; {_RESAVE}")
+    t = raw["optimizer_t"]
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise CheckpointError(f"{path}: optimizer_t must be an integer >= 0, got {t!r}; {_RESAVE}")
+    try:
+        if not isinstance(raw["state"], dict):
+            raise TypeError("state must be an object")
+        state = TrainState.from_dict(raw["state"])
+        _check_state(state)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: invalid training state ({_one_line(exc)}); {_RESAVE}") from None
+    return recipe, seed, state, t
+
+
+def _check_state(st: TrainState) -> None:
+    for name in ("phase", "epoch", "batch", "step", "phase_step", "epoch_tokens"):
+        v = getattr(st, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    if st.phase > len(PHASES):
+        raise ValueError(f"phase must be at most {len(PHASES)}, got {st.phase}")
+    if not isinstance(st.epoch_loss_sum, (int, float)) or not math.isfinite(st.epoch_loss_sum):
+        raise ValueError(f"epoch_loss_sum must be a finite number, got {st.epoch_loss_sum!r}")
+    if not isinstance(st.history, list) or not all(isinstance(h, dict) for h in st.history):
+        raise ValueError("history must be a list of objects")
+    if not isinstance(st.rng_state, dict):
+        raise ValueError("rng_state must be the shuffling generator's state object")
+    np.random.default_rng().bit_generator.state = st.rng_state  # raises on a malformed state

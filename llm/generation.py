@@ -1,0 +1,155 @@
+"""Text generation: greedy by default, plus temperature, top-k and top-p sampling; KV-cached.
+
+Host-side module: the model runs on its backend, and only the last position's logits (V floats) come to the host
+each step to choose the next token id.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import ConfigError, LLMWarning, PromptError
+
+
+def format_chat_prompt(text: str) -> str:
+    """The instruction format the model was tuned on: ``User: <text> Assistant:``."""
+    return f"User: {text.strip()} Assistant:"
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ConfigError for sampling settings out of range."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top-k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ConfigError(f"top-p must lie in (0, 1], got {top_p!r}")
+
+
+def choose_token(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, rng: np.random.Generator | None = None) -> int:
+    """Pick the next token id from one row of logits (V,): argmax when temperature is 0, else sample.
+
+    top_k keeps the k most likely tokens; top_p keeps the smallest set whose probability reaches p (nucleus).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits / temperature
+    if top_k is not None and top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z >= kth, z, -np.inf)
+    p = np.exp(z - np.max(z))
+    p /= p.sum()
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, top_p)) + 1]  # the smallest prefix reaching top_p
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.choice(p.size, p=p))
+
+
+def _last_logits(model: Any, logits: Any) -> np.ndarray:
+    # logits: (1, T, V) on the device -> (V,) on the host
+    return model.backend.to_numpy(logits[0, -1, :])
+
+
+def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 eos_id: int | None = None, use_cache: bool = True) -> list[int]:
+    """Continue `prompt_ids`; return only the new ids (ending with `eos_id` if it was produced).
+
+    Stops at `eos_id`, after `max_new_tokens`, or when the context (max_seq_len) is full. A prompt longer than the
+    context is cut from the left, with a warning.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    ctx = model.config.max_seq_len
+    ids = [int(i) for i in prompt_ids]
+    if not ids:
+        raise PromptError("the prompt is empty: type some words")
+    vocab = model.config.vocab_size
+    if any(not 0 <= i < vocab for i in ids):
+        raise PromptError(f"prompt token ids must lie in [0, {vocab})")
+    if len(ids) >= ctx:
+        keep = ctx - 1 if max_new_tokens else ctx
+        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({ctx}); keeping its last {keep}",
+                      LLMWarning, stacklevel=2)
+        ids = ids[-keep:]
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    budget = min(max_new_tokens, ctx - len(ids))
+    cache = model.new_kv_cache() if use_cache else None
+    pending = ids  # tokens the model has not seen yet (the whole prompt at first)
+    for _ in range(budget):
+        if use_cache:
+            logits = model.forward_cached(np.asarray([pending], dtype=np.int64), cache)
+        else:
+            logits = model.forward(np.asarray([ids + out], dtype=np.int64))
+        nxt = choose_token(_last_logits(model, logits), temperature, top_k, top_p, rng)
+        out.append(nxt)
+        pending = [nxt]
+        if eos_id is not None and nxt == eos_id:
+            break
+    return out
+
+
+def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 50, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             use_cache: bool = True) -> str:
+    """Continue the text `prompt` and return the generated text (without the prompt, without ``</s>``)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt is empty: type some words")
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise PromptError("the prompt has no tokens left after tokenization: type some words")
+    new = generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
+                       eos_id=tokenizer.eos_id, use_cache=use_cache)
+    return tokenizer.decode(new)
+
+
+def chat(model: Any, tokenizer: Any, text: str, **kwargs: Any) -> str:
+    """Answer `text` as the assistant: formats ``User: <text> Assistant:`` and returns only the answer."""
+    if not isinstance(text, str) or not text.strip():
+        raise PromptError("the prompt is empty: type a question")
+    return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
+
+
+def greedy_batch(model: Any, prompts: Iterable[list[int]], max_new_tokens: int, eos_id: int) -> list[list[int]]:
+    """Greedy continuations of many prompts at once (prompts of equal length share a KV-cached batch).
+
+    Returns, per prompt, the new ids up to and including `eos_id` (or until max_new_tokens / the context ends).
+    Produces exactly what :func:`generate_ids` would with temperature 0, only faster for evaluation.
+    """
+    prompts = [list(map(int, p)) for p in prompts]
+    results: list[list[int]] = [[] for _ in prompts]
+    ctx = model.config.max_seq_len
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        if not p or len(p) >= ctx:
+            raise PromptError(f"prompt {i} has {len(p)} tokens; batch generation needs 1 to {ctx - 1}")
+        by_len.setdefault(len(p), []).append(i)
+    xp = model.backend.xp
+    for length, rows in by_len.items():
+        cache = model.new_kv_cache()
+        pending = np.asarray([prompts[i] for i in rows], dtype=np.int64)
+        done = np.zeros(len(rows), dtype=bool)
+        for _ in range(min(max_new_tokens, ctx - length)):
+            logits = model.forward_cached(pending, cache)  # (b, t, V)
+            nxt = model.backend.to_numpy(xp.argmax(logits[:, -1, :], axis=-1)).astype(np.int64)
+            for j, i in enumerate(rows):
+                if not done[j]:
+                    results[i].append(int(nxt[j]))
+                    done[j] = nxt[j] == eos_id
+            if done.all():
+                break
+            pending = nxt[:, None]
+    return results
