@@ -3,6 +3,17 @@
     python examples/train.py --device cpu
     python examples/train.py --device cpu --no-chat --json          # scriptable: JSON lines on stdout
     python examples/train.py --out runs/demo                        # save checkpoints; resume with --resume
+
+Every mistake ends in one line ``error: <what was wrong and what to do>`` on stderr (or argparse's ``usage:`` +
+``error:`` lines for a malformed flag), never a traceback. Everything that can be checked before training (flags,
+backend, corpora, prompts, whether ``--out`` is writable) is checked before the first step, so no training time is
+lost to a typo. Recoverable problems (a corpus entry without ``</s>``, a sequence or prompt longer than the context)
+print one ``warning:`` line and go on. Exit codes:
+
+    0    done
+    1    the run failed: backend unavailable, checkpoint unreadable or unwritable, training diverged, out of memory
+    2    bad input: a flag, a model size, sampling setting, corpus file or prompt (argparse's own errors too)
+    130  interrupted (Ctrl-C); during training the run stops at the next step and, with --out, is saved first
 """
 
 from __future__ import annotations
@@ -15,22 +26,30 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backends import get_backend  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
-from llm.data import load_corpus  # noqa: E402
-from llm.errors import LLMError, PromptError, TrainingDivergedError  # noqa: E402
+from llm.data import load_corpus, split_dialogue  # noqa: E402
+from llm.errors import (CheckpointError, ConfigError, LLMError, LLMWarning, PromptError,  # noqa: E402
+                        TrainingDivergedError)
 from llm.generation import chat, check_sampling  # noqa: E402
 from llm.tokenizer import WordTokenizer  # noqa: E402
-from llm.training import RECIPES, Trainer, TrainingInterrupted, exact_match  # noqa: E402
+from llm.training import RECIPES, ExactMatch, Trainer, TrainingInterrupted, exact_match  # noqa: E402
 
 DEMO_QUESTION = "How do mountains form?"
+MODEL_SIZE = {"d_model": 128, "n_heads": 8, "n_layers": 3, "d_ff": 256, "max_seq_len": 80}  # the defaults
+RECIPE_FLAGS = ("pretrain_epochs", "chat_epochs", "batch_size", "lr_pretrain", "lr_chat", "warmup_steps", "loss_on",
+                "clip_norm", "weight_decay")
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _int(min_value: int):
@@ -45,16 +64,6 @@ def _int(min_value: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -62,12 +71,26 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = RECIPES["default"]
     p = argparse.ArgumentParser(description="Train ArrayGPT (pre-training, then instruction tuning), then chat.")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, torch, torch:cuda or strict (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+    p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="default: batched, answer-only loss, warmed-up lr; seed: RustGPT's schedule exactly")
     g = p.add_argument_group("training (each overrides the recipe)")
     g.add_argument("--pretrain-epochs", type=_int(0), help=f"epochs of facts; 0 skips the phase (default {d.pretrain_epochs})")
@@ -78,16 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=_int(0), help=f"linear warmup steps per phase (default {d.warmup_steps})")
     g.add_argument("--loss-on", choices=["answer", "all"], help=f"phase 2 loss positions (default {d.loss_on})")
     g.add_argument("--clip-norm", type=_positive_float, help=f"global gradient-norm clip (default {d.clip_norm:g})")
-    g.add_argument("--weight-decay", type=_float, help="decoupled weight decay on matrices (default 0)")
-    g.add_argument("--seed", type=int, default=0, help="seeds the weights and the shuffling (default 0)")
+    g.add_argument("--weight-decay", type=_nonnegative_float, help="decoupled weight decay on matrices (default 0)")
+    g.add_argument("--seed", type=_int(0), default=0, help="seeds the weights and the shuffling (default 0)")
     g.add_argument("--pretrain-data", metavar="FILE", help="JSON list of sentences ending in </s> (default built-in)")
     g.add_argument("--chat-data", metavar="FILE", help="JSON list of 'User: ... Assistant: ... </s>' (default built-in)")
-    m = p.add_argument_group("model size")
-    m.add_argument("--d-model", type=_int(1), default=128)
-    m.add_argument("--n-heads", type=_int(1), default=8)
-    m.add_argument("--n-layers", type=_int(1), default=3)
-    m.add_argument("--d-ff", type=_int(1), default=256)
-    m.add_argument("--max-seq-len", type=_int(1), default=80)
+    m = p.add_argument_group("model size (a resumed run keeps its checkpoint's)")
+    for name, default in MODEL_SIZE.items():
+        m.add_argument("--" + name.replace("_", "-"), type=_int(1), help=f"(default {default})")
     c = p.add_argument_group("checkpoints")
     c.add_argument("--out", metavar="DIR", help="save a checkpoint here after each phase (and on Ctrl-C)")
     c.add_argument("--save-every", type=_int(1), metavar="N", help="also save every N epochs (needs --out)")
@@ -118,18 +138,119 @@ class Output:
             print(json.dumps(obj), flush=True)
 
 
+def error(message: object) -> None:
+    """The one line a failure ends in, always on stderr."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def _recipe_from_args(args, base):
-    overrides = {k: getattr(args, k) for k in ("pretrain_epochs", "chat_epochs", "batch_size", "lr_pretrain",
-                                              "lr_chat", "warmup_steps", "loss_on", "clip_norm", "weight_decay")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     return replace(base, **overrides)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_resume_flags(args, ckpt) -> None:
+    """A resumed run keeps its checkpoint's model size and recipe: refuse flags that say otherwise."""
+    where = f"the checkpoint in {args.resume}"
+    fix = "leave the flag out, or start a new run without --resume"
+    for name in MODEL_SIZE:
+        given, saved = getattr(args, name), getattr(ckpt.model.config, name)
+        if given is not None and given != saved:
+            raise ConfigError(f"{_flag(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
+                              f"its model size; {fix}")
+    for name in RECIPE_FLAGS:
+        given, saved = getattr(args, name), getattr(ckpt.recipe, name)
+        if given is not None and given != saved:
+            raise ConfigError(f"{_flag(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
+                              f"its recipe; {fix}")
+    if args.recipe is not None and _recipe_from_args(args, RECIPES[args.recipe]) != ckpt.recipe:
+        raise ConfigError(f"--recipe {args.recipe} differs from the recipe of {where}: a resumed run keeps its "
+                          f"recipe; {fix}")
+
+
+def _check_prompt(tok, text: str, what: str = "the prompt") -> None:
+    """PromptError for a prompt with no words (empty, spaces or control characters only); a warning for one whose
+    words are all unknown."""
+    ids = tok.encode(text)
+    if not ids:
+        raise PromptError(f"{what} is empty{' (only spaces or control characters)' if text else ''}: "
+                          "type a question")
+    if all(i == tok.unk_id for i in ids):
+        warnings.warn(f"none of the words of {what} are in the vocabulary; the answer is a guess: "
+                      "ask with words from the training data", LLMWarning, stacklevel=2)
+
+
+def _check_out(path: str) -> None:
+    """Fail before training, not after it, when checkpoints cannot be written to `path`."""
+    from llm.checkpoint import CONFIG_FILE, MODEL_FILE
+
+    target = Path(path)
+    why = f"cannot save checkpoints to --out {path}"
+    if os.path.lexists(target) and not target.is_dir():
+        raise CheckpointError(f"{why}: it exists and is not a directory; choose another --out")
+    if target.is_dir():
+        try:
+            entries = set(os.listdir(target))
+        except OSError as exc:
+            raise CheckpointError(f"{why}: {exc.strerror or exc}; choose another --out") from None
+        if entries and CONFIG_FILE not in entries and MODEL_FILE not in entries:
+            raise CheckpointError(f"{why}: it is a non-empty directory that is not a checkpoint, and saving would "
+                                  "replace it; choose a new or empty directory")
+    parent = Path(os.path.abspath(target)).parent
+    ancestor = parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CheckpointError(f"{why}: {ancestor} is a file, not a directory; choose another --out")
+    try:  # checkpoints are written into a temporary sibling of --out, then renamed: probe exactly that
+        parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise CheckpointError(f"{why}: {exc.strerror or exc} ({exc.filename or parent}); choose a directory you "
+                              "can write to") from None
+
+
+def _save(args, out: Output, model, tok, trainer, why: str) -> None:
+    """Save to --out; if that fails, save to a fresh temporary directory so the run is not lost, then fail."""
+    from llm.checkpoint import save_checkpoint
+
+    try:
+        path = save_checkpoint(args.out, model, tok, trainer)
+    except CheckpointError as exc:
+        if "refusing to save" in str(exc):  # non-finite weights: a rescue copy would be refused too
+            raise
+        rescue = None
+        try:
+            rescue = tempfile.mkdtemp(prefix="arraygpt-rescue-")
+            save_checkpoint(rescue, model, tok, trainer)
+        except (CheckpointError, OSError):
+            if rescue is not None:
+                shutil.rmtree(rescue, ignore_errors=True)
+            raise CheckpointError(f"{exc}; the run could not be saved anywhere else either") from None
+        raise CheckpointError(f"{exc}; the run so far was saved to {rescue} instead: continue it with "
+                              f"--resume {rescue} --out DIR") from None
+    out.say(f"saved checkpoint {path} ({why})")
+
+
+def _exact_match(model, tok, dialogues) -> tuple[ExactMatch, int]:
+    """Exact-match score over the dialogues whose question fits the context; also how many did not."""
+    ctx = model.config.max_seq_len
+    fits = [d for d in dialogues if len(tok.encode(split_dialogue(d)[0])) < ctx]
+    em = exact_match(model, tok, fits) if fits else ExactMatch(0, 0, [])
+    return em, len(dialogues) - len(fits)
 
 
 def run(args) -> int:
     out = Output(args.json)
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.save_every and not args.out:
-        raise LLMError("--save-every needs --out DIR: say where to save")
+        raise ConfigError("--save-every needs --out DIR: say where to save")
+    for i, prompt in enumerate(args.prompt or []):
+        if not prompt.strip():
+            raise PromptError(f"--prompt number {i + 1} is empty: give it a question")
     backend = get_backend(args.device, args.dtype)
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
@@ -139,18 +260,28 @@ def run(args) -> int:
         from llm.checkpoint import load_checkpoint, restore_trainer
 
         ckpt = load_checkpoint(args.resume, backend)
+        if ckpt.resumable:
+            _check_resume_flags(args, ckpt)
         model, tok = ckpt.model, ckpt.tokenizer
         trainer = restore_trainer(ckpt, pretrain, dialogues, progress=not args.no_progress, log=log_epoch)
-        out.say(f"resumed from {args.resume}: phase {trainer.state.phase + 1}, epoch {trainer.state.epoch}, "
-                f"step {trainer.state.step}")
+        st = trainer.state
+        out.say(f"resumed from {args.resume}: " + ("training had finished" if trainer.finished else
+                f"phase {st.phase + 1}, epoch {st.epoch}, batch {st.batch}") + f", step {st.step}")
     else:
         tok = WordTokenizer.from_texts(pretrain + dialogues)
-        config = GPTConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
-                           n_layers=args.n_layers, d_ff=args.d_ff, max_seq_len=args.max_seq_len)
-        model = GPT(config, backend, seed=args.seed)
-        recipe = _recipe_from_args(args, RECIPES[args.recipe])
+        size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in MODEL_SIZE.items()}
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size), backend, seed=args.seed)
+        recipe = _recipe_from_args(args, RECIPES[args.recipe or "default"])
         trainer = Trainer(model, tok, pretrain, dialogues, recipe, seed=args.seed,
                           progress=not args.no_progress, log=log_epoch)
+    for i, prompt in enumerate(args.prompt or []):
+        _check_prompt(tok, prompt, f"--prompt number {i + 1}")
+    if args.out:
+        _check_out(args.out)
+        trainer.on_phase_end = lambda tr, summary: _save(args, out, model, tok, tr, f"end of {summary.phase}")
+        if args.save_every:
+            trainer.on_epoch = lambda tr: (tr.state.epoch % args.save_every == 0
+                                           and _save(args, out, model, tok, tr, f"epoch {tr.state.epoch}"))
     out.say(f"ArrayGPT on {backend}")
     out.say(f"{model!r}")
     out.say(f"vocabulary {tok.vocab_size} words; {len(pretrain)} facts, {len(dialogues)} dialogues; "
@@ -159,48 +290,40 @@ def run(args) -> int:
                     max_new_tokens=args.max_new_tokens)
     out.say(f"\nbefore training  > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
 
-    if args.out:
-        from llm.checkpoint import save_checkpoint
-
-        def save(tr, why):
-            path = save_checkpoint(args.out, model, tok, tr)
-            out.say(f"saved checkpoint {path} ({why})")
-
-        trainer.on_phase_end = lambda tr, summary: save(tr, f"end of {summary.phase}")
-        if args.save_every:
-            trainer.on_epoch = lambda tr: (tr.state.epoch % args.save_every == 0
-                                           and save(tr, f"epoch {tr.state.epoch}"))
     try:
         summaries = trainer.train()
     except TrainingInterrupted:
         if args.out:
-            save(trainer, "interrupted")
-            out.say(f"interrupted; resume with: --resume {args.out}")
+            _save(args, out, model, tok, trainer, "interrupted")
+            print(f"interrupted; the run is saved: continue it with --resume {args.out}", file=sys.stderr)
         else:
-            out.say("interrupted (no --out given, nothing saved)")
-        return 130
+            print("interrupted (no --out given, nothing saved)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except TrainingDivergedError as exc:
-        out.say(f"error: {exc}" + (f"; the last good checkpoint in {args.out} is kept" if args.out else ""))
-        return 1
+        from llm.checkpoint import CONFIG_FILE
+
+        kept = args.out and os.path.exists(os.path.join(args.out, CONFIG_FILE))
+        error(f"{exc}" + (f"; the last good checkpoint in {args.out} is kept" if kept else
+                          f"; nothing was saved to {args.out}" if args.out else ""))
+        return EXIT_FAILED
     for s in summaries:
         if s.steps:
             out.say(f"{s.phase}: {s.epochs} epochs, {s.steps} steps, {s.seconds:.2f} s, "
                     f"{s.tokens_per_second:,.0f} tokens/s, final loss {s.final_loss:.4f}")
+        else:
+            out.say(f"{s.phase}: skipped, no steps ({s.epochs} epochs)")
     out.say(f"\nafter training   > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
-    em = exact_match(model, tok, dialogues)
-    out.say(f"instruction prompts answered exactly: {em.correct}/{em.total}")
+    em, too_long = _exact_match(model, tok, dialogues)
+    out.say(f"instruction prompts answered exactly: {em.correct}/{em.total}"
+            + (f" ({too_long} longer than the context skipped)" if too_long else ""))
     for prompt in args.prompt or []:
-        try:
-            answer = chat(model, tok, prompt, **sampling)
-        except PromptError as exc:
-            out.say(f"error: {exc}")
-            answer = None
+        answer = chat(model, tok, prompt, **sampling)
         out.say(f"> {prompt}\n  {answer}")
         out.record({"prompt": prompt, "answer": answer})
     out.record({"exact_match": em.correct, "total": em.total, "seconds": round(time.perf_counter() - _START, 3)})
     if not args.prompt and not args.no_chat:
         interactive(model, tok, sampling, out)
-    return 0
+    return EXIT_OK
 
 
 def _log_event(out: Output, event: dict) -> None:
@@ -214,6 +337,8 @@ def _log_event(out: Output, event: dict) -> None:
 
 def interactive(model, tok, sampling, out: Output) -> None:
     """Read prompts until `exit` or end of input; every bad prompt gets a one-line message, then the next."""
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # bytes that are not text become unknown words, not a crash
     out.say("Type a question (exit to quit).")
     while True:
         try:
@@ -224,22 +349,36 @@ def interactive(model, tok, sampling, out: Output) -> None:
         if text.strip().lower() in ("exit", "quit"):
             return
         try:
+            _check_prompt(tok, text)
             out.say(chat(model, tok, text, **sampling))
         except PromptError as exc:
-            out.say(f"error: {exc}")
+            error(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # text the terminal cannot show is escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    warnings.simplefilter("always", LLMWarning)  # every long prompt of the chat loop, not only the first
+    # A diverging run overflows before its loss turns NaN; the trainer reports that (with the step), not NumPy.
+    warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
     try:
         return run(args)
     except LLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (ValueError,)) else 1
+        error(exc)
+        return EXIT_BAD_INPUT if isinstance(exc, ValueError) else EXIT_FAILED
+    except MemoryError:
+        error("out of memory: choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len) "
+              "or a smaller --batch-size")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. piped into `head`: the reader is gone, nothing more to say
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -5,6 +5,19 @@ from .config import GPTConfig
 from .model import GPT
 from .optim import Adam
 from .loss import cross_entropy
+from .tokenizer import CharTokenizer, WordTokenizer
+from .data import load_corpus
+from .generation import chat, generate
+from .training import RECIPES, Recipe, Trainer, exact_match, train
 
-__all__ = ["GPTConfig", "GPT", "Adam", "cross_entropy"]
+
+def load(path, backend):
+    """Load a checkpoint directory onto `backend`: returns ``(model, tokenizer)`` (see llm.checkpoint)."""
+    from .checkpoint import load as _load
+
+    return _load(path, backend)
+
+
+__all__ = ["GPTConfig", "GPT", "Adam", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
+           "generate", "Recipe", "RECIPES", "Trainer", "train", "exact_match", "load"]
 __version__ = "0.1.0"

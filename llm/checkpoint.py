@@ -237,8 +237,7 @@ def _os_reason(exc: OSError) -> str:
 
 def _write_error(path: Path, parent: Path, exc: OSError) -> str:
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        where = exc.filename if exc.filename else parent
-        return (f"could not write checkpoint {path}: permission denied on {where} ({_os_reason(exc)}); "
+        return (f"could not write checkpoint {path}: permission denied on directory {parent} ({_os_reason(exc)}); "
                 "choose a directory you can write to with --out")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"could not write checkpoint {path}: {_os_reason(exc)}; free some space or choose another --out"

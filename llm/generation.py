@@ -22,11 +22,12 @@ def format_chat_prompt(text: str) -> str:
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ConfigError for sampling settings out of range."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature >= 0):
         raise ConfigError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ConfigError(f"top-k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and (isinstance(top_p, bool) or not (isinstance(top_p, (int, float)) and 0 < top_p <= 1)):
         raise ConfigError(f"top-p must lie in (0, 1], got {top_p!r}")
 
 
@@ -39,7 +40,7 @@ def choose_token(logits: np.ndarray, temperature: float = 0.0, top_k: int | None
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return int(np.argmax(logits))
-    z = logits / temperature
+    z = (logits - np.max(logits)) / temperature  # shift first: a tiny temperature must not overflow
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, -top_k)[-top_k]
         z = np.where(z >= kth, z, -np.inf)
@@ -80,7 +81,7 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
     if any(not 0 <= i < vocab for i in ids):
         raise PromptError(f"prompt token ids must lie in [0, {vocab})")
     if len(ids) >= ctx:
-        keep = ctx - 1 if max_new_tokens else ctx
+        keep = max(ctx - 1, 1) if max_new_tokens else ctx
         warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({ctx}); keeping its last {keep}",
                       LLMWarning, stacklevel=2)
         ids = ids[-keep:]
@@ -118,7 +119,7 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 50, 
 
 def chat(model: Any, tokenizer: Any, text: str, **kwargs: Any) -> str:
     """Answer `text` as the assistant: formats ``User: <text> Assistant:`` and returns only the answer."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not any(ch.isprintable() and not ch.isspace() for ch in text):
         raise PromptError("the prompt is empty: type a question")
     return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
 

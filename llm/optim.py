@@ -25,7 +25,7 @@ class Adam:
             raise ConfigError(f"Adam betas must lie in [0, 1), got {betas!r}")
         if clip_norm is not None and not clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
-        if weight_decay < 0:
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
         self.params = params
         self.lr, self.betas, self.eps = lr, betas, eps

@@ -27,8 +27,8 @@ class Recipe:
     """Everything that decides how training goes, apart from the model and the data."""
 
     batch_size: int = 16
-    pretrain_epochs: int = 30
-    chat_epochs: int = 25
+    pretrain_epochs: int = 15
+    chat_epochs: int = 20
     lr_pretrain: float = 5e-3
     lr_chat: float = 5e-3
     warmup_steps: int = 40  # linear warmup at the start of each phase, then constant
@@ -50,7 +50,8 @@ class Recipe:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name.replace('_', ' ')} must be a positive number, got {v!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay!r}")
         if self.loss_on not in ("answer", "all"):
             raise ConfigError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
@@ -160,6 +161,8 @@ class Trainer:
         try:
             while not self.finished:
                 self._run_phase(PHASES[self.state.phase])
+            if self._stop_requested:  # Ctrl-C during the very last step: still report it
+                raise TrainingInterrupted("interrupted after the last step")
         finally:
             restore()
         return self.summaries
@@ -285,12 +288,17 @@ class ExactMatch:
 def exact_match(model: Any, tokenizer: Any, chat_texts: list[str], max_new_tokens: int | None = None) -> ExactMatch:
     """Answer each dialogue's question greedily; count answers equal to the training answer (``</s>`` included)."""
     prompts, expected = [], []
+    ctx = model.config.max_seq_len
     for text in chat_texts:
         prompt, answer = split_dialogue(text)
-        prompts.append(tokenizer.encode(prompt))
-        expected.append(tokenizer.encode(answer))
+        ids = tokenizer.encode(prompt)
+        if 0 < len(ids) < ctx:  # a question that fills the context cannot be answered: it counts as a miss
+            prompts.append(ids)
+            expected.append(tokenizer.encode(answer))
+    if not prompts:
+        return ExactMatch(0, len(chat_texts), [])
     limit = max_new_tokens or max(len(e) for e in expected) + 1
     got = greedy_batch(model, prompts, limit, tokenizer.eos_id)
     misses = [(tokenizer.decode(p), tokenizer.decode(e), tokenizer.decode(g))
               for p, e, g in zip(prompts, expected, got) if g != e]
-    return ExactMatch(len(chat_texts) - len(misses), len(chat_texts), misses)
+    return ExactMatch(len(prompts) - len(misses), len(chat_texts), misses)

@@ -1,0 +1,109 @@
+"""Chat with a trained ArrayGPT checkpoint.
+
+    python examples/chat.py --checkpoint runs/default                      # interactive
+    python examples/chat.py --checkpoint runs/default --prompt "How do mountains form?"
+    python examples/chat.py --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
+
+Type ``exit`` or ``quit`` (or press Ctrl-D) to leave. Exit codes: 0 done, 1 error, 2 bad option, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # runnable from a checkout without installing the package
+    sys.path.insert(0, _ROOT)
+
+import argparse  # noqa: E402
+import warnings  # noqa: E402
+
+from llm.errors import ConfigError, LLMError  # noqa: E402
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Chat with a trained ArrayGPT checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch", "torch:cuda", "strict"],
+                   help="where the model runs (default: cpu)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more varied")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set reaching probability p")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="longest answer in tokens (default: 50)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="answer this prompt and exit (repeatable); without it, chat interactively")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token (slower)")
+    return p.parse_args(argv)
+
+
+def _error(message: object) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _one_line_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from llm.checkpoint import load
+    from llm.generation import chat, check_sampling
+
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+        if args.max_new_tokens < 0:
+            raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    except LLMError as exc:
+        _error(exc)
+        return EXIT_USAGE
+    _one_line_warnings()
+    try:
+        model, tok = load(args.checkpoint, args.device)
+    except LLMError as exc:
+        _error(exc)
+        return EXIT_ERROR
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                    max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
+
+    def answer(text: str) -> bool:
+        try:
+            print(chat(model, tok, text, **settings), flush=True)
+            return True
+        except LLMError as exc:  # an empty prompt, for one: say so and carry on
+            _error(exc)
+            return False
+
+    if args.prompt is not None:
+        ok = [answer(text) for text in args.prompt]
+        return EXIT_OK if all(ok) else EXIT_ERROR
+
+    print("Chat with the model; type 'exit' or 'quit' (or Ctrl-D) to leave.", file=sys.stderr, flush=True)
+    while True:
+        try:
+            text = input("Enter prompt: ")
+        except EOFError:
+            print(file=sys.stderr)
+            return EXIT_OK
+        if text.strip().lower() in ("exit", "quit"):
+            return EXIT_OK
+        answer(text)
+
+
+def run() -> None:
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

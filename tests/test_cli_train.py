@@ -1,0 +1,590 @@
+"""Every mistake a user can make with ``examples/train.py`` ends in one clear line, a non-zero exit and no data lost.
+
+Each test runs the real CLI in a subprocess (a tiny model on tiny corpora, about a second a run) and checks the
+exit code, that stderr holds exactly one ``error:`` line naming the problem (or argparse's ``usage:`` + ``error:``
+for a malformed flag), and that no traceback is shown. Exit codes: 2 bad input, 1 failed run, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "train.py"
+
+PRETRAIN = [
+    "Mountains form when plates push rock up. </s>",
+    "Water boils at one hundred degrees. </s>",
+    "Ice floats on water. </s>",
+    "The sun is a star. </s>",
+]
+CHAT = [
+    "User: How do mountains form? Assistant: Plates push rock up. </s>",
+    "User: What is the sun? Assistant: The sun is a star. </s>",
+    "User: Does ice float? Assistant: Ice floats on water. </s>",
+    "User: When does water boil? Assistant: At one hundred degrees. </s>",
+]
+TINY = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--no-progress"]
+FAST = ["--pretrain-epochs", "1", "--chat-epochs", "1"]
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------------
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> list[str]:
+    d = tmp_path_factory.mktemp("corpora")
+    return ["--pretrain-data", str(write_json(d / "pretrain.json", PRETRAIN)),
+            "--chat-data", str(write_json(d / "chat.json", CHAT))]
+
+
+def _env(extra_pythonpath: str | None = None) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    if extra_pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_pythonpath, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def train(*args: str, stdin: str | None = None, pythonpath: str | None = None, timeout: float = 60,
+          chat: bool = False) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), *TINY, *args] + ([] if chat else ["--no-chat"])
+    return subprocess.run(cmd, cwd=ROOT, input=stdin if stdin is not None else "", capture_output=True, text=True,
+                          timeout=timeout, env=_env(pythonpath), encoding="utf-8")
+
+
+def no_traceback(r) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stdout, r.stdout
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def warning_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("warning:")]
+
+
+def assert_error(r, code: int, *words: str) -> str:
+    """Exit `code`, no traceback, exactly one `error:` line on stderr (none on stdout), naming every one of `words`."""
+    no_traceback(r)
+    assert r.returncode == code, (r.returncode, r.stdout[-2000:], r.stderr)
+    errors = error_lines(r.stderr)
+    assert len(errors) == 1, r.stderr
+    assert not error_lines(r.stdout), r.stdout
+    for word in words:
+        assert word.lower() in errors[0].lower(), (word, errors[0])
+    return errors[0]
+
+
+def assert_usage_error(r, *words: str) -> None:
+    """argparse's own report of a malformed flag: usage + one `... error:` line, exit 2."""
+    no_traceback(r)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("usage:"), r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr
+    for word in words:
+        assert word.lower() in errors[0].lower(), (word, errors[0])
+    assert "epoch" not in r.stdout  # nothing trained
+
+
+def assert_ok(r) -> None:
+    no_traceback(r)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr)
+    assert not error_lines(r.stderr) and not error_lines(r.stdout), r.stderr
+
+
+def load_cli():
+    """examples/train.py as a module, to run `main` in this process (where the library can be monkeypatched)."""
+    spec = importlib.util.spec_from_file_location("arraygpt_train_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Live:
+    """A CLI run in the background whose stdout is read line by line (to time a Ctrl-C)."""
+
+    def __init__(self, *args: str, chat: bool = False) -> None:
+        cmd = [sys.executable, str(SCRIPT), *TINY, *args] + ([] if chat else ["--no-chat"])
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=_env(), encoding="utf-8")
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, predicate, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                self.kill()
+                pytest.fail(f"timed out waiting; stdout so far:\n{''.join(self.stdout)}")
+            if line is None:
+                self.kill()
+                pytest.fail(f"the run ended first; stdout:\n{''.join(self.stdout)}")
+            self.stdout.append(line)
+            if predicate(line):
+                return line
+
+    def interrupt(self, timeout: float = 30) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("the run did not stop after Ctrl-C")
+        err = self.proc.stderr.read()
+        while (line := self.lines.get(timeout=5)) is not None:
+            self.stdout.append(line)
+        return code, "".join(self.stdout), err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- backends ----------------------------------------------------------------------------------------------------------
+
+def test_unknown_device(corpora):
+    r = train(*corpora, *FAST, "--device", "tpu")
+    assert_error(r, 2, "tpu", "cpu")
+
+
+def _broken_package(tmp_path: Path, name: str) -> str:
+    pkg = tmp_path / "shadow" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"raise ImportError('No module named {name} (simulated)')\n")
+    return str(tmp_path / "shadow")
+
+
+def test_cuda_without_cupy(corpora, tmp_path):
+    # A shadowing package that fails to import stands in for a machine without CuPy (the same on a GPU machine).
+    r = train(*corpora, *FAST, "--device", "cuda", pythonpath=_broken_package(tmp_path, "cupy"))
+    line = assert_error(r, 1, "cupy", "pip install", ".[cuda]")
+    assert "epoch" not in r.stdout, line
+
+
+def test_torch_device_without_torch(corpora, tmp_path):
+    r = train(*corpora, *FAST, "--device", "torch", pythonpath=_broken_package(tmp_path, "torch"))
+    assert_error(r, 1, "torch", "pip install")
+
+
+# -- corpus files ------------------------------------------------------------------------------------------------------
+
+def test_corpus_missing(tmp_path):
+    r = train("--pretrain-data", str(tmp_path / "nope.json"), *FAST)
+    assert_error(r, 2, "nope.json", "does not exist")
+
+
+def test_corpus_is_a_directory(tmp_path):
+    # As root no chmod makes a file unreadable; a directory where a file belongs is unreadable to everyone.
+    r = train("--chat-data", str(tmp_path), *FAST)
+    assert_error(r, 2, str(tmp_path), "directory")
+
+
+def test_corpus_unreadable_permission_denied(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file; the library test covers PermissionError with a monkeypatch")
+    path = write_json(tmp_path / "secret.json", PRETRAIN)
+    path.chmod(0)
+    r = train("--pretrain-data", str(path), *FAST)
+    assert_error(r, 2, "secret.json", "permission")
+
+
+def test_corpus_not_utf8(tmp_path, corpora):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('["Caf\xe9 au lait. </s>"]'.encode("latin-1"))
+    r = train("--pretrain-data", str(path), corpora[2], corpora[3], *FAST)
+    assert_error(r, 2, "latin1.json", "UTF-8")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("this is not json", ["not valid JSON", "line 1"]),
+    ('{"text": "Ice floats. </s>"}', ["object", "array"]),
+    ('"Ice floats. </s>"', ["a string", "array"]),
+    ('["Ice floats. </s>", 42]', ["entry 1", "number"]),
+    ('["Ice floats. </s>", ["nested"]]', ["entry 1", "array"]),
+    ("[]", ["empty"]),
+    ('["   "]', ["entry 0", "empty"]),
+])
+def test_corpus_bad_content(tmp_path, corpora, content, words):
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    r = train("--pretrain-data", str(path), corpora[2], corpora[3], *FAST)
+    assert_error(r, 2, "bad.json", *words)
+
+
+def test_chat_corpus_entry_not_a_dialogue(tmp_path, corpora):
+    path = write_json(tmp_path / "chat.json", CHAT + ["Just a sentence. </s>"])
+    r = train(corpora[0], corpora[1], "--chat-data", str(path), *FAST)
+    assert_error(r, 2, "entry 4", "User:", "Assistant:")
+
+
+def test_corpus_entries_without_eos_are_fixed_with_one_warning(tmp_path, corpora):
+    path = write_json(tmp_path / "noeos.json", [s.replace(" </s>", "") for s in PRETRAIN[:3]] + PRETRAIN[3:])
+    r = train("--pretrain-data", str(path), corpora[2], corpora[3], *FAST)
+    assert_ok(r)
+    warns = warning_lines(r.stderr)
+    assert len(warns) == 1, r.stderr
+    assert "noeos.json" in warns[0] and "3 of 4" in warns[0] and "</s>" in warns[0]
+
+
+def test_sequences_longer_than_max_seq_len_are_truncated_with_one_warning(tmp_path, corpora):
+    long = "Rock " + "and rock " * 15 + "makes hills. </s>"  # 35 tokens; the others fit in 20
+    path = write_json(tmp_path / "long.json", PRETRAIN + [long])
+    r = train("--pretrain-data", str(path), corpora[2], corpora[3], *FAST, "--max-seq-len", "20")
+    assert_ok(r)
+    warns = warning_lines(r.stderr)
+    assert len(warns) == 1, r.stderr
+    assert "1 of 5" in warns[0] and "max_seq_len 20" in warns[0] and "truncated" in warns[0]
+
+
+def test_context_shorter_than_every_question_still_finishes(corpora):
+    """Training data longer than a tiny context is truncated; the evaluation skips questions that cannot fit."""
+    r = train(*corpora, *FAST, "--max-seq-len", "4")
+    assert_ok(r)
+    assert "longer than the context skipped" in r.stdout
+    assert all("truncated" in w or "longer than the context" in w for w in warning_lines(r.stderr)), r.stderr
+
+
+# -- numbers out of range ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, words", [
+    (["--pretrain-epochs", "-1"], ["--pretrain-epochs", ">= 0"]),
+    (["--chat-epochs", "-3"], ["--chat-epochs", ">= 0"]),
+    (["--chat-epochs", "two"], ["--chat-epochs", "integer"]),
+    (["--batch-size", "0"], ["--batch-size", ">= 1"]),
+    (["--batch-size", "-4"], ["--batch-size", ">= 1"]),
+    (["--lr-pretrain", "0"], ["--lr-pretrain", "positive"]),
+    (["--lr-chat", "-0.01"], ["--lr-chat", "positive"]),
+    (["--lr-chat", "nan"], ["--lr-chat", "positive"]),
+    (["--clip-norm", "inf"], ["--clip-norm", "positive"]),
+    (["--weight-decay", "-1"], ["--weight-decay", ">= 0"]),
+    (["--max-seq-len", "0"], ["--max-seq-len", ">= 1"]),
+    (["--max-seq-len", "-8"], ["--max-seq-len", ">= 1"]),
+    (["--d-model", "0"], ["--d-model", ">= 1"]),
+    (["--seed", "-1"], ["--seed", ">= 0"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens", ">= 1"]),
+    (["--dtype", "float16"], ["--dtype", "float16"]),
+    (["--recipe", "fast"], ["--recipe", "fast"]),
+    (["--top-k", "1.5"], ["--top-k"]),
+    (["--no-such-flag"], ["--no-such-flag"]),
+])
+def test_malformed_flags_are_argparse_errors(corpora, flags, words):
+    assert_usage_error(train(*corpora, *FAST, *flags), *words)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--d-model", "16", "--n-heads", "3"], ["d_model 16", "n_heads 3", "divisible"]),
+    (["--top-p", "0"], ["top-p", "(0, 1]"]),
+    (["--top-p", "1.5"], ["top-p", "(0, 1]"]),
+    (["--top-p", "-0.2"], ["top-p", "(0, 1]"]),
+    (["--temperature", "-1"], ["temperature", ">= 0"]),
+    (["--temperature", "inf"], ["temperature", ">= 0"]),
+    (["--top-k", "0"], ["top-k", ">= 1"]),
+    (["--top-k", "-2"], ["top-k", ">= 1"]),
+    (["--save-every", "2"], ["--save-every", "--out"]),
+])
+def test_settings_out_of_range(corpora, flags, words):
+    r = train(*corpora, *FAST, *flags)
+    assert_error(r, 2, *words)
+    assert "epoch" not in r.stdout  # rejected before any training
+
+
+def test_zero_epochs_skip_a_phase(corpora):
+    r = train(*corpora, "--pretrain-epochs", "0", "--chat-epochs", "1")
+    assert_ok(r)
+    assert "pretrain: skipped, no steps" in r.stdout
+    assert "pretrain epoch" not in r.stdout and "chat epoch 1:" in r.stdout
+
+
+def test_out_of_memory_is_one_line(corpora):
+    # A 2**45-wide layer needs petabytes: refused by any allocator at once, without touching memory first.
+    r = train(*corpora, *FAST, "--d-ff", str(2 ** 45))
+    assert_error(r, 1, "out of memory", "smaller")
+
+
+# -- prompts -----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt, words", [
+    ("", ["--prompt number 2", "empty"]),
+    ("   \t ", ["--prompt number 2", "empty"]),
+    ("\x07", ["--prompt number 2", "empty"]),
+])
+def test_unanswerable_prompt_is_rejected_before_training(corpora, prompt, words):
+    r = train(*corpora, *FAST, "--prompt", "Does ice float?", "--prompt", prompt)
+    assert_error(r, 2, *words)
+    assert "epoch" not in r.stdout
+
+
+def test_odd_prompts_still_get_answers(corpora):
+    long = "Why " + "do mountains and plates " * 30 + "form?"  # about 120 tokens, context 80
+    prompts = ["zzyzx qwerty", "Ça fait combien, 東京? 🙂", "Does ice\x07 float?", long]
+    r = train(*corpora, *FAST, *[a for p in prompts for a in ("--prompt", p)], "--json")
+    assert_ok(r)
+    answers = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"prompt"')]
+    assert [a["prompt"] for a in answers] == prompts
+    assert all(isinstance(a["answer"], str) for a in answers)
+    warns = warning_lines(r.stderr)
+    assert sum("vocabulary" in w for w in warns) == 1, r.stderr  # "zzyzx qwerty": no known word
+    assert any("longer than the context" in w for w in warns), r.stderr
+
+
+def test_interactive_loop_survives_bad_prompts(corpora):
+    long = "Why " + "do mountains and plates " * 30 + "form?"
+    lines = ["", "   ", "\x07", "zzyzx qwerty", "Ça fait combien, 東京? 🙂", long, "How do mountains form?",
+             "exit", "How do mountains form?"]
+    r = train(*corpora, *FAST, chat=True, stdin="\n".join(lines) + "\n")
+    no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    errors = error_lines(r.stderr)
+    assert len(errors) == 3 and all("empty" in e for e in errors), r.stderr
+    # Every line up to `exit` got a prompt back; the line after `exit` was never read.
+    assert r.stdout.count("Enter prompt: ") == lines.index("exit") + 1
+    assert any("longer than the context" in w for w in warning_lines(r.stderr))
+
+
+def test_interactive_loop_ends_at_end_of_input(corpora):
+    r = train(*corpora, *FAST, chat=True, stdin="How do mountains form?\n")
+    assert_ok(r)
+    assert r.stdout.count("Enter prompt: ") == 2
+
+
+def test_interactive_loop_reads_bytes_that_are_not_utf8(corpora):
+    cmd = [sys.executable, str(SCRIPT), *TINY, *corpora, *FAST]
+    r = subprocess.run(cmd, cwd=ROOT, input=b"caf\xe9 \xff\xfe\nexit\n", capture_output=True, timeout=60,
+                       env=_env())
+    assert r.returncode == 0, r.stderr
+    assert b"Traceback" not in r.stderr
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, corpora) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    r = train(*corpora, *FAST, "--out", str(out))
+    assert_ok(r)
+    assert "saved checkpoint" in r.stdout and (out / "config.json").exists()
+    return out
+
+
+def _copy(checkpoint: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(checkpoint, dst)
+    return dst
+
+
+def test_resume_completes(corpora, checkpoint, tmp_path):
+    r = train(*corpora, "--resume", str(_copy(checkpoint, tmp_path)))
+    assert_ok(r)
+    assert "resumed from" in r.stdout and "training had finished" in r.stdout
+
+
+def test_resume_missing_directory(corpora, tmp_path):
+    r = train(*corpora, "--resume", str(tmp_path / "no-such-run"))
+    assert_error(r, 1, "no-such-run", "does not exist")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors"])
+def test_resume_with_a_missing_file(corpora, checkpoint, tmp_path, name):
+    ckpt = _copy(checkpoint, tmp_path)
+    (ckpt / name).unlink()
+    r = train(*corpora, "--resume", str(ckpt))
+    assert_error(r, 1, name, "missing")
+
+
+def test_resume_truncated_weights(corpora, checkpoint, tmp_path):
+    ckpt = _copy(checkpoint, tmp_path)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    r = train(*corpora, "--resume", str(ckpt))
+    assert_error(r, 1, "model.safetensors", "truncated")
+
+
+def test_resume_with_a_different_model_size_flag(corpora, checkpoint, tmp_path):
+    r = train(*corpora, "--resume", str(_copy(checkpoint, tmp_path)), "--d-model", "32")
+    assert_error(r, 2, "--d-model 32", "d_model 16", "leave the flag out")
+
+
+def test_resume_with_a_different_recipe_flag(corpora, checkpoint, tmp_path):
+    r = train(*corpora, "--resume", str(_copy(checkpoint, tmp_path)), "--chat-epochs", "5")
+    assert_error(r, 2, "--chat-epochs 5", "chat_epochs 1")
+
+
+def test_resume_weights_of_a_different_model_size(corpora, checkpoint, tmp_path):
+    ckpt = _copy(checkpoint, tmp_path)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"]["d_model"] = 32  # config.json of a bigger model next to the small model's weights
+    (ckpt / "config.json").write_text(json.dumps(config))
+    r = train(*corpora, "--resume", str(ckpt))
+    assert_error(r, 1, "model.safetensors", "shape", "different model size")
+
+
+def test_out_under_a_regular_file(corpora, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    r = train(*corpora, *FAST, "--out", str(blocker / "run"))
+    assert_error(r, 1, str(blocker), "not a directory", "--out")
+    assert "epoch" not in r.stdout  # refused before training, so no training time is lost
+    assert blocker.read_text() == "not a directory"
+
+
+def test_out_is_a_directory_that_is_not_a_checkpoint(corpora, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    r = train(*corpora, *FAST, "--out", str(tmp_path))
+    assert_error(r, 1, str(tmp_path), "not a checkpoint")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert "epoch" not in r.stdout
+
+
+def test_save_failure_mid_run_rescues_the_run(corpora, tmp_path, monkeypatch, capsys):
+    """The disk refuses a checkpoint after training started: the run is saved elsewhere and the error says where."""
+    cli = load_cli()
+    import llm.checkpoint as ck
+    import tempfile
+
+    runs = tmp_path / "runs"
+    real_write = ck._write_file
+
+    def refuse(path, data):
+        if str(runs) in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(ck, "_write_file", refuse)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    with warnings.catch_warnings():
+        code = cli.main([*TINY, *corpora, *FAST, "--no-chat", "--out", str(runs / "demo")])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = error_lines(err)
+    assert len(errors) == 1 and "permission denied" in errors[0] and "--resume" in errors[0], err
+    rescue = Path(errors[0].split("--resume ")[1].split()[0])
+    assert rescue.parent == tmp_path / "scratch"
+    assert not (runs / "demo").exists()
+    ckpt = ck.load_checkpoint(rescue, "cpu")
+    assert ckpt.resumable and ckpt.train_state.step >= 1
+
+
+# -- training that diverges --------------------------------------------------------------------------------------------
+
+DIVERGE = ["--lr-pretrain", "1e10", "--warmup-steps", "0", "--pretrain-epochs", "5", "--chat-epochs", "1"]
+
+
+def test_divergence_keeps_the_last_good_checkpoint(corpora, checkpoint, tmp_path):
+    out = _copy(checkpoint, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = train(*corpora, *DIVERGE, "--out", str(out))
+    line = assert_error(r, 1, "diverged", "step", "lower the learning rate", "--lr-pretrain", "kept")
+    assert "nan" in line.lower() or "inf" in line.lower()
+    assert not warning_lines(r.stderr), r.stderr  # no NumPy overflow noise around the one line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    from llm.checkpoint import load_checkpoint
+
+    load_checkpoint(out, "cpu")
+
+
+def test_divergence_without_a_previous_checkpoint_writes_none(corpora, tmp_path):
+    out = tmp_path / "fresh"
+    r = train(*corpora, *DIVERGE, "--out", str(out))
+    assert_error(r, 1, "diverged", "step", "lower the learning rate", "nothing was saved")
+    assert not (out / "model.safetensors").exists()
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------------------------
+
+def _epoch_line(phase: str, at_least: int = 1):
+    def match(line: str) -> bool:
+        return line.startswith(f"{phase} epoch ") and int(line.split()[2].rstrip(":")) >= at_least
+    return match
+
+
+def test_ctrl_c_during_training_saves_and_resumes(corpora, tmp_path):
+    out = tmp_path / "run"
+    long_run = [*corpora, "--pretrain-epochs", "100000", "--chat-epochs", "1"]
+    live = Live(*long_run, "--out", str(out))
+    live.wait_for(_epoch_line("pretrain"))
+    code, stdout, stderr = live.interrupt()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and not error_lines(stderr), stderr
+    assert "interrupted" in stderr and f"--resume {out}" in stderr
+    assert "saved checkpoint" in stdout and "(interrupted)" in stdout
+
+    from llm.checkpoint import load_checkpoint
+
+    first = load_checkpoint(out, "cpu").train_state
+    assert first.phase == 0 and first.epoch >= 1
+
+    live = Live(*corpora, "--resume", str(out), "--out", str(out))
+    resumed = live.wait_for(lambda line: line.startswith("resumed from"))
+    assert f"epoch {first.epoch}," in resumed and f"step {first.step}" in resumed, resumed
+    live.wait_for(_epoch_line("pretrain", first.epoch + 1))  # it carries on from there, not from epoch 1
+    code, _, stderr = live.interrupt()
+    assert code == 130 and "Traceback" not in stderr, stderr
+    second = load_checkpoint(out, "cpu").train_state
+    assert second.step > first.step and second.epoch > first.epoch
+
+
+def test_ctrl_c_without_out_says_nothing_was_saved(corpora):
+    live = Live(*corpora, "--pretrain-epochs", "100000", "--chat-epochs", "1")
+    live.wait_for(_epoch_line("pretrain"))
+    code, _, stderr = live.interrupt()
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert "nothing saved" in stderr
+
+
+def test_ctrl_c_in_the_interactive_loop(corpora):
+    live = Live(*corpora, *FAST, chat=True)
+    live.wait_for(lambda line: line.startswith("Type a question"))
+    time.sleep(0.2)  # let it reach input()
+    code, _, stderr = live.interrupt()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr and not error_lines(stderr), stderr
+
+
+def test_ctrl_c_during_generation(corpora, monkeypatch, capsys):
+    """A KeyboardInterrupt raised inside generation (where a real Ctrl-C lands) ends the CLI with 130, cleanly."""
+    cli = load_cli()
+    calls = []
+
+    def chat(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:  # the "after training" answer
+            raise KeyboardInterrupt
+        return "an answer"
+
+    monkeypatch.setattr(cli, "chat", chat)
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    with warnings.catch_warnings():
+        code = cli.main([*TINY, *corpora, *FAST, "--prompt", "Does ice float?"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and not error_lines(err)
