@@ -36,13 +36,16 @@ class CausalSelfAttention(Layer):
         self.proj = Linear(backend, rng, d_model, d_model, std=out_std)
         self.children = {"qkv": self.qkv, "proj": self.proj}
         self.cache = None
+        self._causal_cache: dict[tuple[int, int], Any] = {}
 
     def _mask_bias(self, xp: Any, T_q: int, T_k: int, key_mask: Any, like: Any) -> Any:
         # -> (T_q, T_k) or (B, 1, T_q, T_k): 0 where allowed, MASK_VALUE where not. Queries are the last T_q
         # positions of the T_k keys (T_q < T_k only when decoding with a KV cache).
-        rows = xp.arange(T_k - T_q, T_k, device=device(like))[:, None]
-        cols = xp.arange(T_k, device=device(like))[None, :]
-        bias = xp.astype(cols > rows, like.dtype) * MASK_VALUE
+        bias = self._causal_cache.get((T_q, T_k))
+        if bias is None:  # built once per shape: training sees only a few distinct lengths
+            rows = xp.arange(T_k - T_q, T_k, device=device(like))[:, None]
+            cols = xp.arange(T_k, device=device(like))[None, :]
+            bias = self._causal_cache[(T_q, T_k)] = xp.astype(cols > rows, like.dtype) * MASK_VALUE
         if key_mask is not None:
             pad = (1.0 - xp.astype(key_mask, like.dtype)) * MASK_VALUE  # (B, T_k)
             bias = bias + pad[:, None, None, :]
@@ -58,7 +61,9 @@ class CausalSelfAttention(Layer):
     def _softmax(xp: Any, s: Any) -> Any:
         # s: (..., T_k) -> probabilities over the last axis, max-subtracted for stability
         e = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
-        return e / xp.sum(e, axis=-1, keepdims=True)
+        # The row sum as a matmul with a ones column: several times faster than a short last-axis reduction.
+        ones = xp.ones((s.shape[-1], 1), dtype=s.dtype, device=device(s))
+        return e / (e @ ones)
 
     def forward(self, x: Any, key_mask: Any = None) -> Any:
         # x: (B, T, C); key_mask: (B, T) bool, True for real tokens, or None -> (B, T, C)
