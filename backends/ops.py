@@ -46,3 +46,20 @@ def index_add(target: Any, index: Any, values: Any) -> None:
         cupyx.scatter_add(target, index, values)
     else:
         index_add_onehot(target, index, values)
+
+
+def add_at_columns(target: Any, cols: Any, values: Any) -> None:
+    """``target[i, cols[i]] += values[i]`` for every row i, in place (one entry per row, so no collisions).
+
+    target: (N, V), cols: (N,) integer, values: (N,). The loss uses it to subtract the one-hot target from the
+    softmax without materializing an (N, V) one-hot array; other namespaces get exactly that one-hot fallback.
+    """
+    if compat.is_numpy_array(target) or compat.is_cupy_array(target):
+        mod = compat.array_namespace(target)
+        rows = mod.arange(target.shape[0])
+        target[rows, cols] += values
+    elif compat.is_torch_array(target):
+        target.scatter_add_(1, cols[:, None], values[:, None])
+    else:
+        xp = compat.array_namespace(target)
+        target += xpx.one_hot(cols, target.shape[1], dtype=target.dtype, xp=xp) * values[:, None]

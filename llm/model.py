@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace
 
 from .config import GPTConfig
 from .errors import ConfigError

@@ -200,11 +200,11 @@ class Trainer:
                         raise TrainingInterrupted(f"interrupted in phase {phase}, epoch {st.epoch + 1}")
                     loss = model.loss_and_grads(batch.tokens, batch.targets, batch.mask)
                     if not math.isfinite(loss):
-                        lr_flag = "--lr-pretrain" if phase == "pretrain" else "--lr-chat"
-                        raise TrainingDivergedError(
-                            f"training diverged: loss is {loss} at step {st.step + 1} ({phase} epoch {st.epoch + 1});"
-                            f" lower the learning rate ({lr_flag}, now {base_lr:g})")
-                    self.optimizer.step(model.grads, lr=self.lr_at(base_lr, st.phase_step))
+                        raise self._diverged(f"loss is {loss}", phase, base_lr)
+                    try:
+                        self.optimizer.step(model.grads, lr=self.lr_at(base_lr, st.phase_step))
+                    except TrainingDivergedError:  # non-finite gradients: no parameter was touched
+                        raise self._diverged("the gradient is not finite", phase, base_lr) from None
                     n_tok = batch.n_tokens
                     st.batch += 1
                     st.step += 1
@@ -234,6 +234,12 @@ class Trainer:
         seconds = time.perf_counter() - t0
         last = next((h["loss"] for h in reversed(st.history) if h["phase"] == phase), None)
         self._end_phase(PhaseSummary(phase, epochs, steps, tokens, seconds, last))
+
+    def _diverged(self, what: str, phase: str, base_lr: float) -> TrainingDivergedError:
+        st = self.state
+        lr_flag = "--lr-pretrain" if phase == "pretrain" else "--lr-chat"
+        return TrainingDivergedError(f"training diverged: {what} at step {st.step + 1} ({phase} epoch {st.epoch + 1});"
+                                     f" lower the learning rate ({lr_flag}, now {base_lr:g})")
 
     def _end_phase(self, summary: PhaseSummary) -> None:
         st = self.state

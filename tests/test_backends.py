@@ -3,6 +3,7 @@ import pytest
 
 import backends
 from backends import get_backend, index_add, index_add_onehot
+from backends.ops import add_at_columns
 from llm.errors import BackendUnavailableError, ConfigError, LLMError
 from tests.conftest import require_backend
 
@@ -73,3 +74,18 @@ def test_index_add_accumulates_repeated_ids(backend_name, dtype):
         target = be.asarray(table.copy())  # asarray may share memory with a host array on CPU
         fn(target, be.asarray(ids), be.asarray(vals))
         np.testing.assert_allclose(be.to_numpy(target), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_add_at_columns_touches_one_entry_per_row(backend_name, dtype):
+    be = require_backend(backend_name, dtype)
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((5, 7))
+    cols = np.array([3, 3, 0, 6, 3])  # repeated columns in different rows
+    vals = rng.standard_normal(5)
+    expected = table.copy()
+    expected[np.arange(5), cols] += vals
+    target = be.asarray(table.copy())
+    add_at_columns(target, be.asarray(cols), be.asarray(vals))
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(be.to_numpy(target), expected, rtol=tol, atol=tol)

@@ -7,6 +7,7 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from .base import Layer
+from .reductions import sum_rows
 
 
 class OutputProjection(Layer):
@@ -41,6 +42,6 @@ class OutputProjection(Layer):
         weight, grad = self._weight()
         d2 = xp.reshape(dout, (-1, self.vocab_size))
         grad += xp.matrix_transpose(d2) @ xp.reshape(self.x, (-1, self.d_model))
-        self.grads["bias"] += xp.sum(d2, axis=0)
+        self.grads["bias"] += sum_rows(d2)
         self.x = None
         return xp.reshape(d2 @ weight, (*dout.shape[:-1], self.d_model))

@@ -7,6 +7,7 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from .base import Layer
+from .reductions import mean_last, sum_rows
 
 
 class LayerNorm(Layer):
@@ -22,22 +23,19 @@ class LayerNorm(Layer):
     def forward(self, x: Any) -> Any:
         # x: (B, T, C) -> (B, T, C)
         xp = array_namespace(x)
-        xc = x - xp.mean(x, axis=-1, keepdims=True)
-        var = xp.mean(xc * xc, axis=-1, keepdims=True)
+        xc = x - mean_last(x)
+        var = mean_last(xc * xc)
         self.rstd = 1.0 / xp.sqrt(var + self.eps)  # (B, T, 1)
         self.xhat = xc * self.rstd
         return self.xhat * self.params["gamma"] + self.params["beta"]
 
     def backward(self, dout: Any) -> Any:
         # dout: (B, T, C) -> dx: (B, T, C)
-        xp = array_namespace(dout)
-        C = dout.shape[-1]
         xhat = self.xhat
-        self.grads["gamma"] += xp.sum(xp.reshape(dout * xhat, (-1, C)), axis=0)
-        self.grads["beta"] += xp.sum(xp.reshape(dout, (-1, C)), axis=0)
+        self.grads["gamma"] += sum_rows(dout * xhat)
+        self.grads["beta"] += sum_rows(dout)
         dxhat = dout * self.params["gamma"]
         # d/dx of the normalization: remove the mean of dxhat and its projection on xhat.
-        dx = self.rstd * (dxhat - xp.mean(dxhat, axis=-1, keepdims=True)
-                          - xhat * xp.mean(dxhat * xhat, axis=-1, keepdims=True))
+        dx = self.rstd * (dxhat - mean_last(dxhat) - xhat * mean_last(dxhat * xhat))
         self.xhat = self.rstd = None
         return dx

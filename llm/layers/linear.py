@@ -7,6 +7,7 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from .base import Layer
+from .reductions import sum_rows
 
 
 class Linear(Layer):
@@ -38,6 +39,6 @@ class Linear(Layer):
         d2 = xp.reshape(dout, (-1, self.d_out))
         self.grads["weight"] += xp.matrix_transpose(x2) @ d2
         if "bias" in self.params:
-            self.grads["bias"] += xp.sum(d2, axis=0)
+            self.grads["bias"] += sum_rows(d2)
         self.x = None
         return xp.reshape(d2 @ xp.matrix_transpose(self.params["weight"]), x_shape)
