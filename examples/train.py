@@ -31,7 +31,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -185,32 +184,9 @@ def _check_prompt(tok, text: str, what: str = "the prompt") -> None:
 
 def _check_out(path: str) -> None:
     """Fail before training, not after it, when checkpoints cannot be written to `path`."""
-    from llm.checkpoint import CONFIG_FILE, MODEL_FILE
+    from llm.checkpoint import check_destination
 
-    target = Path(path)
-    why = f"cannot save checkpoints to --out {path}"
-    if os.path.lexists(target) and not target.is_dir():
-        raise CheckpointError(f"{why}: it exists and is not a directory; choose another --out")
-    if target.is_dir():
-        try:
-            entries = set(os.listdir(target))
-        except OSError as exc:
-            raise CheckpointError(f"{why}: {exc.strerror or exc}; choose another --out") from None
-        if entries and CONFIG_FILE not in entries and MODEL_FILE not in entries:
-            raise CheckpointError(f"{why}: it is a non-empty directory that is not a checkpoint, and saving would "
-                                  "replace it; choose a new or empty directory")
-    parent = Path(os.path.abspath(target)).parent
-    ancestor = parent
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CheckpointError(f"{why}: {ancestor} is a file, not a directory; choose another --out")
-    try:  # checkpoints are written into a temporary sibling of --out, then renamed: probe exactly that
-        parent.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
-    except OSError as exc:
-        raise CheckpointError(f"{why}: {exc.strerror or exc} ({exc.filename or parent}); choose a directory you "
-                              "can write to") from None
+    check_destination(path)
 
 
 def _save(args, out: Output, model, tok, trainer, why: str) -> None:

@@ -58,6 +58,7 @@ __all__ = [
     "load_checkpoint",
     "load",
     "restore_trainer",
+    "check_destination",
 ]
 
 
@@ -194,6 +195,28 @@ def _check_destination(path: Path) -> None:
         raise CheckpointError(f"cannot save a checkpoint to {path}: it is a non-empty directory that is not a "
                               "checkpoint (no config.json / model.safetensors), and saving would replace it; "
                               "choose another --out")
+
+
+def check_destination(path: str | os.PathLike) -> None:
+    """Fail early (before hours of training) when a checkpoint could not be saved to `path`.
+
+    Checks what :func:`save_checkpoint` would refuse, then probes that a temporary sibling can be created.
+    """
+    target = Path(path)
+    _check_destination(target)
+    parent = Path(os.path.abspath(target)).parent
+    ancestor = parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {path}: {ancestor} is a file, not a directory; "
+                              "choose another --out")
+    try:  # checkpoints are written into a temporary sibling, then renamed: probe exactly that
+        parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)} "
+                              f"({exc.filename or parent}); choose a directory you can write to") from None
 
 
 def _write_file(path: Path, data: bytes) -> None:
