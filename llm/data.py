@@ -169,6 +169,7 @@ class Batch:
     tokens: np.ndarray
     targets: np.ndarray
     mask: np.ndarray
+    n_inputs: int = 0  # real (non-padding) input tokens: what tokens/s counts
 
     @property
     def n_tokens(self) -> int:
@@ -217,7 +218,7 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         tokens[row, :n] = e.ids[:-1]
         targets[row, :n] = e.ids[1:]
         mask[row, e.loss_start - 1:n] = True  # target t is ids[t + 1]
-    return Batch(tokens, targets, mask)
+    return Batch(tokens, targets, mask, sum(len(e.ids) - 1 for e in examples))
 
 
 def iterate_batches(examples: list[Example], batch_size: int, pad_id: int,
@@ -231,6 +232,19 @@ def iterate_batches(examples: list[Example], batch_size: int, pad_id: int,
     order = np.arange(len(examples)) if order is None else order
     for i in range(start * batch_size, len(order), batch_size):
         yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+
+
+def new_shuffle_state(seed: int | None) -> dict:
+    """The state of a fresh shuffling RNG (JSON-serializable, so checkpoints can carry it)."""
+    return np.random.default_rng(seed).bit_generator.state
+
+
+def shuffled_order(state: dict, n: int) -> tuple[np.ndarray, dict]:
+    """An epoch's order of `n` examples drawn from the RNG in `state`, and the RNG's state afterwards."""
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    order = rng.permutation(n)
+    return order, rng.bit_generator.state
 
 
 def num_batches(n_examples: int, batch_size: int) -> int:

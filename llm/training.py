@@ -14,9 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-import numpy as np
-
-from .data import Example, encode_corpus, iterate_batches, num_batches, split_dialogue
+from .data import (Example, encode_corpus, iterate_batches, new_shuffle_state, num_batches, shuffled_order,
+                   split_dialogue)
 from .errors import ConfigError, TrainingDivergedError
 from .generation import greedy_batch
 from .optim import Adam
@@ -132,7 +131,7 @@ class Trainer:
             "pretrain": encode_corpus(pretrain_texts, tokenizer, max_len, "all") if pretrain_texts else [],
             "chat": encode_corpus(chat_texts, tokenizer, max_len, recipe.loss_on) if chat_texts else [],
         }
-        self.state = TrainState(rng_state=np.random.default_rng(seed).bit_generator.state)
+        self.state = TrainState(rng_state=new_shuffle_state(seed))
         self.optimizer = self._new_optimizer()
         self.summaries: list[PhaseSummary] = []
         self._stop_requested = False
@@ -192,9 +191,7 @@ class Trainer:
         t0, steps, tokens = time.perf_counter(), 0, 0
         try:
             while st.epoch < epochs:
-                rng = np.random.default_rng()
-                rng.bit_generator.state = st.rng_state
-                order = rng.permutation(len(examples))
+                order, next_rng_state = shuffled_order(st.rng_state, len(examples))
                 for batch in iterate_batches(examples, r.batch_size, self.tokenizer.pad_id, order, start=st.batch):
                     if self._stop_requested:
                         raise TrainingInterrupted(f"interrupted in phase {phase}, epoch {st.epoch + 1}")
@@ -212,7 +209,7 @@ class Trainer:
                     st.epoch_loss_sum += loss * n_tok
                     st.epoch_tokens += n_tok
                     steps += 1
-                    tokens += int((batch.tokens != self.tokenizer.pad_id).sum())
+                    tokens += batch.n_inputs
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}",
@@ -220,7 +217,7 @@ class Trainer:
                 epoch_loss = st.epoch_loss_sum / max(st.epoch_tokens, 1)
                 st.epoch += 1
                 st.batch = 0
-                st.rng_state = rng.bit_generator.state
+                st.rng_state = next_rng_state
                 st.epoch_loss_sum, st.epoch_tokens = 0.0, 0
                 record = {"phase": phase, "epoch": st.epoch, "loss": epoch_loss}
                 st.history.append(record)
