@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace, device
+from .namespace import array_namespace, device
 
 from backends.ops import add_at_columns
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace
+from ..namespace import array_namespace
 
 from .base import Layer
 from .linear import Linear
