@@ -159,3 +159,19 @@ def test_json_output_contract(tmp_path):
     final = objs[-1]
     assert set(final) == {"exact_match", "total", "seconds"} and final["total"] == len(CHATS)
     assert "instruction prompts answered exactly:" in r.stderr  # human text goes to stderr
+
+
+def test_character_level_example_trains_on_plain_text(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    (tmp_path / "t.txt").write_text(text)
+    cmd = [sys.executable, str(ROOT / "examples" / "train_text.py"), "--text", str(tmp_path / "t.txt"),
+           "--max-seq-len", "32", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32",
+           "--steps", "40", "--batch-size", "8", "--lr", "1e-2", "--temperature", "0", "--sample-chars", "16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "symbols" in r.stdout and "tokens/s" in r.stdout
+    losses = [float(line.split("loss ")[1]) for line in r.stdout.splitlines() if line.startswith("epoch")]
+    assert losses[-1] < 0.5 * losses[0]  # it learns the repeated sentence
+    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "train_text.py"), "--text",
+                          str(tmp_path / "missing.txt")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read") and "Traceback" not in bad.stderr

@@ -1,0 +1,77 @@
+"""Train a character-level ArrayGPT on any plain-text file, then sample from it.
+
+    python examples/train_text.py --text ../shared/data/tinyshakespeare.txt --steps 300
+    python examples/train_text.py --text notes.txt --device torch --steps 1000 --sample-chars 400
+
+The text is cut into windows of ``--max-seq-len + 1`` characters (a fresh random set every epoch would be the
+nanoGPT way; here the windows are fixed and shuffled per epoch by the trainer), every character is a token, and
+only pre-training runs (there are no dialogues). Prints the loss per epoch and the training tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run from a checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from backends import get_backend  # noqa: E402
+from llm import GPT, CharTokenizer, GPTConfig, Recipe, Trainer, generate  # noqa: E402
+from llm.errors import DataError, LLMError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 plain-text file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-seq-len", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (rounded up to whole epochs)")
+    p.add_argument("--max-chars", type=int, default=200_000, help="use at most this many characters of the file")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-chars", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    args = p.parse_args(argv)
+    try:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read(args.max_chars)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read {args.text}: {exc}; give a UTF-8 plain-text file") from None
+        window = args.max_seq_len + 1
+        if len(text) < 2 * window:
+            raise DataError(f"{args.text} has {len(text)} characters; it needs at least {2 * window}")
+        chunks = [text[i:i + window] for i in range(0, len(text) - window + 1, window)]
+        tok = CharTokenizer.from_texts([text])
+        backend = get_backend(args.device)
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
+                              n_layers=args.n_layers, d_ff=args.d_ff, max_seq_len=args.max_seq_len), backend,
+                    seed=args.seed)
+        epochs = max(1, -(-args.steps * args.batch_size // len(chunks)))
+        recipe = Recipe(batch_size=args.batch_size, pretrain_epochs=epochs, chat_epochs=0, lr_pretrain=args.lr,
+                        warmup_steps=min(100, args.steps // 10), loss_on="all")
+        print(f"{len(text):,} characters, {tok.vocab_size} symbols, {len(chunks)} windows of {window}; {model!r}")
+        log = lambda e: e["event"] == "epoch" and print(f"epoch {e['epoch']}: loss {e['loss']:.4f}")  # noqa: E731
+        trainer = Trainer(model, tok, chunks, [], recipe, seed=args.seed, log=log)
+        (summary, _) = trainer.train()
+        print(f"{summary.steps} steps in {summary.seconds:.1f} s: {summary.tokens_per_second:,.0f} tokens/s")
+        prompt = text[:16]
+        print(prompt + generate(model, tok, prompt, max_new_tokens=min(args.sample_chars, args.max_seq_len - 16),
+                                temperature=args.temperature, seed=args.seed))
+    except LLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
