@@ -55,24 +55,38 @@ class GPT(Layer):
     # -- training path ---------------------------------------------------------------------------------------------
     def forward(self, tokens: Any, key_mask: Any = None) -> Any:
         """tokens: (B, T) int (host or device) -> logits (B, T, V). `key_mask` (B, T) bool hides padding keys."""
-        tokens = self._tokens(tokens)
         if key_mask is not None:
             key_mask = self.backend.asarray(key_mask, dtype=self.backend.xp.bool)
+        return self._head_forward(self._trunk_forward(self._tokens(tokens), key_mask))
+
+    def backward(self, dlogits: Any) -> None:
+        """dlogits: (B, T, V). Adds every parameter's gradient into ``grads``."""
+        self._trunk_backward(self._head_backward(dlogits))
+
+    # The two halves of the network: embeddings + blocks ("trunk"), then final norm + output projection ("head").
+    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> Any:
+        # tokens: (B, T) -> (B, T, C)
         x = self.embed.forward(tokens)
         for block in self.blocks:
             x = block.forward(x, key_mask)
+        return x
+
+    def _trunk_backward(self, dx: Any) -> None:
+        # dx: (B, T, C)
+        for block in reversed(self.blocks):
+            dx = block.backward(dx)
+        self.embed.backward(dx)
+
+    def _head_forward(self, x: Any) -> Any:
+        # x: (..., C) -> logits (..., V)
         if self.ln_f is not None:
             x = self.ln_f.forward(x)
         return self.head.forward(x)
 
-    def backward(self, dlogits: Any) -> None:
-        """dlogits: (B, T, V). Adds every parameter's gradient into ``grads``."""
+    def _head_backward(self, dlogits: Any) -> Any:
+        # dlogits: (..., V) -> dx (..., C)
         dx = self.head.backward(dlogits)
-        if self.ln_f is not None:
-            dx = self.ln_f.backward(dx)
-        for block in reversed(self.blocks):
-            dx = block.backward(dx)
-        self.embed.backward(dx)
+        return self.ln_f.backward(dx) if self.ln_f is not None else dx
 
     def zero_grads(self) -> None:
         for g in self.grads.values():
@@ -89,9 +103,7 @@ class GPT(Layer):
         self.zero_grads()
         tokens = self._tokens(tokens)
         targets = xp.reshape(self.backend.asarray(targets, dtype=xp.int64), (-1,))
-        x = self.embed.forward(tokens)
-        for block in self.blocks:
-            x = block.forward(x)
+        x = self._trunk_forward(tokens)
         B, T, C = x.shape
         x = xp.reshape(x, (1, B * T, C))
         rows = None
@@ -102,20 +114,13 @@ class GPT(Layer):
                 return 0.0  # nothing to learn from: zero loss, zero gradients
             x = xp.take(x, rows, axis=1)  # (1, N, C)
             targets = xp.take(targets, rows, axis=0)
-        if self.ln_f is not None:
-            x = self.ln_f.forward(x)
-        loss, dlogits = cross_entropy(self.head.forward(x), targets[None, :])
-        dx = self.head.backward(dlogits)
-        if self.ln_f is not None:
-            dx = self.ln_f.backward(dx)
+        loss, dlogits = cross_entropy(self._head_forward(x), targets[None, :])
+        dx = self._head_backward(dlogits)
         if rows is not None:
             full = xp.zeros((B * T, C), dtype=dx.dtype, device=self.backend.device)
             index_add(full, rows, dx[0, ...])  # rows are distinct: a plain scatter
             dx = full
-        dx = xp.reshape(dx, (B, T, C))
-        for block in reversed(self.blocks):
-            dx = block.backward(dx)
-        self.embed.backward(dx)
+        self._trunk_backward(xp.reshape(dx, (B, T, C)))
         return float(loss)
 
     # -- inference path with a KV cache -----------------------------------------------------------------------------
@@ -133,10 +138,8 @@ class GPT(Layer):
         x = self.embed.forward(tokens, start=past)
         for block, kv in zip(self.blocks, kv_cache):
             x = block.forward_cached(x, kv)
-        if self.ln_f is not None:
-            x = self.ln_f.forward(x)
-        logits = self.head.forward(x)
-        self.head.x = None
+        logits = self._head_forward(x)
+        self.head.x = None  # inference: nothing to keep for a backward pass
         return logits
 
     def num_parameters(self) -> int:
