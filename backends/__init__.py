@@ -70,7 +70,7 @@ class Backend:
         if dtype is None:
             kind = _dtype_kind(x)
             dtype = self.dtype if kind == "f" else xp.int64 if kind in "iu" else xp.bool if kind == "b" else None
-        if isinstance(x, (list, tuple, int, float, bool, np.generic)) or isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple, int, float, bool, np.generic, np.ndarray)):
             x = np.asarray(x)
         return xp.asarray(x, dtype=dtype, device=self.device)
 

@@ -40,7 +40,7 @@ from llm import GPT, GPTConfig  # noqa: E402
 from llm.data import load_corpus, split_dialogue  # noqa: E402
 from llm.errors import (CheckpointError, ConfigError, LLMError, LLMWarning, PromptError,  # noqa: E402
                         TrainingDivergedError)
-from llm.generation import chat, check_sampling  # noqa: E402
+from llm.generation import chat, check_prompt, check_sampling  # noqa: E402
 from llm.tokenizer import WordTokenizer  # noqa: E402
 from llm.training import RECIPES, ExactMatch, Trainer, TrainingInterrupted, exact_match  # noqa: E402
 
@@ -170,18 +170,6 @@ def _check_resume_flags(args, ckpt) -> None:
                           f"recipe; {fix}")
 
 
-def _check_prompt(tok, text: str, what: str = "the prompt") -> None:
-    """PromptError for a prompt with no words (empty, spaces or control characters only); a warning for one whose
-    words are all unknown."""
-    ids = tok.encode(text)
-    if not ids:
-        raise PromptError(f"{what} is empty{' (only spaces or control characters)' if text else ''}: "
-                          "type a question")
-    if all(i == tok.unk_id for i in ids):
-        warnings.warn(f"none of the words of {what} are in the vocabulary; the answer is a guess: "
-                      "ask with words from the training data", LLMWarning, stacklevel=2)
-
-
 def _check_out(path: str) -> None:
     """Fail before training, not after it, when checkpoints cannot be written to `path`."""
     from llm.checkpoint import check_destination
@@ -251,7 +239,7 @@ def run(args) -> int:
         trainer = Trainer(model, tok, pretrain, dialogues, recipe, seed=args.seed,
                           progress=not args.no_progress, log=log_epoch)
     for i, prompt in enumerate(args.prompt or []):
-        _check_prompt(tok, prompt, f"--prompt number {i + 1}")
+        check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
     if args.out:
         _check_out(args.out)
         trainer.on_phase_end = lambda tr, summary: _save(args, out, model, tok, tr, f"end of {summary.phase}")
@@ -325,7 +313,6 @@ def interactive(model, tok, sampling, out: Output) -> None:
         if text.strip().lower() in ("exit", "quit"):
             return
         try:
-            _check_prompt(tok, text)
             out.say(chat(model, tok, text, **sampling))
         except PromptError as exc:
             error(exc)

@@ -190,8 +190,8 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
     for text in texts:
         if loss_on == "answer":
             prompt, answer = split_dialogue(text)
-            prompt_ids, ids = tokenizer.encode(prompt), tokenizer.encode(prompt) + tokenizer.encode(answer)
-            loss_start = max(len(prompt_ids), 1)
+            prompt_ids = tokenizer.encode(prompt)
+            ids, loss_start = prompt_ids + tokenizer.encode(answer), max(len(prompt_ids), 1)
         else:
             ids, loss_start = tokenizer.encode(text), 1
         if len(ids) > max_seq_len + 1:

@@ -117,10 +117,21 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 50, 
     return tokenizer.decode(new)
 
 
+def check_prompt(tokenizer: Any, text: str, what: str = "the prompt", warn: bool = True) -> None:
+    """PromptError for a prompt with no words (empty, spaces or control characters only); with `warn`, an
+    LLMWarning for one whose words are all unknown to the tokenizer."""
+    ids = tokenizer.encode(text) if isinstance(text, str) else []
+    if not ids:
+        raise PromptError(f"{what} is empty{' (only spaces or control characters)' if text else ''}: "
+                          "type a question")
+    if warn and all(i == tokenizer.unk_id for i in ids):
+        warnings.warn(f"none of the words of {what} are in the vocabulary; the answer is a guess: "
+                      "ask with words from the training data", LLMWarning, stacklevel=3)
+
+
 def chat(model: Any, tokenizer: Any, text: str, **kwargs: Any) -> str:
     """Answer `text` as the assistant: formats ``User: <text> Assistant:`` and returns only the answer."""
-    if not isinstance(text, str) or not any(ch.isprintable() and not ch.isspace() for ch in text):
-        raise PromptError("the prompt is empty: type a question")
+    check_prompt(tokenizer, text)
     return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
 
 

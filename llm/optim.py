@@ -35,11 +35,6 @@ class Adam:
         self.v = {k: p * 0 for k, p in params.items()}
         self.last_grad_norm: float | None = None  # the norm before clipping, at the last step
 
-    def global_norm(self, grads: dict[str, Any]) -> Any:
-        """The L2 norm of all gradients together, as a 0-d device array."""
-        xp = array_namespace(*grads.values())
-        return xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
-
     def step(self, grads: dict[str, Any], lr: float | None = None) -> None:
         """Clip `grads` by global norm, then update every parameter in place.
 

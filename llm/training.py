@@ -37,10 +37,9 @@ class Recipe:
     reset_optimizer: bool = False  # fresh Adam moments for phase 2
 
     def __post_init__(self) -> None:
-        for name in ("batch_size",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name.replace('_', ' ')} must be an integer >= 1, got {v!r}")
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError(f"batch size must be an integer >= 1, got {b!r}")
         for name in ("pretrain_epochs", "chat_epochs", "warmup_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
