@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from llm.errors import BackendUnavailableError, ConfigError
+from .errors import BackendUnavailableError, ConfigError
 
 from .ops import index_add, index_add_onehot
 
@@ -57,6 +57,7 @@ class Backend:
     dtype_name: str = "float32"
     _sync: Any = field(default=None, repr=False, compare=False)
     _to_host: Any = field(default=None, repr=False, compare=False)
+    _from_host: Any = field(default=None, repr=False, compare=False)  # a faster host -> device copy, if any
 
     # -- host -> device ---------------------------------------------------------------------------------------
     def asarray(self, x: Any, dtype: Any = None) -> Any:
@@ -72,6 +73,8 @@ class Backend:
             dtype = self.dtype if kind == "f" else xp.int64 if kind in "iu" else xp.bool if kind == "b" else None
         if isinstance(x, (list, tuple, int, float, bool, np.generic, np.ndarray)):
             x = np.asarray(x)
+            if self._from_host is not None:
+                return self._from_host(x, dtype)
         return xp.asarray(x, dtype=dtype, device=self.device)
 
     def normal(self, rng: np.random.Generator, shape: tuple[int, ...], std: float) -> Any:
@@ -201,8 +204,18 @@ def _make_torch(dtype: str, cuda: bool) -> Backend:
     def to_host(a: Any) -> np.ndarray:
         return a.detach().cpu().numpy().copy()
 
+    def from_host(a: np.ndarray, dt: Any) -> Any:
+        # Through pinned memory, without blocking: a plain copy from pageable memory synchronizes the stream, so
+        # every batch sent would wait for the previous step to finish. Pinned blocks are reused by PyTorch's
+        # caching host allocator only after the copy that read them has completed.
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if dt is not None and t.dtype != dt:
+            t = t.to(dt)
+        return t.pin_memory().to(dev, non_blocking=True)
+
     sync = torch.cuda.synchronize if cuda else None
-    return Backend("torch:cuda" if cuda else "torch", xp, dev, getattr(xp, dtype), dtype, sync, to_host)
+    return Backend("torch:cuda" if cuda else "torch", xp, dev, getattr(xp, dtype), dtype, sync, to_host,
+                   from_host if cuda else None)
 
 
 def _one_line(exc: BaseException) -> str:

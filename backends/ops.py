@@ -63,3 +63,23 @@ def add_at_columns(target: Any, cols: Any, values: Any) -> None:
     else:
         xp = compat.array_namespace(target)
         target += xpx.one_hot(cols, target.shape[1], dtype=target.dtype, xp=xp) * values[:, None]
+
+
+def flat_views(buffer: Any, shapes: list[tuple[int, ...]]) -> list[Any]:
+    """Views of consecutive slices of the 1-D `buffer`, each reshaped to its shape (llm.c's parameter layout).
+
+    buffer: (P,) with P >= the sum of the shapes' sizes. A write through a view (``view += g``, ``view[...] = 0``)
+    reaches the buffer and the buffer's writes reach the view. The standard does not promise views, so this asks for
+    ``copy=False`` (an error rather than a silent copy) and the backend tests write through every view.
+    """
+    xp = compat.array_namespace(buffer)
+    views, offset = [], 0
+    for shape in shapes:
+        size = 1
+        for n in shape:
+            size *= n
+        views.append(xp.reshape(buffer[offset:offset + size], tuple(shape), copy=False))
+        offset += size
+    if offset > buffer.shape[0]:
+        raise ValueError(f"flat buffer of {buffer.shape[0]} elements is too small for {offset}")
+    return views

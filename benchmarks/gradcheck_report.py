@@ -39,20 +39,21 @@ def layer_errors(be) -> dict[str, float]:
         for pname, p, _ in layer.named_arrays():
             if pname.endswith(("gamma", "beta", "bias")):
                 p[...] = be.asarray(rng.standard_normal(tuple(p.shape)) * 0.5 + (1.0 if pname.endswith("gamma") else 0))
-        x = be.asarray(rng.standard_normal((B, T, C)))
-        R = be.asarray(rng.standard_normal(tuple(layer.forward(x).shape)))
-        loss = lambda: float(be.xp.sum(layer.forward(x) * R))  # noqa: E731
-        loss()
-        dx = layer.backward(R)
+        x = be.asarray(rng.standard_normal((B * T, C)))  # the residual stream: (B*T, C) rows
+        fwd = (lambda x, layer=layer: layer.forward(x, T)) if name.startswith(("attention", "block")) \
+            else layer.forward
+        out_, cache = fwd(x)
+        R = be.asarray(rng.standard_normal(tuple(out_.shape)))
+        loss = lambda: float(be.xp.sum(fwd(x)[0] * R))  # noqa: E731
+        dx = layer.backward(R, cache)
         errs = [check_array(be, loss, x, dx, rng)] + [check_array(be, loss, p, g, rng)
                                                       for _, p, g in layer.named_arrays()]
         out[name] = max(errs)
     emb = Embedding(be, rng, V, 7, C, std=0.5)
     tokens = be.asarray(np.array([[1, 2, 1, 1, 4], [4, 4, 0, 1, 9]]))
-    R = be.asarray(rng.standard_normal((B, T, C)))
-    emb.forward(tokens)
-    emb.backward(R)
-    loss = lambda: float(be.xp.sum(emb.forward(tokens) * R))  # noqa: E731
+    R = be.asarray(rng.standard_normal((B * T, C)))
+    emb.backward(R, emb.forward(tokens)[1])
+    loss = lambda: float(be.xp.sum(emb.forward(tokens)[0] * R))  # noqa: E731
     out["embedding"] = max(check_array(be, loss, p, g, rng, n=40) for _, p, g in emb.named_arrays())
     for variant in ({}, {"tie_weights": True}, {"norm": "post", "activation": "gelu"}):
         model = GPT(GPTConfig(vocab_size=13, d_model=8, n_heads=2, n_layers=2, d_ff=16, max_seq_len=7,

@@ -1,9 +1,10 @@
 """ArrayGPT: a small GPT whose every layer and backward pass is hand-written on the Python array API."""
 
-from .errors import *  # noqa: F401,F403  (first: backends imports llm.errors)
+from .errors import *  # noqa: F401,F403
 from .config import GPTConfig
 from .model import GPT
 from .optim import Adam
+from .step import TrainStep
 from .loss import cross_entropy
 from .tokenizer import CharTokenizer, WordTokenizer
 from .data import load_corpus
@@ -18,6 +19,6 @@ def load(path, backend):
     return _load(path, backend)
 
 
-__all__ = ["GPTConfig", "GPT", "Adam", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
+__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
            "generate", "Recipe", "RECIPES", "Trainer", "train", "exact_match", "load"]
 __version__ = "0.1.0"

@@ -5,16 +5,8 @@ and what to do. The CLIs print that line and exit non-zero instead of showing a 
 """
 
 
-class LLMError(Exception):
-    """Base class of every error this library raises on purpose."""
-
-
-class ConfigError(LLMError, ValueError):
-    """A number or option out of range (model size, epochs, learning rate, sampling settings...)."""
-
-
-class BackendUnavailableError(LLMError, RuntimeError):
-    """The requested array library or device is missing; the message names the fix."""
+# The first three are defined by the floor (``backends`` imports nothing from ``llm``) and re-exported here.
+from backends.errors import BackendUnavailableError, ConfigError, LLMError
 
 
 class DataError(LLMError, ValueError):

@@ -94,7 +94,7 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
         if use_cache:
             logits = model.forward_cached(np.asarray([pending], dtype=np.int64), cache)
         else:
-            logits = model.forward(np.asarray([ids + out], dtype=np.int64))
+            logits = model.predict(np.asarray([ids + out], dtype=np.int64))
         nxt = choose_token(_last_logits(model, logits), temperature, top_k, top_p, rng)
         out.append(nxt)
         pending = [nxt]

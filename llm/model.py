@@ -11,7 +11,9 @@ from .errors import ConfigError
 from .layers import Embedding, LayerNorm, OutputProjection, TransformerBlock
 from .layers.base import Layer
 from backends.ops import index_add
-from .loss import cross_entropy
+from .loss import softmax_cross_entropy
+from .params import FlatParameters
+from .batch import check_ids, prepare_batch
 
 
 class GPT(Layer):
@@ -38,90 +40,132 @@ class GPT(Layer):
         if self.ln_f is not None:
             self.children["ln_f"] = self.ln_f
         self.children["head"] = self.head
-        named = list(self.named_arrays())
-        self.params: dict[str, Any] = {name: p for name, p, _ in named}
-        self.grads: dict[str, Any] = {name: g for name, _, g in named}
+        # Parameters and gradients move into two flat buffers; every layer's dicts are rebound to views of them.
+        self.flat = FlatParameters(backend, [(name, p) for name, p, _ in self.named_arrays()])
+        for name, layer, key in self.named_slots():
+            layer.params[key], layer.grads[key] = self.flat.params[name], self.flat.grads[name]
+        self.params: dict[str, Any] = {name: self.flat.params[name] for name, _, _ in self.named_slots()}
+        self.grads: dict[str, Any] = {name: self.flat.grads[name] for name in self.params}
+        self._last_cache = None  # what the classic forward(tokens) -> backward(dlogits) pair hands over
 
-    # -- inputs ---------------------------------------------------------------------------------------------------
-    def _tokens(self, tokens: Any) -> Any:
-        tokens = self.backend.asarray(tokens, dtype=self.backend.xp.int64)
-        if tokens.ndim != 2:
-            raise ConfigError(f"tokens must have shape (batch, time), got {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.config.max_seq_len:
-            raise ConfigError(f"sequence of {tokens.shape[1]} tokens exceeds max_seq_len "
-                              f"{self.config.max_seq_len}: truncate or split it")
-        return tokens
+    # -- inputs: checked on the host, where they are cheap to check, then sent ---------------------------------------
+    def _tokens(self, tokens: Any, what: str = "tokens") -> Any:
+        """(B, T) token ids -> a device int64 array; ids given on the host are range-checked before they are sent."""
+        return self.backend.asarray(check_ids(self.backend, tokens, self.config, what), dtype=self.backend.xp.int64)
 
     # -- training path ---------------------------------------------------------------------------------------------
-    def forward(self, tokens: Any, key_mask: Any = None) -> Any:
-        """tokens: (B, T) int (host or device) -> logits (B, T, V). `key_mask` (B, T) bool hides padding keys."""
+    def forward(self, tokens: Any, key_mask: Any = None, return_cache: bool = False) -> Any:
+        """tokens: (B, T) int (host or device) -> logits (B, T, V). `key_mask` (B, T) bool hides padding keys.
+
+        With ``return_cache=True`` returns ``(logits, cache)`` for :meth:`backward`; otherwise the cache is kept for
+        the next ``backward(dlogits)`` (only the last forward's: inference in between, such as ``generate``, does
+        not disturb it).
+        """
+        tokens = self._tokens(tokens)
         if key_mask is not None:
             key_mask = self.backend.asarray(key_mask, dtype=self.backend.xp.bool)
-        return self._head_forward(self._trunk_forward(self._tokens(tokens), key_mask))
+        B, T = tokens.shape
+        x, trunk = self._trunk_forward(tokens, key_mask)
+        logits, head = self._head_forward(x)
+        logits = self.backend.xp.reshape(logits, (B, T, self.config.vocab_size))
+        cache = (trunk, head)
+        if return_cache:
+            return logits, cache
+        self._last_cache = cache
+        return logits
 
-    def backward(self, dlogits: Any) -> None:
-        """dlogits: (B, T, V). Adds every parameter's gradient into ``grads``."""
-        self._trunk_backward(self._head_backward(dlogits))
+    def predict(self, tokens: Any, key_mask: Any = None) -> Any:
+        """Inference: tokens (B, T) -> logits (B, T, V), keeping nothing for a backward pass."""
+        return self.forward(tokens, key_mask, return_cache=True)[0]
+
+    def backward(self, dlogits: Any, cache: Any = None) -> None:
+        """dlogits: (B, T, V). Adds every parameter's gradient into ``grads`` (call :meth:`zero_grads` first).
+
+        `cache` is what ``forward(..., return_cache=True)`` returned; None uses the last plain ``forward``'s.
+        """
+        if cache is None:
+            cache, self._last_cache = self._last_cache, None
+            if cache is None:
+                raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
+        trunk, head = cache
+        xp = self.backend.xp
+        dx = self._head_backward(xp.reshape(dlogits, (-1, self.config.vocab_size)), head)
+        self._trunk_backward(dx, trunk)
 
     # The two halves of the network: embeddings + blocks ("trunk"), then final norm + output projection ("head").
-    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> Any:
-        # tokens: (B, T) -> (B, T, C)
-        x = self.embed.forward(tokens)
+    # The residual stream is 2-D, (B*T, C): every GEMM is one 2-D GEMM and no layer reshapes it.
+    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> tuple[Any, Any]:
+        # tokens: (B, T) -> x: (B*T, C), cache
+        T = tokens.shape[1]
+        x, c_embed = self.embed.forward(tokens)
+        caches = []
         for block in self.blocks:
-            x = block.forward(x, key_mask)
-        return x
+            x, c = block.forward(x, T, key_mask)
+            caches.append(c)
+        return x, (c_embed, caches)
 
-    def _trunk_backward(self, dx: Any) -> None:
-        # dx: (B, T, C)
-        for block in reversed(self.blocks):
-            dx = block.backward(dx)
-        self.embed.backward(dx)
+    def _trunk_backward(self, dx: Any, cache: Any) -> None:
+        # dx: (B*T, C)
+        c_embed, caches = cache
+        for block, c in zip(reversed(self.blocks), reversed(caches)):
+            dx = block.backward(dx, c)
+        self.embed.backward(dx, c_embed)
 
-    def _head_forward(self, x: Any) -> Any:
-        # x: (..., C) -> logits (..., V)
+    def _head_forward(self, x: Any) -> tuple[Any, Any]:
+        # x: (N, C) -> logits (N, V), cache
+        c_ln = None
         if self.ln_f is not None:
-            x = self.ln_f.forward(x)
-        return self.head.forward(x)
+            x, c_ln = self.ln_f.forward(x)
+        logits, c_head = self.head.forward(x)
+        return logits, (c_ln, c_head)
 
-    def _head_backward(self, dlogits: Any) -> Any:
-        # dlogits: (..., V) -> dx (..., C)
-        dx = self.head.backward(dlogits)
-        return self.ln_f.backward(dx) if self.ln_f is not None else dx
+    def _head_backward(self, dlogits: Any, cache: Any) -> Any:
+        # dlogits: (N, V) -> dx (N, C)
+        c_ln, c_head = cache
+        dx = self.head.backward(dlogits, c_head)
+        return self.ln_f.backward(dx, c_ln) if self.ln_f is not None else dx
 
     def zero_grads(self) -> None:
-        for g in self.grads.values():
-            g[...] = 0
+        """Zero every gradient: one write over the flat gradient buffer."""
+        self.flat.zero_grads()
 
-    def loss_and_grads(self, tokens: Any, targets: Any, mask: Any = None) -> float:
+    def loss_and_grads(self, tokens: Any, targets: Any, mask: Any = None) -> Any:
         """Mean cross-entropy over positions where `mask` (B, T) is True (all when None); zeroes, then fills grads.
 
+        Returns the loss as a 0-d device array (``float(loss)`` reads it; the step itself never reads back).
         Padding is on the right, so the causal mask alone keeps real tokens from seeing it: no key mask is needed.
         With a mask, the final norm, the output projection and the loss run only on the N positions that count
-        (the vocabulary-wide part of the step shrinks from B*T rows to N), and their gradient is scattered back.
+        (the vocabulary-wide part of the step shrinks from B*T rows to N); those rows are chosen on the host, where
+        the mask is, so no device value decides a shape.
+        """
+        batch = prepare_batch(self.backend, self.config, tokens, targets, mask)
+        rows = batch[2]
+        if rows is not None and rows.shape[0] == 0:  # nothing to learn from: zero loss, zero gradients
+            self.flat.zero_grads()
+            return self.backend.xp.zeros((), dtype=self.backend.dtype, device=self.backend.device)
+        return self.loss_and_grads_device(*batch)
+
+    def loss_and_grads_device(self, tokens: Any, targets: Any, rows: Any = None, weights: Any = None) -> Any:
+        """The device half of :meth:`loss_and_grads`, on arrays already sent (see :func:`prepare_batch`).
+
+        tokens: (B, T) int; targets: (N,) int, one per counted row; rows: (N,) int indices into the B*T positions,
+        or None when every position counts (N = B*T); weights: (N,) float summing to 1, or None for the mean.
+        Returns the 0-d loss; shapes depend only on the arguments' shapes, so a backend may capture and replay it.
         """
         xp = self.backend.xp
-        self.zero_grads()
-        tokens = self._tokens(tokens)
-        targets = xp.reshape(self.backend.asarray(targets, dtype=xp.int64), (-1,))
-        x = self._trunk_forward(tokens)
-        B, T, C = x.shape
-        x = xp.reshape(x, (1, B * T, C))
-        rows = None
-        if mask is not None:
-            mask = self.backend.asarray(mask, dtype=xp.bool)
-            rows = xp.nonzero(xp.reshape(mask, (-1,)))[0]  # (N,) positions that count
-            if rows.shape[0] == 0:
-                return 0.0  # nothing to learn from: zero loss, zero gradients
-            x = xp.take(x, rows, axis=1)  # (1, N, C)
-            targets = xp.take(targets, rows, axis=0)
-        loss, dlogits = cross_entropy(self._head_forward(x), targets[None, :])
-        dx = self._head_backward(dlogits)
+        self.flat.zero_grads()
+        x, trunk = self._trunk_forward(tokens)
         if rows is not None:
-            full = xp.zeros((B * T, C), dtype=dx.dtype, device=self.backend.device)
-            index_add(full, rows, dx[0, ...])  # rows are distinct: a plain scatter
+            x = xp.take(x, rows, axis=0)  # (N, C) the positions that count
+        logits, head = self._head_forward(x)
+        loss, dlogits = softmax_cross_entropy(logits, targets, weights)
+        dx = self._head_backward(dlogits, head)
+        if rows is not None:  # back to every position; the others get zero
+            full = xp.zeros((tokens.shape[0] * tokens.shape[1], dx.shape[1]), dtype=dx.dtype, device=self.backend.device)
+            index_add(full, rows, dx)  # rows are distinct: a plain scatter
             dx = full
-        self._trunk_backward(xp.reshape(dx, (B, T, C)))
-        return float(loss)
+        self._trunk_backward(dx, trunk)
+        return loss
 
     # -- inference path with a KV cache -----------------------------------------------------------------------------
     def new_kv_cache(self) -> list[dict]:
@@ -135,12 +179,12 @@ class GPT(Layer):
         if past + tokens.shape[1] > self.config.max_seq_len:
             raise ConfigError(f"KV cache of {past} positions plus {tokens.shape[1]} new exceeds max_seq_len "
                               f"{self.config.max_seq_len}")
-        x = self.embed.forward(tokens, start=past)
+        B, T = tokens.shape
+        x, _ = self.embed.forward(tokens, start=past)
         for block, kv in zip(self.blocks, kv_cache):
-            x = block.forward_cached(x, kv)
-        logits = self._head_forward(x)
-        self.head.x = None  # inference: nothing to keep for a backward pass
-        return logits
+            x = block.forward_cached(x, T, kv)
+        logits, _ = self._head_forward(x)
+        return self.backend.xp.reshape(logits, (B, T, self.config.vocab_size))
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.params.values())

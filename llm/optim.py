@@ -1,83 +1,131 @@
-"""Adam with global L2 gradient-norm clipping and optional decoupled weight decay."""
+"""Adam with global L2 gradient-norm clipping, optional decoupled weight decay, and a device-side finite guard.
+
+The update runs over the model's flat buffers (see :mod:`llm.params`): a few whole-buffer operations a step instead
+of a dozen per tensor. Nothing is read back to the host: the gradient norm, the learning rate, the step count and
+the record of skipped steps are 0-d device arrays, so a step can be queued, captured and replayed.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from .namespace import array_namespace
+from .errors import ConfigError
+from .params import FlatParameters
 
-from .errors import ConfigError, TrainingDivergedError
+
+def _check_lr(lr: Any) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        try:
+            lr = float(lr)  # numpy scalars
+        except (TypeError, ValueError):
+            raise ConfigError(f"learning rate must be a positive number, got {lr!r}") from None
+        if not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"learning rate must be a positive finite number, got {lr!r}")
+    return float(lr)
 
 
 class Adam:
-    """Adam (bias-corrected) over a dict of parameters, updated in place; state lives on the parameters' device.
+    """Adam (bias-corrected) over a model's flat parameter buffer, updated in place on the parameters' device.
 
-    Before each step the gradients are scaled so their global L2 norm is at most ``clip_norm`` (None disables).
-    ``weight_decay`` is decoupled (AdamW) and applies to matrices only (ndim >= 2), not biases or norm gains.
+    ``Adam(model)`` (or ``Adam(model.flat)``). Before each step the gradients are scaled so their global L2 norm is
+    at most ``clip_norm`` (None disables). ``weight_decay`` is decoupled (AdamW) and applies to matrices only (the
+    buffer's leading ``n_decay`` values), not biases or norm gains. A step whose gradient norm is not finite
+    changes nothing (parameters, moments, step count) and is recorded in ``skipped`` / ``first_skipped``.
     """
 
-    def __init__(self, params: dict[str, Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = 5.0) -> None:
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+        flat = getattr(params, "flat", params)
+        if not isinstance(flat, FlatParameters):
+            raise ConfigError("Adam takes the model (or model.flat), whose parameters live in one flat buffer; "
+                              f"got {type(params).__name__}")
+        lr = _check_lr(lr)
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ConfigError(f"Adam betas must lie in [0, 1), got {betas!r}")
-        if clip_norm is not None and not clip_norm > 0:
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ConfigError(f"Adam eps must be a positive number, got {eps!r}")
+        if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm > 0):
             raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
         if not (math.isfinite(weight_decay) and weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.params = params
+        self.flat = flat
+        self.params = flat.params
         self.lr, self.betas, self.eps = lr, betas, eps
         self.weight_decay, self.clip_norm = weight_decay, clip_norm
-        self.t = 0
-        self.m = {k: p * 0 for k, p in params.items()}
-        self.v = {k: p * 0 for k, p in params.items()}
-        self.last_grad_norm: float | None = None  # the norm before clipping, at the last step
+        self.m_buffer, self.v_buffer = flat.new_buffer(), flat.new_buffer()
+        self.m, self.v = flat.views(self.m_buffer), flat.views(self.v_buffer)
+        be = flat.backend
+        scalar = lambda value: be.xp.full((), value, dtype=be.dtype, device=be.device)  # noqa: E731
+        self._t = scalar(0.0)  # steps taken (skipped ones excluded): Adam's bias correction counts these
+        self._calls = scalar(0.0)  # steps asked for, taken or skipped
+        self._lr = scalar(lr)  # written from the host before each step; read on the device
+        self.skipped = scalar(0.0)  # how many steps had non-finite gradients
+        self.first_skipped = scalar(-1.0)  # the call number (1-based) of the first such step, -1 if none
+        self.last_grad_norm = scalar(0.0)  # the global gradient norm before clipping, at the last step
 
-    def step(self, grads: dict[str, Any], lr: float | None = None) -> None:
-        """Clip `grads` by global norm, then update every parameter in place.
+    @property
+    def t(self) -> int:
+        """Adam's step count (reads a device scalar: not for use inside a step)."""
+        return int(float(self._t))
 
-        Raises TrainingDivergedError, before touching any parameter, when the gradients are not finite.
+    def set_lr(self, lr: float) -> None:
+        """Write the learning rate of the next step into its device scalar (no device -> host transfer)."""
+        self._lr[...] = _check_lr(lr)
+
+    def step(self, grads: Any = None, lr: float | None = None) -> None:
+        """Clip the flat gradient by global norm, then update every parameter in place.
+
+        `lr` (a host number) is written into the device learning rate first; None keeps the last one. `grads` is
+        accepted for compatibility and must be None or the model's own gradients (the flat buffer is used).
+        Reads nothing back: a non-finite gradient norm turns this step into a no-op, recorded on the device.
         """
-        lr = self.lr if lr is None else lr
-        xp = array_namespace(*self.params.values())
+        if grads is not None and grads is not self.flat.grads and (
+                not isinstance(grads, dict) or any(grads.get(k) is not g for k, g in self.flat.grads.items())):
+            raise ConfigError("Adam.step updates from the model's flat gradient buffer; pass no grads")
+        if lr is not None:
+            self.set_lr(lr)
+        self.step_device()
+
+    def step_device(self) -> None:
+        """The update itself: whole-buffer array operations only, every changing number a device scalar."""
+        xp = self.flat.backend.xp
         b1, b2 = self.betas
-        squares = {name: g * g for name, g in grads.items()}  # shared by the norm and the second moment
-        norm = math.sqrt(float(sum(xp.sum(sq) for sq in squares.values())))  # one device -> host float a step
-        if not math.isfinite(norm):
-            raise TrainingDivergedError(f"gradient norm is {norm} at optimizer step {self.t + 1}; "
-                                        "lower the learning rate")
-        self.last_grad_norm = norm
-        scale = 1.0
-        if self.clip_norm is not None and norm > self.clip_norm:
-            scale = self.clip_norm / (norm + 1e-6)
-        self.t += 1
-        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        g, p, m, v = self.flat.grad_buffer, self.flat.param_buffer, self.m_buffer, self.v_buffer
+        norm = xp.sqrt(g @ g)  # 0-d
+        self.last_grad_norm[...] = norm
+        ok = xp.astype(xp.isfinite(norm), g.dtype)  # 1.0, or 0.0 for a step to skip
+        self._calls += 1.0
+        self.skipped += 1.0 - ok
+        self.first_skipped[...] = xp.where((self.first_skipped < 0) & (ok == 0), self._calls, self.first_skipped)
+        scale = ok if self.clip_norm is None else ok * xp.clip(self.clip_norm / (norm + 1e-6), max=1.0)
+        # A skipped step must not let NaN into the moments: zero the gradient where the norm is not finite.
+        g = xp.where(ok > 0, g * scale, xp.zeros((), dtype=g.dtype, device=self.flat.backend.device))
+        self._t += ok
+        t = xp.clip(self._t, min=1.0)  # bias correction of a skipped first step: any finite value will do
+        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         # lr * m_hat / (sqrt(v_hat) + eps) == (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):
-        # the same update with the bias corrections folded into two scalars, three passes fewer per tensor.
-        step_size = lr * math.sqrt(bc2) / bc1
-        eps_hat = self.eps * math.sqrt(bc2)
-        c1, c2 = (1.0 - b1) * scale, (1.0 - b2) * scale * scale  # clipping folded in as well
-        for name, p in self.params.items():
-            m, v = self.m[name], self.v[name]
-            m *= b1
-            m += c1 * grads[name]
-            v *= b2
-            v += c2 * squares[name]
-            if self.weight_decay and p.ndim >= 2:
-                p -= (lr * self.weight_decay) * p
-            denom = xp.sqrt(v)
-            denom += eps_hat
-            p -= (step_size * m) / denom
+        # the same update with the bias corrections folded into two scalars.
+        step_size = self._lr * ok * xp.sqrt(bc2) / bc1
+        eps_hat = self.eps * xp.sqrt(bc2)
+        m *= 1.0 - (1.0 - b1) * ok  # b1 for a real step, 1 (unchanged) for a skipped one
+        m += (1.0 - b1) * g
+        v *= 1.0 - (1.0 - b2) * ok
+        v += (1.0 - b2) * (g * g)
+        if self.weight_decay:
+            decay = p[:self.flat.n_decay]
+            decay *= 1.0 - self._lr * ok * self.weight_decay
+        denom = xp.sqrt(v)
+        denom += eps_hat
+        p -= step_size * (m / denom)
 
     def state_dict(self) -> dict[str, Any]:
-        """Moments (device arrays) and the step count, for checkpoints."""
+        """Moments (named device views) and the step count, for checkpoints."""
         return {"t": self.t, "m": self.m, "v": self.v}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy saved moments into this optimizer's arrays in place (they may come from another backend)."""
+        """Copy saved moments into this optimizer's buffers in place (they may come from another backend)."""
         for key in ("m", "v"):
-            for name, arr in self.__dict__[key].items():
+            for name, arr in getattr(self, key).items():
                 arr[...] = state[key][name]
-        self.t = int(state["t"])
+        self._t[...] = float(int(state["t"]))

@@ -2,7 +2,10 @@
 
 The trainer keeps all of its progress in a :class:`TrainState` (phase, epoch, batch, step, the shuffling RNG's
 state at the start of the epoch, running loss sums), so a run stopped anywhere at a batch boundary resumes to the
-same numbers. Each step sends one batch of token ids to the device and brings one float (the loss) back.
+same numbers. Each step sends one batch of token ids to the device and brings nothing back: the losses stay on the
+device until the trainer reads them, all at once, every `log_every` steps, at the end of each epoch and before
+anything is saved. A step with non-finite gradients changes nothing on the device; the next read raises
+:class:`TrainingDivergedError` naming the first such step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .data import (Example, encode_corpus, iterate_batches, new_shuffle_state, n
 from .errors import ConfigError, TrainingDivergedError
 from .generation import greedy_batch
 from .optim import Adam
+from .step import TrainStep
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,15 @@ class Trainer:
     def __init__(self, model: Any, tokenizer: Any, pretrain_texts: list[str], chat_texts: list[str],
                  recipe: Recipe = RECIPES["default"], seed: int = 0, progress: bool = True,
                  log: Callable[[dict], None] | None = None, on_epoch: Callable[["Trainer"], None] | None = None,
-                 on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None) -> None:
+                 on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
+                 cuda_graphs: str = "auto", tf32: bool = False) -> None:
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+            raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
         self.progress, self.log = progress, log or (lambda event: None)
+        self.log_every, self.cuda_graphs, self.tf32 = log_every, cuda_graphs, tf32
+        # Steps not read yet: (device loss, counted tokens, trainer step, phase, epoch, optimizer call number)
+        self._pending: list[tuple[Any, int, int, str, int, int]] = []
         self.on_epoch, self.on_phase_end = on_epoch, on_phase_end
         max_len = model.config.max_seq_len
         self.examples: dict[str, list[Example]] = {
@@ -132,12 +142,26 @@ class Trainer:
         }
         self.state = TrainState(rng_state=new_shuffle_state(seed))
         self.optimizer = self._new_optimizer()
+        self.last_loss: float | None = None  # the last loss read back
         self.summaries: list[PhaseSummary] = []
         self._stop_requested = False
 
+    @property
+    def optimizer(self) -> Adam:
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, opt: Adam) -> None:
+        # A new optimizer (a fresh run, reset_optimizer) gets its own step function; its device-side call counter
+        # starts at 0, and the host counts the same calls, which is how a skipped step is named later.
+        self.read()
+        self._optimizer = opt
+        self.step_fn = TrainStep(self.model, opt, cuda_graphs=self.cuda_graphs, tf32=self.tf32)
+        self._optimizer_calls = 0
+
     def _new_optimizer(self) -> Adam:
         r = self.recipe
-        return Adam(self.model.params, lr=r.lr_pretrain, clip_norm=r.clip_norm, weight_decay=r.weight_decay)
+        return Adam(self.model, lr=r.lr_pretrain, clip_norm=r.clip_norm, weight_decay=r.weight_decay)
 
     def _phase_settings(self, phase: str) -> tuple[int, float]:
         r = self.recipe
@@ -193,26 +217,25 @@ class Trainer:
                 order, next_rng_state = shuffled_order(st.rng_state, len(examples))
                 for batch in iterate_batches(examples, r.batch_size, self.tokenizer.pad_id, order, start=st.batch):
                     if self._stop_requested:
+                        self.read()  # before anything is saved: a diverged run must raise, not be saved
                         raise TrainingInterrupted(f"interrupted in phase {phase}, epoch {st.epoch + 1}")
-                    loss = model.loss_and_grads(batch.tokens, batch.targets, batch.mask)
-                    if not math.isfinite(loss):
-                        raise self._diverged(f"loss is {loss}", phase, base_lr)
-                    try:
-                        self.optimizer.step(model.grads, lr=self.lr_at(base_lr, st.phase_step))
-                    except TrainingDivergedError:  # non-finite gradients: no parameter was touched
-                        raise self._diverged("the gradient is not finite", phase, base_lr) from None
-                    n_tok = batch.n_tokens
-                    st.batch += 1
+                    loss = self.step_fn(batch.tokens, batch.targets, batch.mask,
+                                        lr=self.lr_at(base_lr, st.phase_step))
                     st.step += 1
+                    self._optimizer_calls += 1
+                    self._pending.append((loss, batch.n_tokens, st.step, phase, st.epoch + 1, self._optimizer_calls))
+                    st.batch += 1
                     st.phase_step += 1
-                    st.epoch_loss_sum += loss * n_tok
-                    st.epoch_tokens += n_tok
                     steps += 1
                     tokens += batch.n_inputs
+                    if st.step % self.log_every == 0:
+                        self.read()
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}",
-                                        refresh=False)
+                        if not self._pending:  # just read: show the loss (the bar never forces a read itself)
+                            bar.set_postfix(loss=f"{self.last_loss:.3f}",
+                                            tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}", refresh=False)
+                self.read()
                 epoch_loss = st.epoch_loss_sum / max(st.epoch_tokens, 1)
                 st.epoch += 1
                 st.batch = 0
@@ -231,10 +254,33 @@ class Trainer:
         last = next((h["loss"] for h in reversed(st.history) if h["phase"] == phase), None)
         self._end_phase(PhaseSummary(phase, epochs, steps, tokens, seconds, last))
 
-    def _diverged(self, what: str, phase: str, base_lr: float) -> TrainingDivergedError:
+    def read(self) -> None:
+        """Bring the losses of the steps since the last read to the host (one transfer) and check them.
+
+        Adds them to the epoch's running sums; raises TrainingDivergedError naming the first step whose loss or
+        gradient was not finite (that step changed nothing, but the run has diverged and must not be saved).
+        """
+        if not self._pending:
+            return
+        xp, opt = self.model.backend.xp, self.optimizer
+        pending, self._pending = self._pending, []
+        host = self.model.backend.to_numpy(xp.stack([loss for loss, *_ in pending] + [opt.first_skipped]))
+        losses, first_skipped = host[:-1], int(host[-1])
+        for value, (_, _, step_no, phase, epoch, call) in zip(losses, pending):
+            if not math.isfinite(float(value)):
+                raise self._diverged(f"loss is {float(value)}", step_no, phase, epoch)
+            if call == first_skipped:
+                raise self._diverged("the gradient is not finite", step_no, phase, epoch)
         st = self.state
+        for value, (_, n_tok, *_) in zip(losses, pending):
+            st.epoch_loss_sum += float(value) * n_tok
+            st.epoch_tokens += n_tok
+        self.last_loss = float(losses[-1])
+
+    def _diverged(self, what: str, step_no: int, phase: str, epoch: int) -> TrainingDivergedError:
         lr_flag = "--lr-pretrain" if phase == "pretrain" else "--lr-chat"
-        return TrainingDivergedError(f"training diverged: {what} at step {st.step + 1} ({phase} epoch {st.epoch + 1});"
+        base_lr = self._phase_settings(phase)[1]
+        return TrainingDivergedError(f"training diverged: {what} at step {step_no} ({phase} epoch {epoch});"
                                      f" lower the learning rate ({lr_flag}, now {base_lr:g})")
 
     def _end_phase(self, summary: PhaseSummary) -> None:

@@ -208,7 +208,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop
     model = _model(be, seed=11)
     stopped = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False)
     calls = []
-    real_step = model.loss_and_grads
+    real_step = model.loss_and_grads_device
 
     def counting_step(*args, **kwargs):  # asks for a stop (as Ctrl-C would) after `stop_after` batches
         calls.append(1)
@@ -216,7 +216,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop
             stopped._stop_requested = True
         return real_step(*args, **kwargs)
 
-    model.loss_and_grads = counting_step
+    model.loss_and_grads_device = counting_step
     with pytest.raises(TrainingInterrupted):
         stopped.train()
     assert stopped.state.step == stop_after

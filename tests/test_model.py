@@ -92,11 +92,11 @@ def test_padding_never_changes_loss_or_gradients_of_real_tokens(backend_name):
     rng = np.random.default_rng(8)
     model = GPT(GPTConfig(**SMALL, init_std=0.3), be, seed=0)
     tokens, targets, mask = _batch(rng)
-    l1 = model.loss_and_grads(tokens, targets, mask)
+    l1 = float(model.loss_and_grads(tokens, targets, mask))
     g1 = {k: be.to_numpy(g) for k, g in model.grads.items()}
     tokens[~mask] = rng.integers(0, 13, int((~mask).sum()))  # new padding tokens and targets
     targets[~mask] = rng.integers(0, 13, int((~mask).sum()))
-    l2 = model.loss_and_grads(tokens, targets, mask)
+    l2 = float(model.loss_and_grads(tokens, targets, mask))
     assert l1 == pytest.approx(l2, rel=1e-13)
     for k, g in model.grads.items():
         np.testing.assert_allclose(be.to_numpy(g), g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
@@ -126,7 +126,7 @@ def test_public_api_shapes_and_parameter_count():
     logits = model.forward(np.zeros((2, 10), dtype=np.int64))
     assert logits.shape == (2, 10, V)
     loss = model.loss_and_grads(np.zeros((2, 10), int), np.ones((2, 10), int))
-    assert isinstance(loss, float) and loss == pytest.approx(math.log(V), rel=0.05)
+    assert tuple(loss.shape) == () and float(loss) == pytest.approx(math.log(V), rel=0.05)  # a 0-d device array
     with pytest.raises(ConfigError, match="exceeds max_seq_len"):
         model.forward(np.zeros((1, 81), dtype=np.int64))
 
@@ -157,17 +157,25 @@ def _reference_adam(p, grads, steps, lr, clip, wd=0.0, b1=0.9, b2=0.999, eps=1e-
     return p
 
 
+def _flat(be, host):
+    from llm.params import FlatParameters
+
+    return FlatParameters(be, [(k, be.asarray(v.copy())) for k, v in host.items()])
+
+
 @pytest.mark.parametrize("clip,wd", [(5.0, 0.0), (0.5, 0.0), (5.0, 0.1)])
 def test_adam_matches_reference(backend_name, clip, wd):
     be = require_backend(backend_name, "float64")
     rng = np.random.default_rng(10)
-    host = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3)}
-    grads = {"w": rng.standard_normal((4, 3)) * 3, "b": rng.standard_normal(3)}
-    params = {k: be.asarray(v.copy()) for k, v in host.items()}
-    opt = Adam(params, lr=0.01, clip_norm=clip, weight_decay=wd)
-    dgrads = {k: be.asarray(v) for k, v in grads.items()}
+    host = {"w": rng.standard_normal((4, 3)), "b": rng.standard_normal(3), "w2": rng.standard_normal((2, 5))}
+    grads = {"w": rng.standard_normal((4, 3)) * 3, "b": rng.standard_normal(3), "w2": rng.standard_normal((2, 5))}
+    flat = _flat(be, host)
+    params = flat.params
+    opt = Adam(flat, lr=0.01, clip_norm=clip, weight_decay=wd)
+    for k, g in grads.items():
+        flat.grads[k][...] = be.asarray(g)
     for _ in range(5):
-        opt.step(dgrads)
+        opt.step()
     ref = _reference_adam(host, grads, 5, 0.01, clip, wd)
     for k in host:
         np.testing.assert_allclose(be.to_numpy(params[k]), ref[k], rtol=1e-12, atol=1e-14)
@@ -177,21 +185,28 @@ def test_adam_matches_reference(backend_name, clip, wd):
 
 def test_adam_rejects_bad_settings():
     be = require_backend("numpy")
-    p = {"w": be.asarray(np.zeros(3))}
-    for kwargs in ({"lr": 0}, {"lr": -1e-3}, {"lr": float("nan")}, {"clip_norm": 0}, {"weight_decay": -1}):
+    p = _flat(be, {"w": np.zeros(3)})
+    for kwargs in ({"lr": 0}, {"lr": -1e-3}, {"lr": float("nan")}, {"clip_norm": 0}, {"weight_decay": -1},
+                   {"eps": -1}, {"eps": float("inf")}):
         with pytest.raises(ConfigError):
             Adam(p, **kwargs)
+    opt = Adam(p)
+    for lr in (float("nan"), -1.0, 0.0, float("inf"), "fast"):
+        with pytest.raises(ConfigError):
+            opt.step(lr=lr)
+    with pytest.raises(ConfigError, match="flat buffer"):
+        Adam({"w": be.asarray(np.zeros(3))})
 
 
 def test_training_steps_reduce_the_loss():
     be = require_backend("numpy")
     rng = np.random.default_rng(11)
     model = GPT(GPTConfig(**SMALL), be, seed=0)
-    opt = Adam(model.params, lr=1e-2)
+    opt = Adam(model, lr=1e-2)
     tokens, targets, mask = _batch(rng)
-    first = model.loss_and_grads(tokens, targets, mask)
+    first = float(model.loss_and_grads(tokens, targets, mask))
     for _ in range(60):
         loss = model.loss_and_grads(tokens, targets, mask)
-        opt.step(model.grads)
-    assert loss < 0.5 * first
+        opt.step(model.grads)  # the model's own gradients are accepted (the flat buffer is what is used)
+    assert float(loss) < 0.5 * first
     assert llm.GPT is GPT

@@ -39,8 +39,8 @@ def test_forward_and_gradients_match_numpy(other_backend_name, dtype, variant):
         np.testing.assert_array_equal(be.to_numpy(other.params[name]), ref.params[name], err_msg=name)
     tokens, targets, mask = _data()
     assert_close(be.to_numpy(other.forward(tokens)), ref.forward(tokens), RTOL[dtype], "logits")
-    l_ref = ref.loss_and_grads(tokens, targets, mask)
-    l_other = other.loss_and_grads(tokens, targets, mask)
+    l_ref = float(ref.loss_and_grads(tokens, targets, mask))
+    l_other = float(other.loss_and_grads(tokens, targets, mask))
     assert l_other == pytest.approx(l_ref, rel=RTOL[dtype])
     for name, g in ref.grads.items():
         assert_close(be.to_numpy(other.grads[name]), g, RTOL[dtype], f"grad {name}")
@@ -57,11 +57,11 @@ def test_twenty_adam_steps_match_numpy(other_backend_name, dtype, lr):
     models = {"numpy": (ref_be, GPT(cfg, ref_be, seed=5)), "other": (be, GPT(cfg, be, seed=5))}
     losses = {k: [] for k in models}
     for key, (b, model) in models.items():
-        opt = Adam(model.params, lr=lr, clip_norm=1.0, weight_decay=0.01)  # clip active: norms are > 1 here
+        opt = Adam(model, lr=lr, clip_norm=1.0, weight_decay=0.01)  # clip active: norms are > 1 here
         for step in range(20):
             tokens, targets, mask = _data(seed=step % 2)  # two batches, alternating: the loss must fall
-            losses[key].append(model.loss_and_grads(tokens, targets, mask))
-            opt.step(model.grads)
+            losses[key].append(float(model.loss_and_grads(tokens, targets, mask)))
+            opt.step()
     np.testing.assert_allclose(losses["other"], losses["numpy"], rtol=RTOL[dtype])
     assert losses["numpy"][-2] < 0.9 * losses["numpy"][0]  # the steps did something
     ref_params = models["numpy"][1].params
@@ -72,3 +72,23 @@ def test_twenty_adam_steps_match_numpy(other_backend_name, dtype, lr):
         else:
             err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
             assert err <= RTOL[dtype], f"param {name} after 20 steps: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype,lr", [("float32", 5e-4), ("float64", 3e-3)])  # as above, and for the same reason
+def test_train_step_matches_numpy(other_backend_name, dtype, lr):
+    # The whole step (captured as a CUDA graph where supported, with padded shapes) against NumPy's plain step.
+    ref_be, be = require_backend("numpy", dtype), require_backend(other_backend_name, dtype)
+    from llm import TrainStep
+
+    cfg = GPTConfig(**CFG)
+    runs = {}
+    for key, b in (("numpy", ref_be), ("other", be)):
+        model = GPT(cfg, b, seed=6)
+        step = TrainStep(model, Adam(model, lr=lr, clip_norm=1.0))
+        losses = [float(step(*_data(seed=i % 2, T=10 + i % 3))) for i in range(6)]  # three lengths
+        runs[key] = (b, model, losses)
+    np.testing.assert_allclose(runs["other"][2], runs["numpy"][2], rtol=RTOL[dtype])
+    for name, p in runs["other"][1].params.items():
+        want = runs["numpy"][1].params[name]
+        err = np.linalg.norm(be.to_numpy(p) - want) / max(np.linalg.norm(want), 1e-30)
+        assert err <= RTOL[dtype], f"param {name} after 6 steps: relative error {err:.2e}"

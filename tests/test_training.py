@@ -60,11 +60,11 @@ def test_a_batch_gives_each_sequence_the_loss_it_has_alone(tok, backend_name):
     examples = encode_corpus(FACTS + CHATS, tok, 24, loss_on="all")
     batch = collate(examples, tok.pad_id)
     logits = model.forward(batch.tokens)
-    batch_loss = model.loss_and_grads(batch.tokens, batch.targets, batch.mask)
+    batch_loss = float(model.loss_and_grads(batch.tokens, batch.targets, batch.mask))
     per_seq, weights = [], []
     for row, ex in enumerate(examples):
         alone = collate([ex], tok.pad_id)  # no padding at all
-        loss_alone = model.loss_and_grads(alone.tokens, alone.targets, alone.mask)
+        loss_alone = float(model.loss_and_grads(alone.tokens, alone.targets, alone.mask))
         in_batch = float(cross_entropy(logits[row:row + 1, ...], be.asarray(batch.targets[row:row + 1]),
                                        be.asarray(batch.mask[row:row + 1]))[0])
         assert in_batch == pytest.approx(loss_alone, rel=1e-12)

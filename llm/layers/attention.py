@@ -9,6 +9,7 @@ from ..namespace import array_namespace, device
 
 from .base import Layer
 from .linear import Linear
+from .reductions import sum_last
 
 # Added to the scores of forbidden keys. Finite, so a row with every key masked (a padding query) gives a uniform
 # softmax instead of NaN; exp() of it underflows to exactly 0 in float32 and float64.
@@ -35,77 +36,84 @@ class CausalSelfAttention(Layer):
         self.qkv = Linear(backend, rng, d_model, 3 * d_model, bias=False)
         self.proj = Linear(backend, rng, d_model, d_model, std=out_std)
         self.children = {"qkv": self.qkv, "proj": self.proj}
-        self.cache = None
-        self._causal_cache: dict[tuple[int, int], Any] = {}
+        self._causal_cache: dict[tuple, Any] = {}  # a constant per shape, not an activation
 
     def _mask_bias(self, xp: Any, T_q: int, T_k: int, key_mask: Any, like: Any) -> Any:
         # -> (T_q, T_k) or (B, 1, T_q, T_k): 0 where allowed, MASK_VALUE where not. Queries are the last T_q
         # positions of the T_k keys (T_q < T_k only when decoding with a KV cache).
-        bias = self._causal_cache.get((T_q, T_k))
+        key = (T_q, T_k, str(like.dtype), str(device(like)))
+        bias = self._causal_cache.get(key)
         if bias is None:  # built once per shape: training sees only a few distinct lengths
             rows = xp.arange(T_k - T_q, T_k, device=device(like))[:, None]
             cols = xp.arange(T_k, device=device(like))[None, :]
-            bias = self._causal_cache[(T_q, T_k)] = xp.astype(cols > rows, like.dtype) * MASK_VALUE
+            bias = self._causal_cache[key] = xp.astype(cols > rows, like.dtype) * MASK_VALUE
         if key_mask is not None:
             pad = (1.0 - xp.astype(key_mask, like.dtype)) * MASK_VALUE  # (B, T_k)
             bias = bias + pad[:, None, None, :]
         return bias
 
-    def _split_heads(self, xp: Any, qkv: Any) -> tuple[Any, Any, Any]:
-        # qkv: (B, T, 3C) -> q, k, v: (B, H, T, D)
-        B, T, _ = qkv.shape
-        qkv = xp.permute_dims(xp.reshape(qkv, (B, T, 3, self.n_heads, self.head_dim)), (2, 0, 3, 1, 4))
+    def _split_heads(self, xp: Any, qkv: Any, T: int) -> tuple[Any, Any, Any]:
+        # qkv: (B*T, 3C) -> q, k, v: (B, H, T, D) each, views of one permuted array
+        qkv = xp.permute_dims(xp.reshape(qkv, (-1, T, 3, self.n_heads, self.head_dim)), (2, 0, 3, 1, 4))
         return qkv[0, ...], qkv[1, ...], qkv[2, ...]
 
     @staticmethod
     def _softmax(xp: Any, s: Any) -> Any:
-        # s: (..., T_k) -> probabilities over the last axis, max-subtracted for stability
-        e = xp.exp(s - xp.max(s, axis=-1, keepdims=True))
-        # The row sum as a matmul with a ones column: several times faster than a short last-axis reduction.
-        ones = xp.ones((s.shape[-1], 1), dtype=s.dtype, device=device(s))
-        return e / (e @ ones)
+        # s: (..., T_k) -> probabilities over the last axis, max-subtracted for stability; `s` is overwritten
+        s -= xp.max(s, axis=-1, keepdims=True)
+        e = xp.exp(s)
+        e /= sum_last(e)  # the row sum as a matmul with a ones column: faster than a short last-axis reduction
+        return e
 
-    def forward(self, x: Any, key_mask: Any = None) -> Any:
-        # x: (B, T, C); key_mask: (B, T) bool, True for real tokens, or None -> (B, T, C)
-        xp = array_namespace(x)
-        B, T, C = x.shape
-        q, k, v = self._split_heads(xp, self.qkv.forward(x))  # (B, H, T, D) each
-        qs = q * self.scale
-        scores = qs @ xp.matrix_transpose(k) + self._mask_bias(xp, T, T, key_mask, x)  # (B, H, T, T)
+    def _attend(self, xp: Any, q: Any, k: Any, v: Any, bias: Any) -> tuple[Any, Any]:
+        # q: (B, H, T_q, D), k, v: (B, H, T_k, D) -> p: (B, H, T_q, T_k), y: (B, H, T_q, D)
+        scores = q @ xp.matrix_transpose(k)
+        scores *= self.scale
+        scores += bias
         p = self._softmax(xp, scores)
-        y = p @ v  # (B, H, T, D)
-        self.cache = (qs, k, v, p, y)
-        return self.proj.forward(xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (B, T, C)))
+        return p, p @ v
 
-    def backward(self, dout: Any) -> Any:
-        # dout: (B, T, C) -> dx: (B, T, C)
+    def _merge_heads(self, xp: Any, y: Any) -> Any:
+        # y: (B, H, T, D) -> (B*T, C)
+        return xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (-1, self.d_model))
+
+    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
+        # x: (B*T, C) rows of B sequences of length T; key_mask: (B, T) bool, True for real tokens, or None
+        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged)
+        xp = array_namespace(x)
+        qkv, _ = self.qkv.forward(x)
+        q, k, v = self._split_heads(xp, qkv, T)
+        p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, T, key_mask, x))
+        merged = self._merge_heads(xp, y)
+        out, _ = self.proj.forward(merged)
+        return out, (x, q, k, v, p, y, merged)
+
+    def backward(self, dout: Any, cache: Any) -> Any:
+        # dout: (B*T, C) -> dx: (B*T, C)
         xp = array_namespace(dout)
-        B, T, C = dout.shape
-        qs, k, v, p, y = self.cache
-        dy = xp.permute_dims(xp.reshape(self.proj.backward(dout), (B, T, self.n_heads, self.head_dim)),
-                             (0, 2, 1, 3))  # (B, H, T, D)
-        dv = xp.matrix_transpose(p) @ dy
-        dp = dy @ xp.matrix_transpose(v)  # (B, H, T, T)
+        x, q, k, v, p, y, merged = cache
+        B, H, T, D = q.shape
+        dy = xp.permute_dims(xp.reshape(self.proj.backward(dout, merged), (B, T, H, D)), (0, 2, 1, 3))
+        dv = xp.matrix_transpose(p) @ dy  # (B, H, T, D)
+        ds = dy @ xp.matrix_transpose(v)  # dp: (B, H, T, T)
         # Softmax backward: ds = p * (dp - sum_j p*dp). That row sum equals sum_d dy*y, which is T/D times cheaper.
-        ds = p * (dp - xp.sum(dy * y, axis=-1, keepdims=True))
-        dq = (ds @ k) * self.scale
-        dk = xp.matrix_transpose(ds) @ qs
-        dqkv = xp.reshape(xp.permute_dims(xp.stack((dq, dk, dv), axis=0), (1, 3, 0, 2, 4)), (B, T, 3 * C))
-        self.cache = None
-        return self.qkv.backward(dqkv)
+        ds -= sum_last(dy * y)
+        ds *= p
+        dq = ds @ k
+        dq *= self.scale
+        dk = xp.matrix_transpose(ds) @ q
+        dk *= self.scale
+        dqkv = xp.reshape(xp.permute_dims(xp.stack((dq, dk, dv), axis=0), (1, 3, 0, 2, 4)), (B * T, 3 * self.d_model))
+        return self.qkv.backward(dqkv, x)
 
-    def forward_cached(self, x: Any, kv: dict) -> Any:
-        # x: (B, T_new, C), kv: {"k", "v": (B, H, T_past, D)} or empty -> (B, T_new, C). Inference only: no cache
+    def forward_cached(self, x: Any, T: int, kv: dict) -> Any:
+        # x: (B*T_new, C), kv: {"k", "v": (B, H, T_past, D)} or empty -> (B*T_new, C). Inference only: no cache
         # for backward; the new keys and values are appended to `kv`, so each new token costs one position.
         xp = array_namespace(x)
-        B, T, C = x.shape
-        q, k, v = self._split_heads(xp, x @ self.qkv.params["weight"])
+        q, k, v = self._split_heads(xp, x @ self.qkv.params["weight"], T)
         if kv:
             k = xp.concat((kv["k"], k), axis=2)
             v = xp.concat((kv["v"], v), axis=2)
         kv["k"], kv["v"] = k, v
-        T_k = k.shape[2]
-        scores = (q * self.scale) @ xp.matrix_transpose(k) + self._mask_bias(xp, T, T_k, None, x)
-        y = self._softmax(xp, scores) @ v
-        y = xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (B, T, C))
-        return y @ self.proj.params["weight"] + self.proj.params["bias"]
+        _, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, k.shape[2], None, x))
+        return self.proj.forward(self._merge_heads(xp, y))[0]

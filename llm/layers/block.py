@@ -28,29 +28,46 @@ class TransformerBlock(Layer):
         self.ff = FeedForward(backend, rng, d_model, d_ff, activation, out_std=out_std)
         self.children = {"ln1": self.ln1, "attn": self.attn, "ln2": self.ln2, "ff": self.ff}
 
-    def forward(self, x: Any, key_mask: Any = None) -> Any:
-        # x: (B, T, C) -> (B, T, C)
+    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
+        # x: (B*T, C) -> y: (B*T, C), cache: the four sub-layers' caches
         if self.norm == "pre":
-            h = x + self.attn.forward(self.ln1.forward(x), key_mask)
-            return h + self.ff.forward(self.ln2.forward(h))
-        h = self.ln1.forward(x + self.attn.forward(x, key_mask))
-        return self.ln2.forward(h + self.ff.forward(h))
+            a, c_ln1 = self.ln1.forward(x)
+            h, c_attn = self.attn.forward(a, T, key_mask)
+            h += x
+            f, c_ln2 = self.ln2.forward(h)
+            y, c_ff = self.ff.forward(f)
+            y += h
+        else:
+            s, c_attn = self.attn.forward(x, T, key_mask)
+            s += x
+            h, c_ln1 = self.ln1.forward(s)
+            s, c_ff = self.ff.forward(h)
+            s += h
+            y, c_ln2 = self.ln2.forward(s)
+        return y, (c_ln1, c_attn, c_ln2, c_ff)
 
-    def backward(self, dout: Any) -> Any:
-        # dout: (B, T, C) -> dx: (B, T, C)
+    def backward(self, dout: Any, cache: Any) -> Any:
+        # dout: (B*T, C) -> dx: (B*T, C)
+        c_ln1, c_attn, c_ln2, c_ff = cache
         if self.norm == "pre":
-            dh = dout + self.ln2.backward(self.ff.backward(dout))
-            return dh + self.ln1.backward(self.attn.backward(dh))
-        dsum2 = self.ln2.backward(dout)
-        dh = dsum2 + self.ff.backward(dsum2)
-        dsum1 = self.ln1.backward(dh)
-        return dsum1 + self.attn.backward(dsum1)
+            dh = self.ln2.backward(self.ff.backward(dout, c_ff), c_ln2)
+            dh += dout
+            dx = self.ln1.backward(self.attn.backward(dh, c_attn), c_ln1)
+            dx += dh
+            return dx
+        dsum2 = self.ln2.backward(dout, c_ln2)
+        dh = self.ff.backward(dsum2, c_ff)
+        dh += dsum2
+        dsum1 = self.ln1.backward(dh, c_ln1)
+        dx = self.attn.backward(dsum1, c_attn)
+        dx += dsum1
+        return dx
 
-    def forward_cached(self, x: Any, kv: dict) -> Any:
-        # x: (B, T_new, C) -> (B, T_new, C); inference with the attention KV cache `kv`
+    def forward_cached(self, x: Any, T: int, kv: dict) -> Any:
+        # x: (B*T_new, C) -> (B*T_new, C); inference with the attention KV cache `kv`
         ln1, ln2 = self.ln1, self.ln2
         if self.norm == "pre":
-            h = x + self.attn.forward_cached(ln1.forward(x), kv)
-            return h + self.ff.forward(ln2.forward(h))
-        h = ln1.forward(x + self.attn.forward_cached(x, kv))
-        return ln2.forward(h + self.ff.forward(h))
+            h = x + self.attn.forward_cached(ln1.forward(x)[0], T, kv)
+            return h + self.ff.forward(ln2.forward(h)[0])[0]
+        h = ln1.forward(x + self.attn.forward_cached(x, T, kv))[0]
+        return ln2.forward(h + self.ff.forward(h)[0])[0]

@@ -28,30 +28,29 @@ class FeedForward(Layer):
         self.fc1 = Linear(backend, rng, d_model, d_ff)
         self.fc2 = Linear(backend, rng, d_ff, d_model, std=out_std)
         self.children = {"fc1": self.fc1, "fc2": self.fc2}
-        self.cache = None
 
-    def forward(self, x: Any) -> Any:
-        # x: (B, T, C) -> (B, T, C); hidden (B, T, d_ff)
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        # x: (N, C) -> y: (N, C); hidden h: (N, d_ff). cache: (x, act cache, a) for fc1, the activation, fc2
         xp = array_namespace(x)
-        h = self.fc1.forward(x)
+        h, _ = self.fc1.forward(x)
         if self.activation == "relu":
-            gate = xp.astype(h > 0, h.dtype)  # multiplying by a float mask is cheaper than `where`
-            self.cache = gate
-            a = h * gate
+            act = xp.astype(h > 0, h.dtype)  # the gate; multiplying by a float mask is cheaper than `where`
+            a = h * act
         else:
             t = xp.tanh(_GELU_A * (h + _GELU_B * h * h * h))
-            self.cache = (h, t)
+            act = (h, t)
             a = 0.5 * h * (1.0 + t)
-        return self.fc2.forward(a)
+        y, _ = self.fc2.forward(a)
+        return y, (x, act, a)
 
-    def backward(self, dout: Any) -> Any:
-        # dout: (B, T, C) -> dx: (B, T, C)
-        da = self.fc2.backward(dout)
+    def backward(self, dout: Any, cache: Any) -> Any:
+        # dout: (N, C) -> dx: (N, C)
+        x, act, a = cache
+        da = self.fc2.backward(dout, a)
         if self.activation == "relu":
-            dh = da * self.cache
+            da *= act  # dh
         else:
-            h, t = self.cache
+            h, t = act
             dtanh = (1.0 - t * t) * _GELU_A * (1.0 + 3.0 * _GELU_B * h * h)
-            dh = da * (0.5 * (1.0 + t) + 0.5 * h * dtanh)
-        self.cache = None
-        return self.fc1.backward(dh)
+            da *= 0.5 * (1.0 + t) + 0.5 * h * dtanh
+        return self.fc1.backward(da, x)

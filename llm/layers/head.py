@@ -21,27 +21,21 @@ class OutputProjection(Layer):
         if tied_to is None:
             self.add_param("weight", backend.normal(rng, (vocab_size, d_model), std))
         self.add_param("bias", backend.asarray([0.0] * vocab_size))
-        self.x = None
 
-    def _weight(self) -> tuple[Any, Any]:
-        owner = self.tied_to if self.tied_to is not None else self
-        key = "token" if self.tied_to is not None else "weight"
-        return owner.params[key], owner.grads[key]
+    def _owner(self) -> tuple[Layer, str]:
+        return (self.tied_to, "token") if self.tied_to is not None else (self, "weight")
 
-    def forward(self, x: Any) -> Any:
-        # x: (B, T, C) -> logits: (B, T, V)
-        xp = array_namespace(x)
-        self.x = x
-        x2 = xp.reshape(x, (-1, self.d_model))  # one 2-D GEMM, not a loop over the batch
-        logits = x2 @ xp.matrix_transpose(self._weight()[0]) + self.params["bias"]
-        return xp.reshape(logits, (*x.shape[:-1], self.vocab_size))
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        # x: (N, C) -> logits: (N, V), cache: x
+        owner, key = self._owner()
+        logits = x @ owner.transposed(key)
+        logits += self.params["bias"]
+        return logits, x
 
-    def backward(self, dout: Any) -> Any:
-        # dout: (B, T, V) -> dx: (B, T, C)
+    def backward(self, dout: Any, x: Any) -> Any:
+        # dout: (N, V), x: the cached input (N, C) -> dx: (N, C)
         xp = array_namespace(dout)
-        weight, grad = self._weight()
-        d2 = xp.reshape(dout, (-1, self.vocab_size))
-        grad += xp.matrix_transpose(d2) @ xp.reshape(self.x, (-1, self.d_model))
-        self.grads["bias"] += sum_rows(d2)
-        self.x = None
-        return xp.reshape(d2 @ weight, (*dout.shape[:-1], self.d_model))
+        owner, key = self._owner()
+        owner.grads[key] += xp.matrix_transpose(dout) @ x
+        self.grads["bias"] += sum_rows(dout)
+        return dout @ owner.params[key]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..namespace import array_namespace
-
 from .base import Layer
 from .reductions import mean_last, sum_rows
 
@@ -18,24 +16,24 @@ class LayerNorm(Layer):
         self.eps = eps
         self.add_param("gamma", backend.asarray([1.0] * d_model))
         self.add_param("beta", backend.asarray([0.0] * d_model))
-        self.xhat = self.rstd = None
 
-    def forward(self, x: Any) -> Any:
-        # x: (B, T, C) -> (B, T, C)
-        xp = array_namespace(x)
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        # x: (N, C) -> y: (N, C), cache: (xhat (N, C), rstd (N, 1))
         xc = x - mean_last(x)
-        var = mean_last(xc * xc)
-        self.rstd = 1.0 / xp.sqrt(var + self.eps)  # (B, T, 1)
-        self.xhat = xc * self.rstd
-        return self.xhat * self.params["gamma"] + self.params["beta"]
+        rstd = (mean_last(xc * xc) + self.eps) ** -0.5
+        xhat = xc * rstd
+        y = xhat * self.params["gamma"]
+        y += self.params["beta"]
+        return y, (xhat, rstd)
 
-    def backward(self, dout: Any) -> Any:
-        # dout: (B, T, C) -> dx: (B, T, C)
-        xhat = self.xhat
+    def backward(self, dout: Any, cache: Any) -> Any:
+        # dout: (N, C) -> dx: (N, C)
+        xhat, rstd = cache
         self.grads["gamma"] += sum_rows(dout * xhat)
         self.grads["beta"] += sum_rows(dout)
         dxhat = dout * self.params["gamma"]
         # d/dx of the normalization: remove the mean of dxhat and its projection on xhat.
-        dx = self.rstd * (dxhat - mean_last(dxhat) - xhat * mean_last(dxhat * xhat))
-        self.xhat = self.rstd = None
+        dx = dxhat - mean_last(dxhat)
+        dx -= xhat * mean_last(dxhat * xhat)
+        dx *= rstd
         return dx

@@ -11,34 +11,27 @@ from .reductions import sum_rows
 
 
 class Linear(Layer):
-    """Affine map over the last axis; weight stored (d_in, d_out)."""
+    """Affine map over the last axis; weight stored (d_in, d_out). The cache is the input itself."""
 
     def __init__(self, backend: Any, rng: Any, d_in: int, d_out: int, std: float = 0.02, bias: bool = True) -> None:
         super().__init__()
-        self.d_in, self.d_out = d_in, d_out
+        self.d_in, self.d_out, self.has_bias = d_in, d_out, bias
         self.add_param("weight", backend.normal(rng, (d_in, d_out), std))
         if bias:
             self.add_param("bias", backend.asarray([0.0] * d_out))
-        self.x = None
 
-    def forward(self, x: Any) -> Any:
-        # x: (..., d_in) -> (..., d_out)
-        xp = array_namespace(x)
-        self.x = x
-        # One 2-D GEMM: NumPy runs a 3-D @ 2-D matmul as a loop of small per-batch GEMMs.
-        y = xp.reshape(x, (-1, self.d_in)) @ self.params["weight"]
-        if "bias" in self.params:
-            y = y + self.params["bias"]
-        return xp.reshape(y, (*x.shape[:-1], self.d_out))
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        # x: (N, d_in) -> y: (N, d_out), cache: x. Rows are flattened positions: one 2-D GEMM (NumPy runs a
+        # 3-D @ 2-D matmul as a loop of small per-batch GEMMs).
+        y = x @ self.params["weight"]
+        if self.has_bias:
+            y += self.params["bias"]
+        return y, x
 
-    def backward(self, dout: Any) -> Any:
-        # dout: (..., d_out) -> dx: (..., d_in)
+    def backward(self, dout: Any, x: Any) -> Any:
+        # dout: (N, d_out), x: the cached input (N, d_in) -> dx: (N, d_in)
         xp = array_namespace(dout)
-        x_shape = self.x.shape
-        x2 = xp.reshape(self.x, (-1, self.d_in))
-        d2 = xp.reshape(dout, (-1, self.d_out))
-        self.grads["weight"] += xp.matrix_transpose(x2) @ d2
-        if "bias" in self.params:
-            self.grads["bias"] += sum_rows(d2)
-        self.x = None
-        return xp.reshape(d2 @ xp.matrix_transpose(self.params["weight"]), x_shape)
+        self.grads["weight"] += xp.matrix_transpose(x) @ dout
+        if self.has_bias:
+            self.grads["bias"] += sum_rows(dout)
+        return dout @ self.transposed("weight")

@@ -1,7 +1,9 @@
-"""Sums written as matmuls with a ones vector.
+"""Sums written as matmuls with a constant vector, whose constants are built once per shape.
 
 On NumPy a reduction over a short last axis (or down the rows of a tall matrix) runs several times slower than
-the same sum as a GEMV, which BLAS vectorizes and threads; on other libraries the matmul is at least as fast.
+the same sum as a GEMV, which BLAS vectorizes and threads; on other libraries the matmul is at least as fast. The
+ones / (1/C) vectors are cached per (library, length, dtype, device): building them on every call was one array
+operation more per sum, dozens per training step.
 """
 
 from __future__ import annotations
@@ -10,19 +12,37 @@ from typing import Any
 
 from ..namespace import array_namespace, device
 
+_CONSTANTS: dict[tuple, Any] = {}  # (kind, namespace, shape, dtype, device) -> a constant array, never written
+
+
+def constant(xp: Any, kind: str, shape: tuple[int, ...], value: float, like: Any) -> Any:
+    """A cached array of `shape` filled with `value`, on `like`'s device and dtype (read-only by convention)."""
+    key = (kind, xp.__name__, shape, str(like.dtype), str(device(like)))
+    c = _CONSTANTS.get(key)
+    if c is None:
+        c = _CONSTANTS[key] = xp.full(shape, value, dtype=like.dtype, device=device(like))
+    return c
+
 
 def mean_last(x: Any) -> Any:
-    """x: (..., C) -> (..., 1), the mean over the last axis."""
+    """x: (..., C) -> (..., 1), the mean over the last axis. 2-D inputs cost one matmul."""
     xp = array_namespace(x)
     C = x.shape[-1]
-    w = xp.full((C, 1), 1.0 / C, dtype=x.dtype, device=device(x))
+    w = constant(xp, "mean", (C, 1), 1.0 / C, x)
+    if x.ndim == 2:
+        return x @ w
     return xp.reshape(xp.reshape(x, (-1, C)) @ w, (*x.shape[:-1], 1))
 
 
-def sum_rows(x: Any) -> Any:
-    """x: (..., C) -> (C,), the sum over every leading axis (a bias or norm-gain gradient)."""
+def sum_last(x: Any) -> Any:
+    """x: (..., D) -> (..., 1), the sum over the last axis, as one matmul."""
     xp = array_namespace(x)
-    C = x.shape[-1]
-    x2 = xp.reshape(x, (-1, C))
-    ones = xp.ones((1, x2.shape[0]), dtype=x.dtype, device=device(x))
-    return xp.reshape(ones @ x2, (C,))
+    return x @ constant(xp, "ones", (x.shape[-1], 1), 1.0, x)
+
+
+def sum_rows(x: Any) -> Any:
+    """x: (N, C) -> (C,), the sum over the rows (a bias or norm-gain gradient), as one vector-matrix product."""
+    xp = array_namespace(x)
+    if x.ndim != 2:
+        x = xp.reshape(x, (-1, x.shape[-1]))
+    return constant(xp, "ones", (x.shape[0],), 1.0, x) @ x

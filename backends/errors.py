@@ -1,0 +1,19 @@
+"""The exceptions the floor itself raises; ``llm.errors`` re-exports them with the rest of the hierarchy.
+
+They live here, not in ``llm/``, so that ``backends`` imports nothing from ``llm`` (the arrows point one way).
+"""
+
+
+class LLMError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(LLMError, ValueError):
+    """A number or option out of range (model size, epochs, learning rate, sampling settings...)."""
+
+
+class BackendUnavailableError(LLMError, RuntimeError):
+    """The requested array library or device is missing; the message names the fix."""
+
+
+__all__ = ["LLMError", "ConfigError", "BackendUnavailableError"]
