@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backends import get_backend  # noqa: E402
+from backends.capture import set_tf32, use_graphs  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.data import load_corpus, split_dialogue  # noqa: E402
 from llm.errors import (CheckpointError, ConfigError, LLMError, LLMWarning, PromptError,  # noqa: E402
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_float, default=0.0, help="0 = greedy (default)")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=_float, default=None)
+    f = p.add_argument_group("speed")
+    f.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
+                        "supported)")
+    f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
+    f.add_argument("--log-every", type=_int(1), default=25, metavar="N",
+                   help="read the loss back from the device every N steps (default 25; also at every epoch end)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout; progress and logs on stderr")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -215,7 +223,10 @@ def run(args) -> int:
     for i, prompt in enumerate(args.prompt or []):
         if not prompt.strip():
             raise PromptError(f"--prompt number {i + 1} is empty: give it a question")
+    set_tf32(args.tf32)  # before the backend: CuPy reads its switch from the environment
     backend = get_backend(args.device, args.dtype)
+    use_graphs(backend, args.cuda_graphs)  # "on" where unsupported: fail now, not after loading the corpora
+    speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every)
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
     log_epoch = lambda event: _log_event(out, event)  # noqa: E731
@@ -227,7 +238,7 @@ def run(args) -> int:
         if ckpt.resumable:
             _check_resume_flags(args, ckpt)
         model, tok = ckpt.model, ckpt.tokenizer
-        trainer = restore_trainer(ckpt, pretrain, dialogues, progress=not args.no_progress, log=log_epoch)
+        trainer = restore_trainer(ckpt, pretrain, dialogues, progress=not args.no_progress, log=log_epoch, **speed)
         st = trainer.state
         out.say(f"resumed from {args.resume}: " + ("training had finished" if trainer.finished else
                 f"phase {st.phase + 1}, epoch {st.epoch}, batch {st.batch}") + f", step {st.step}")
@@ -237,7 +248,7 @@ def run(args) -> int:
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size), backend, seed=args.seed)
         recipe = _recipe_from_args(args, RECIPES[args.recipe or "default"])
         trainer = Trainer(model, tok, pretrain, dialogues, recipe, seed=args.seed,
-                          progress=not args.no_progress, log=log_epoch)
+                          progress=not args.no_progress, log=log_epoch, **speed)
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
     if args.out:

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backends import get_backend  # noqa: E402
+from backends.capture import set_tf32  # noqa: E402
 from llm import GPT, CharTokenizer, GPTConfig, Recipe, Trainer, generate  # noqa: E402
 from llm.errors import DataError, LLMError  # noqa: E402
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-chars", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="record each training step as a CUDA graph (torch:cuda only; auto: where supported)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
+    p.add_argument("--log-every", type=int, default=25, metavar="N", help="read the loss back every N steps")
     args = p.parse_args(argv)
     try:
         try:
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"{args.text} has {len(text)} characters; it needs at least {2 * window}")
         chunks = [text[i:i + window] for i in range(0, len(text) - window + 1, window)]
         tok = CharTokenizer.from_texts([text])
+        set_tf32(args.tf32)
         backend = get_backend(args.device)
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
                               n_layers=args.n_layers, d_ff=args.d_ff, max_seq_len=args.max_seq_len), backend,
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                         warmup_steps=min(100, args.steps // 10), loss_on="all")
         print(f"{len(text):,} characters, {tok.vocab_size} symbols, {len(chunks)} windows of {window}; {model!r}")
         log = lambda e: e["event"] == "epoch" and print(f"epoch {e['epoch']}: loss {e['loss']:.4f}")  # noqa: E731
-        trainer = Trainer(model, tok, chunks, [], recipe, seed=args.seed, log=log)
+        trainer = Trainer(model, tok, chunks, [], recipe, seed=args.seed, log=log, cuda_graphs=args.cuda_graphs,
+                          tf32=args.tf32, log_every=args.log_every)
         (summary, _) = trainer.train()
         print(f"{summary.steps} steps in {summary.seconds:.1f} s: {summary.tokens_per_second:,.0f} tokens/s")
         prompt = text[:16]

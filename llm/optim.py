@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from .errors import ConfigError
+from .layers.reductions import constant
 from .params import FlatParameters
 
 
@@ -98,11 +99,16 @@ class Adam:
         self._calls += 1.0
         self.skipped += 1.0 - ok
         self.first_skipped[...] = xp.where((self.first_skipped < 0) & (ok == 0), self._calls, self.first_skipped)
-        scale = ok if self.clip_norm is None else ok * xp.clip(self.clip_norm / (norm + 1e-6), max=1.0)
+        # Only operators and `where` on device arrays here: xp.clip of array-api-compat masks with a boolean index
+        # on NumPy and CuPy (a data-dependent shape, so a device sync) and builds arrays from Python floats.
+        scale = ok
+        if self.clip_norm is not None:
+            raw = self.clip_norm / (norm + 1e-6)
+            scale = ok * xp.where(raw < 1.0, raw, constant(xp, "one", (), 1.0, g))
         # A skipped step must not let NaN into the moments: zero the gradient where the norm is not finite.
-        g = xp.where(ok > 0, g * scale, xp.zeros((), dtype=g.dtype, device=self.flat.backend.device))
+        g = xp.where(ok > 0, g * scale, constant(xp, "zero", (), 0.0, g))
         self._t += ok
-        t = xp.clip(self._t, min=1.0)  # bias correction of a skipped first step: any finite value will do
+        t = self._t + (1.0 - ok)  # the bias correction of a skipped step (t may be 0): any finite value will do
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         # lr * m_hat / (sqrt(v_hat) + eps) == (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):
         # the same update with the bias corrections folded into two scalars.
