@@ -73,13 +73,16 @@ def flat_views(buffer: Any, shapes: list[tuple[int, ...]]) -> list[Any]:
     ``copy=False`` (an error rather than a silent copy) and the backend tests write through every view.
     """
     xp = compat.array_namespace(buffer)
-    views, offset = [], 0
+    sizes = []
     for shape in shapes:
         size = 1
         for n in shape:
             size *= n
+        sizes.append(size)
+    if sum(sizes) > buffer.shape[0]:  # before slicing: an out-of-range slice fails differently on each library
+        raise ValueError(f"flat buffer of {buffer.shape[0]} elements is too small for {sum(sizes)}")
+    views, offset = [], 0
+    for shape, size in zip(shapes, sizes):
         views.append(xp.reshape(buffer[offset:offset + size], tuple(shape), copy=False))
         offset += size
-    if offset > buffer.shape[0]:
-        raise ValueError(f"flat buffer of {buffer.shape[0]} elements is too small for {offset}")
     return views
