@@ -34,8 +34,10 @@ class FeedForward(Layer):
         xp = array_namespace(x)
         h, _ = self.fc1.forward(x)
         if self.activation == "relu":
-            act = xp.astype(h > 0, h.dtype)  # the gate; multiplying by a float mask is cheaper than `where`
-            a = h * act
+            # In place: a = h * gate (multiplying by a float mask is cheaper than `where`). Backward rebuilds the
+            # gate from a > 0, which is h > 0: one (N, d_ff) array less kept per layer.
+            h *= xp.astype(h > 0, h.dtype)
+            act, a = None, h
         else:
             t = xp.tanh(_GELU_A * (h + _GELU_B * h * h * h))
             act = (h, t)
@@ -45,10 +47,11 @@ class FeedForward(Layer):
 
     def backward(self, dout: Any, cache: Any) -> Any:
         # dout: (N, C) -> dx: (N, C)
+        xp = array_namespace(dout)
         x, act, a = cache
         da = self.fc2.backward(dout, a)
         if self.activation == "relu":
-            da *= act  # dh
+            da *= xp.astype(a > 0, a.dtype)  # dh
         else:
             h, t = act
             dtanh = (1.0 - t * t) * _GELU_A * (1.0 + 3.0 * _GELU_B * h * h)
