@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .layers.reductions import constant
+from .layers.reductions import array_key, constant
 from .namespace import array_namespace, device
 
 from backends.ops import add_at_columns
@@ -13,7 +13,7 @@ _OFFSETS: dict[tuple, Any] = {}  # (namespace, N, V, device) -> arange(N) * V, t
 
 
 def _row_offsets(xp: Any, N: int, V: int, like: Any) -> Any:
-    key = (xp.__name__, N, V, str(device(like)))
+    key = (N, V, *array_key(like))
     off = _OFFSETS.get(key)
     if off is None:
         off = _OFFSETS[key] = xp.arange(N, device=device(like)) * V

@@ -12,6 +12,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .layers.reductions import constant
+
+from backends.fused import fast_path
 from .params import FlatParameters
 
 
@@ -99,6 +101,12 @@ class Adam:
         self._calls += 1.0
         self.skipped += 1.0 - ok
         self.first_skipped[...] = xp.where((self.first_skipped < 0) & (ok == 0), self._calls, self.first_skipped)
+        self._t += ok
+        fused = fast_path("adam_update", g)
+        if fused is not None:  # everything below as one kernel (backends.fused), from the same device scalars
+            fused(p, g, m, v, norm, self._lr, self._t, clip=self.clip_norm, b1=b1, b2=b2, eps=self.eps,
+                  weight_decay=self.weight_decay, n_decay=self.flat.n_decay)
+            return
         # Only operators and `where` on device arrays here: xp.clip of array-api-compat masks with a boolean index
         # on NumPy and CuPy (a data-dependent shape, so a device sync) and builds arrays from Python floats.
         scale = ok
@@ -107,7 +115,6 @@ class Adam:
             scale = ok * xp.where(raw < 1.0, raw, constant(xp, "one", (), 1.0, g))
         # A skipped step must not let NaN into the moments: zero the gradient where the norm is not finite.
         g = xp.where(ok > 0, g * scale, constant(xp, "zero", (), 0.0, g))
-        self._t += ok
         t = self._t + (1.0 - ok)  # the bias correction of a skipped step (t may be 0): any finite value will do
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         # lr * m_hat / (sqrt(v_hat) + eps) == (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):

@@ -7,9 +7,11 @@ from typing import Any
 
 from ..namespace import array_namespace, device
 
+from backends.fused import fast_path
+
 from .base import Layer
 from .linear import Linear
-from .reductions import sum_last
+from .reductions import array_key, sum_last
 
 # Added to the scores of forbidden keys. Finite, so a row with every key masked (a padding query) gives a uniform
 # softmax instead of NaN; exp() of it underflows to exactly 0 in float32 and float64.
@@ -41,7 +43,7 @@ class CausalSelfAttention(Layer):
     def _mask_bias(self, xp: Any, T_q: int, T_k: int, key_mask: Any, like: Any) -> Any:
         # -> (T_q, T_k) or (B, 1, T_q, T_k): 0 where allowed, MASK_VALUE where not. Queries are the last T_q
         # positions of the T_k keys (T_q < T_k only when decoding with a KV cache).
-        key = (T_q, T_k, str(like.dtype), str(device(like)))
+        key = (T_q, T_k, *array_key(like))
         bias = self._causal_cache.get(key)
         if bias is None:  # built once per shape: training sees only a few distinct lengths
             rows = xp.arange(T_k - T_q, T_k, device=device(like))[:, None]
@@ -68,9 +70,13 @@ class CausalSelfAttention(Layer):
     def _attend(self, xp: Any, q: Any, k: Any, v: Any, bias: Any) -> tuple[Any, Any]:
         # q: (B, H, T_q, D), k, v: (B, H, T_k, D) -> p: (B, H, T_q, T_k), y: (B, H, T_q, D)
         scores = q @ xp.matrix_transpose(k)
-        scores *= self.scale
-        scores += bias
-        p = self._softmax(xp, scores)
+        fused = fast_path("softmax_rows", scores) if bias.ndim == 2 else None
+        if fused is not None:  # the five steps below as one kernel (backends.fused)
+            p = fused(scores, bias, self.scale)
+        else:
+            scores *= self.scale
+            scores += bias
+            p = self._softmax(xp, scores)
         return p, p @ v
 
     def _merge_heads(self, xp: Any, y: Any) -> Any:
@@ -97,8 +103,12 @@ class CausalSelfAttention(Layer):
         dv = xp.matrix_transpose(p) @ dy  # (B, H, T, D)
         ds = dy @ xp.matrix_transpose(v)  # dp: (B, H, T, T)
         # Softmax backward: ds = p * (dp - sum_j p*dp). That row sum equals sum_d dy*y, which is T/D times cheaper.
-        ds -= sum_last(dy * y)
-        ds *= p
+        fused = fast_path("softmax_backward", ds)
+        if fused is not None:
+            fused(ds, p, sum_last(dy * y))
+        else:
+            ds -= sum_last(dy * y)
+            ds *= p
         dq = ds @ k
         dq *= self.scale
         dk = xp.matrix_transpose(ds) @ q

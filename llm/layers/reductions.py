@@ -12,12 +12,25 @@ from typing import Any
 
 from ..namespace import array_namespace, device
 
-_CONSTANTS: dict[tuple, Any] = {}  # (kind, namespace, shape, dtype, device) -> a constant array, never written
+_CONSTANTS: dict[tuple, Any] = {}  # (kind, array type, shape, dtype, device) -> a constant array, never written
+
+
+def array_key(like: Any) -> tuple:
+    """A cheap hashable key for "arrays like `like`": its type, dtype and device.
+
+    A device object may hash by identity and be made anew on every access (CuPy's Device): its ``id`` is used then.
+    """
+    dev = like.device
+    return type(like), like.dtype, getattr(dev, "id", dev)
 
 
 def constant(xp: Any, kind: str, shape: tuple[int, ...], value: float, like: Any) -> Any:
-    """A cached array of `shape` filled with `value`, on `like`'s device and dtype (read-only by convention)."""
-    key = (kind, xp.__name__, shape, str(like.dtype), str(device(like)))
+    """A cached array of `shape` filled with `value`, on `like`'s device and dtype (read-only by convention).
+
+    The key uses the dtype and device objects themselves: formatting them as strings cost ~10 us a call, more than
+    the sums these constants serve.
+    """
+    key = (kind, shape, *array_key(like))
     c = _CONSTANTS.get(key)
     if c is None:
         c = _CONSTANTS[key] = xp.full(shape, value, dtype=like.dtype, device=device(like))
