@@ -210,3 +210,25 @@ def test_training_steps_reduce_the_loss():
         opt.step(model.grads)  # the model's own gradients are accepted (the flat buffer is what is used)
     assert float(loss) < 0.5 * first
     assert llm.GPT is GPT
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_in_blocks_equals_one_block(backend_name, weighted, monkeypatch):
+    # A large (N, V) loss runs block by block to keep its peak memory down; the result must not change.
+    import llm.loss as loss_module
+
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((23, 7)) * 3
+    t = rng.integers(0, 7, 23)
+    w = None
+    if weighted:
+        w = rng.random(23)
+        w /= w.sum()
+    whole = [be.to_numpy(a) for a in loss_module.softmax_cross_entropy(be.asarray(z.copy()), be.asarray(t),
+                                                                       None if w is None else be.asarray(w))]
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 5)  # blocks of 5 rows, the last one of 3
+    blocks = [be.to_numpy(a) for a in loss_module.softmax_cross_entropy(be.asarray(z.copy()), be.asarray(t),
+                                                                        None if w is None else be.asarray(w))]
+    assert float(blocks[0]) == pytest.approx(float(whole[0]), rel=1e-13)
+    np.testing.assert_allclose(blocks[1], whole[1], rtol=1e-13, atol=1e-16)
