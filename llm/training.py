@@ -119,19 +119,21 @@ class Trainer:
     """Runs the two phases over a model; usable from the library on any backend.
 
     `on_epoch(trainer)` is called after every epoch and `on_phase_end(trainer, summary)` after each phase (the CLI
-    saves checkpoints there); `log(event: dict)` receives epoch losses and phase summaries.
+    saves checkpoints there); `log(event: dict)` receives epoch losses and phase summaries. Losses stay on the device
+    until :meth:`read` (every `log_every` steps, at every epoch end, before anything is saved). `cuda_graphs`,
+    `tf32` and `pad_multiple` go to :class:`llm.TrainStep`.
     """
 
     def __init__(self, model: Any, tokenizer: Any, pretrain_texts: list[str], chat_texts: list[str],
                  recipe: Recipe = RECIPES["default"], seed: int = 0, progress: bool = True,
                  log: Callable[[dict], None] | None = None, on_epoch: Callable[["Trainer"], None] | None = None,
                  on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
-                 cuda_graphs: str = "auto", tf32: bool = False) -> None:
+                 cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
         self.progress, self.log = progress, log or (lambda event: None)
-        self.log_every, self.cuda_graphs, self.tf32 = log_every, cuda_graphs, tf32
+        self.log_every, self.cuda_graphs, self.tf32, self.pad_multiple = log_every, cuda_graphs, tf32, pad_multiple
         # Steps not read yet: (device loss, counted tokens, trainer step, phase, epoch, optimizer call number)
         self._pending: list[tuple[Any, int, int, str, int, int]] = []
         self.on_epoch, self.on_phase_end = on_epoch, on_phase_end
@@ -156,7 +158,8 @@ class Trainer:
         # starts at 0, and the host counts the same calls, which is how a skipped step is named later.
         self.read()
         self._optimizer = opt
-        self.step_fn = TrainStep(self.model, opt, cuda_graphs=self.cuda_graphs, tf32=self.tf32)
+        self.step_fn = TrainStep(self.model, opt, cuda_graphs=self.cuda_graphs, tf32=self.tf32,
+                                 pad_multiple=self.pad_multiple)
         self._optimizer_calls = 0
 
     def _new_optimizer(self) -> Adam:
