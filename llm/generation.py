@@ -42,8 +42,10 @@ def choose_token(logits: np.ndarray, temperature: float = 0.0, top_k: int | None
         return int(np.argmax(logits))
     z = (logits - np.max(logits)) / temperature  # shift first: a tiny temperature must not overflow
     if top_k is not None and top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z >= kth, z, -np.inf)
+        # Ranked on the logits as given: the shift above can round two distinct logits into a tie (1e-30 - 1 == -1),
+        # which would let a (k+1)-th token in.
+        kth = np.partition(logits, -top_k)[-top_k]
+        z = np.where(logits >= kth, z, -np.inf)
     p = np.exp(z - np.max(z))
     p /= p.sum()
     if top_p is not None and top_p < 1:
