@@ -20,13 +20,9 @@ from llm.generation import generate_ids
 from llm.tokenizer import WordTokenizer
 from llm.training import Recipe, Trainer
 from tests.conftest import require_backend
+from tests.test_training import CHATS, FACTS  # the same tiny corpus
 
 SMALL = dict(vocab_size=13, d_model=8, n_heads=2, n_layers=2, d_ff=16, max_seq_len=7)
-FACTS = ["The sun is a star. </s>", "Rain falls from clouds. </s>", "Bees make honey from nectar in summer. </s>",
-         "Ice floats on water. </s>", "Wind moves the air. </s>"]
-CHATS = ["User: What is the sun? Assistant: The sun is a star. </s>",
-         "User: Where does rain come from? Assistant: Rain falls from clouds. </s>",
-         "User: What do bees make? Assistant: Bees make honey from nectar. </s>"]
 TINY = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16)
 
 
