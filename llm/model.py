@@ -107,8 +107,9 @@ class GPT(Layer):
     def _trunk_backward(self, dx: Any, cache: Any) -> None:
         # dx: (B*T, C)
         c_embed, caches = cache
-        for block, c in zip(reversed(self.blocks), reversed(caches)):
-            dx = block.backward(dx, c)
+        for block in reversed(self.blocks):
+            # pop: a block's activations are freed as soon as its backward is done (a cache is used once)
+            dx = block.backward(dx, caches.pop())
         self.embed.backward(dx, c_embed)
 
     def _head_forward(self, x: Any) -> tuple[Any, Any]:
@@ -158,8 +159,11 @@ class GPT(Layer):
         if rows is not None:
             x = xp.take(x, rows, axis=0)  # (N, C) the positions that count
         logits, head = self._head_forward(x)
+        del x
         loss, dlogits = softmax_cross_entropy(logits, targets, weights)
+        del logits
         dx = self._head_backward(dlogits, head)
+        del dlogits, head  # the (N, V) arrays must not live on through the trunk's backward pass
         if rows is not None:  # back to every position; the others get zero
             full = xp.zeros((tokens.shape[0] * tokens.shape[1], dx.shape[1]), dtype=dx.dtype, device=self.backend.device)
             index_add(full, rows, dx)  # rows are distinct: a plain scatter
