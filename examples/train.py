@@ -14,6 +14,11 @@ print one ``warning:`` line and go on. Exit codes:
     1    the run failed: backend unavailable, checkpoint unreadable or unwritable, training diverged, out of memory
     2    bad input: a flag, a model size, sampling setting, corpus file or prompt (argparse's own errors too)
     130  interrupted (Ctrl-C); during training the run stops at the next step and, with --out, is saved first
+    143  terminated (SIGTERM, e.g. by a job scheduler): handled like Ctrl-C during training
+
+Checkpoints: ``--out DIR`` takes a lock (``.DIR.lock`` beside it) so that two runs never write one directory, and a
+new run refuses a DIR that already holds another run's checkpoint unless ``--overwrite`` is given. ``--resume DIR``
+continues in the checkpoint's dtype and, without ``--out``, saves back into DIR.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import secrets  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import warnings  # noqa: E402
@@ -49,7 +56,7 @@ DEMO_QUESTION = "How do mountains form?"
 MODEL_SIZE = {"d_model": 128, "n_heads": 8, "n_layers": 3, "d_ff": 256, "max_seq_len": 80}  # the defaults
 RECIPE_FLAGS = ("pretrain_epochs", "chat_epochs", "batch_size", "lr_pretrain", "lr_chat", "warmup_steps", "loss_on",
                 "clip_norm", "weight_decay")
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _int(min_value: int):
@@ -89,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = RECIPES["default"]
     p = argparse.ArgumentParser(description="Train ArrayGPT (pre-training, then instruction tuning), then chat.")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, torch, torch:cuda or strict (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="float32 for a new run (default); a resumed run keeps its checkpoint's")
     p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="default: batched, answer-only loss, warmed-up lr; seed: RustGPT's schedule exactly")
     g = p.add_argument_group("training (each overrides the recipe)")
@@ -109,9 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in MODEL_SIZE.items():
         m.add_argument("--" + name.replace("_", "-"), type=_int(1), help=f"(default {default})")
     c = p.add_argument_group("checkpoints")
-    c.add_argument("--out", metavar="DIR", help="save a checkpoint here after each phase (and on Ctrl-C)")
+    c.add_argument("--out", metavar="DIR", help="save a checkpoint here after each phase (and on Ctrl-C or SIGTERM)")
     c.add_argument("--save-every", type=_int(1), metavar="N", help="also save every N epochs (needs --out)")
-    c.add_argument("--resume", metavar="DIR", help="continue training from a checkpoint directory")
+    c.add_argument("--resume", metavar="DIR",
+                   help="continue training from a checkpoint directory (saved back into it unless --out is given)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="let a new run replace the checkpoint of another run in --out (files you added are kept)")
     s = p.add_argument_group("chat")
     s.add_argument("--prompt", action="append", metavar="TEXT", help="answer this and exit (repeatable)")
     s.add_argument("--no-chat", action="store_true", help="exit after training instead of the interactive loop")
@@ -178,11 +189,27 @@ def _check_resume_flags(args, ckpt) -> None:
                           f"recipe; {fix}")
 
 
-def _check_out(path: str) -> None:
-    """Fail before training, not after it, when checkpoints cannot be written to `path`."""
-    from llm.checkpoint import check_destination
+def _check_out(args, resumed) -> None:
+    """Fail before training, not after it, when checkpoints cannot (or must not) be written to --out.
 
-    check_destination(path)
+    A checkpoint already there is replaced only when it is the run being resumed (the same directory, or a copy of
+    the same run), or with --overwrite: a new run never silently replaces another run's model.
+    """
+    from llm.checkpoint import check_destination, find_checkpoint, lock_destination
+
+    check_destination(args.out)
+    args.lock = lock_destination(args.out)  # one run per --out; released after training (or at exit)
+    existing = find_checkpoint(args.out)
+    if existing is None or args.overwrite:
+        return
+    if resumed is not None:
+        same_dir = os.path.realpath(args.resume) == os.path.realpath(args.out)
+        same_run = resumed.run_id is not None and resumed.run_id == existing.run_id
+        if same_dir or same_run:
+            return
+    raise ConfigError(f"--out {args.out} already holds the checkpoint of another run; continue that run with "
+                      f"--resume {args.out}, choose another --out, or pass --overwrite to replace it (files you added "
+                      "to the directory are kept)")
 
 
 def _save(args, out: Output, model, tok, trainer, why: str) -> None:
@@ -190,14 +217,14 @@ def _save(args, out: Output, model, tok, trainer, why: str) -> None:
     from llm.checkpoint import save_checkpoint
 
     try:
-        path = save_checkpoint(args.out, model, tok, trainer)
+        path = save_checkpoint(args.out, model, tok, trainer, run_id=args.run_id)
     except CheckpointError as exc:
         if "refusing to save" in str(exc):  # non-finite weights: a rescue copy would be refused too
             raise
         rescue = None
         try:
             rescue = tempfile.mkdtemp(prefix="arraygpt-rescue-")
-            save_checkpoint(rescue, model, tok, trainer)
+            save_checkpoint(rescue, model, tok, trainer, run_id=args.run_id)
         except (CheckpointError, OSError):
             if rescue is not None:
                 shutil.rmtree(rescue, ignore_errors=True)
@@ -217,6 +244,9 @@ def _exact_match(model, tok, dialogues) -> tuple[ExactMatch, int]:
 
 def run(args) -> int:
     out = Output(args.json)
+    for flag in ("out", "resume"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise ConfigError(f"--{flag} is empty: give a directory (is a shell variable unset?)")
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.save_every and not args.out:
         raise ConfigError("--save-every needs --out DIR: say where to save")
@@ -224,17 +254,27 @@ def run(args) -> int:
         if not prompt.strip():
             raise PromptError(f"--prompt number {i + 1} is empty: give it a question")
     set_tf32(args.tf32)  # before the backend: CuPy reads its switch from the environment
-    backend = get_backend(args.device, args.dtype)
+    ckpt = None
+    if args.resume:
+        from llm.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.resume, args.device)  # a backend name: the checkpoint's own dtype
+        backend = ckpt.model.backend
+        if args.dtype is not None and args.dtype != backend.dtype_name:
+            raise ConfigError(f"--dtype {args.dtype} differs from the checkpoint in {args.resume} "
+                              f"({backend.dtype_name}): a resumed run keeps its dtype; leave the flag out, or start a "
+                              "new run without --resume")
+    else:
+        backend = get_backend(args.device, args.dtype or "float32")
     use_graphs(backend, args.cuda_graphs)  # "on" where unsupported: fail now, not after loading the corpora
     speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every)
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
     log_epoch = lambda event: _log_event(out, event)  # noqa: E731
 
-    if args.resume:
-        from llm.checkpoint import load_checkpoint, restore_trainer
+    if ckpt is not None:
+        from llm.checkpoint import restore_trainer
 
-        ckpt = load_checkpoint(args.resume, backend)
         if ckpt.resumable:
             _check_resume_flags(args, ckpt)
         model, tok = ckpt.model, ckpt.tokenizer
@@ -242,7 +282,12 @@ def run(args) -> int:
         st = trainer.state
         out.say(f"resumed from {args.resume}: " + ("training had finished" if trainer.finished else
                 f"phase {st.phase + 1}, epoch {st.epoch}, batch {st.batch}") + f", step {st.step}")
+        args.run_id = ckpt.run_id or secrets.token_hex(8)
+        if not args.out:
+            args.out = args.resume
+            out.say(f"checkpoints are saved back into {args.resume} (the one resumed; --out DIR saves elsewhere)")
     else:
+        args.run_id = secrets.token_hex(8)
         tok = WordTokenizer.from_texts(pretrain + dialogues)
         size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in MODEL_SIZE.items()}
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size), backend, seed=args.seed)
@@ -252,7 +297,7 @@ def run(args) -> int:
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
     if args.out:
-        _check_out(args.out)
+        _check_out(args, ckpt)
         trainer.on_phase_end = lambda tr, summary: _save(args, out, model, tok, tr, f"end of {summary.phase}")
         if args.save_every:
             trainer.on_epoch = lambda tr: (tr.state.epoch % args.save_every == 0
@@ -265,15 +310,23 @@ def run(args) -> int:
                     max_new_tokens=args.max_new_tokens)
     out.say(f"\nbefore training  > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
 
+    terminated = []
+    restore_sigterm = _sigterm_like_ctrl_c(terminated)
     try:
         summaries = trainer.train()
     except TrainingInterrupted:
+        why = "terminated (SIGTERM)" if terminated else "interrupted"
         if args.out:
-            _save(args, out, model, tok, trainer, "interrupted")
-            print(f"interrupted; the run is saved: continue it with --resume {args.out}", file=sys.stderr)
+            _save(args, out, model, tok, trainer, why.split(" ")[0])
+            print(f"{why}; the run is saved: continue it with --resume {args.out}", file=sys.stderr)
         else:
-            print("interrupted (no --out given, nothing saved)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"{why} (no --out given, nothing saved)", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        if terminated:  # a second SIGTERM (or one outside a step): stop now, the last saved checkpoint stands
+            print("\nterminated (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
+        raise
     except TrainingDivergedError as exc:
         from llm.checkpoint import CONFIG_FILE
 
@@ -281,6 +334,9 @@ def run(args) -> int:
         error(f"{exc}" + (f"; the last good checkpoint in {args.out} is kept" if kept else
                           f"; nothing was saved to {args.out}" if args.out else ""))
         return EXIT_FAILED
+    finally:
+        restore_sigterm()
+        _release_lock(args)
     for s in summaries:
         if s.steps:
             out.say(f"{s.phase}: {s.epochs} epochs, {s.steps} steps, {s.seconds:.2f} s, "
@@ -299,6 +355,32 @@ def run(args) -> int:
     if not args.prompt and not args.no_chat:
         interactive(model, tok, sampling, out)
     return EXIT_OK
+
+
+def _release_lock(args) -> None:
+    lock = getattr(args, "lock", None)
+    if lock is not None:
+        lock.release()
+        args.lock = None
+
+
+def _sigterm_like_ctrl_c(terminated: list):
+    """During training SIGTERM (a scheduler's stop) does what Ctrl-C does: finish the step, save, exit (143)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        terminated.append(signum)
+        on_int = signal.getsignal(signal.SIGINT)  # the trainer's while it trains: stop at the next step
+        if callable(on_int):
+            on_int(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _log_event(out: Output, event: dict) -> None:
@@ -353,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into `head`: the reader is gone, nothing more to say
         sys.stdout = open(os.devnull, "w")
         return EXIT_FAILED
+    finally:
+        _release_lock(args)
 
 
 if __name__ == "__main__":

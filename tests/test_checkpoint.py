@@ -38,6 +38,7 @@ CFG = GPTConfig(vocab_size=TOK.vocab_size, d_model=16, n_heads=2, n_layers=1, d_
 RECIPE = Recipe(batch_size=2, pretrain_epochs=3, chat_epochs=3, warmup_steps=3)
 TOKENS = np.array([[4, 9, 1, 12, 7, 3, 20, 5], [2, 11, 6, 6, 0, 15, 8, 13]])
 RESUMABLE_FILES = ["config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "training.json"]
+MODEL_FILES = ["config.json", "manifest.json", "model.safetensors", "tokenizer.json"]  # sorted
 
 
 class _Stop(Exception):
@@ -76,7 +77,7 @@ def test_save_load_gives_identical_logits(backend_name, dtype, tmp_path):
     model = _model(be, seed=5)
     path = save_checkpoint(tmp_path / "ck", model, TOK)
     assert path == tmp_path / "ck"
-    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(path)) == MODEL_FILES
     ck = load_checkpoint(path, be)
     assert ck.model.config == model.config and ck.tokenizer == TOK and ck.path == path
     assert ck.recipe is ck.seed is ck.train_state is ck.optimizer_state is None
@@ -119,11 +120,11 @@ def test_backend_given_by_name_uses_the_saved_dtype(tmp_path):
 
 def test_saving_again_replaces_the_checkpoint(tmp_path):
     path, _ = _saved(tmp_path, seed=1, trainer=True)
-    assert sorted(os.listdir(path)) == sorted(RESUMABLE_FILES)
+    assert sorted(os.listdir(path)) == sorted(RESUMABLE_FILES + ["manifest.json"])
     be = require_backend("numpy", "float64")
     other = _model(be, seed=2)
     save_checkpoint(path, other, TOK)  # model only: the old training files must not linger
-    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(path)) == MODEL_FILES
     assert os.listdir(tmp_path) == ["ck"]
     np.testing.assert_array_equal(_logits(load(path, be)[0]), _logits(other))
 
@@ -517,3 +518,253 @@ def test_tokenizer_of_another_size_is_not_saved(tmp_path):
     small = WordTokenizer.from_texts(["Ice floats. </s>"])
     assert "tokenizer" in _error(save_checkpoint, tmp_path / "ck", _model(be), small)
     assert os.listdir(tmp_path) == []
+
+
+# -- a checkpoint is what its manifest says: nothing else is replaced or deleted (issue 11, items 1, 4, 9, 10, 14) --
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_manifest_lists_every_file_with_its_sha256(tmp_path):
+    import hashlib
+
+    path, _ = _saved(tmp_path, trainer=True)
+    manifest = _manifest(path)
+    assert manifest["format"] == "arraygpt-checkpoint" and manifest["format_version"] == FORMAT_VERSION
+    assert sorted(manifest["files"]) == sorted(RESUMABLE_FILES)
+    for name, entry in manifest["files"].items():
+        data = (path / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+
+
+def test_a_project_folder_with_a_config_json_is_not_replaced(tmp_path):
+    be = require_backend("numpy", "float32")
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"name": "my thesis"}')
+    (project / "model.safetensors").write_bytes(b"not ours")
+    (project / "thesis.tex").write_text("keep me")
+    (project / "src" / "main.py").write_text("print(1)")
+    before = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    msg = _error(save_checkpoint, project, _model(be), TOK)
+    assert "not a checkpoint" in msg and "manifest.json" in msg and str(project) in msg
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
+    assert (project / "thesis.tex").read_text() == "keep me"
+    assert "manifest.json" in _error(ckpt_mod.check_destination, project)
+
+
+@pytest.mark.parametrize("trainer", [False, True])
+def test_files_a_user_added_to_a_checkpoint_survive_a_save(trainer, tmp_path):
+    path, model = _saved(tmp_path, seed=1, trainer=True)
+    (path / "NOTES.md").write_text("lr 5e-3 looked best")
+    (path / "plots").mkdir()
+    (path / "plots" / "loss.png").write_bytes(b"\x89PNG...")
+    new = _model(model.backend, seed=2)
+    tr = Trainer(new, TOK, PRETRAIN, CHAT, RECIPE, seed=0, progress=False) if trainer else None
+    save_checkpoint(path, new, TOK, tr)
+    assert (path / "NOTES.md").read_text() == "lr 5e-3 looked best"
+    assert (path / "plots" / "loss.png").read_bytes() == b"\x89PNG..."
+    expected = (RESUMABLE_FILES if trainer else MODEL_FILES) + ["manifest.json", "NOTES.md", "plots"]
+    assert sorted(os.listdir(path)) == sorted(set(expected))
+    assert os.listdir(tmp_path) == ["ck"]  # no hidden directory left behind
+    np.testing.assert_array_equal(_logits(load(path, new.backend)[0]), _logits(new))
+
+
+_KILLED_SAVE = """
+import os, sys
+sys.path.insert(0, {root!r})
+import backends
+from llm import GPT, GPTConfig
+from llm.checkpoint import save_checkpoint
+from llm.tokenizer import WordTokenizer
+tok = WordTokenizer.from_texts(["Ice floats on water. </s>"])
+cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16)
+be = backends.get_backend("cpu", "float64")
+out = {out!r}
+save_checkpoint(out, GPT(cfg, be, seed=1), tok)
+open(os.path.join(out, "NOTES.md"), "w").write("mine")
+real, calls = os.replace, []
+def replace(*args):
+    calls.append(args)
+    if len(calls) == 2:  # the new checkpoint is complete, the old one is aside: killed between the two renames
+        os._exit(9)
+    return real(*args)
+os.replace = replace
+save_checkpoint(out, GPT(cfg, be, seed=2), tok)
+"""
+
+
+def test_a_save_killed_between_its_renames_is_recovered(tmp_path):
+    import subprocess
+    import sys
+    import warnings
+
+    out = tmp_path / "ck"
+    root = str(Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-c", _KILLED_SAVE.format(root=root, out=str(out))], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+    assert not out.exists()
+    hidden = sorted(os.listdir(tmp_path))
+    assert len(hidden) == 2 and hidden[0].startswith(".ck.old-") and hidden[1].startswith(".ck.tmp-"), hidden
+    be = require_backend("numpy", "float64")
+    found = ckpt_mod.find_checkpoint(out)
+    assert found is not None and found.recovered and found.path.name.startswith(".ck.tmp-")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ck = load_checkpoint(out, be)
+    assert any("interrupted" in str(w.message) and str(out) in str(w.message) for w in caught)
+    tokens = np.array([[1, 2, 3, 4]])  # this checkpoint's vocabulary is small
+    np.testing.assert_array_equal(_logits(ck.model, tokens),
+                                  _logits(_model(be, seed=2, cfg=ck.model.config), tokens))  # the newer one
+    # The next save puts a checkpoint back in place, moves the user's file into it and removes the hidden ones.
+    save_checkpoint(out, ck.model, ck.tokenizer)
+    assert os.listdir(tmp_path) == ["ck"]
+    assert (out / "NOTES.md").read_text() == "mine"
+    np.testing.assert_array_equal(_logits(load(out, be)[0], tokens), _logits(ck.model, tokens))
+
+
+def test_an_incomplete_hidden_copy_is_not_loaded(tmp_path):
+    """Killed before the new copy was complete: the previous checkpoint, moved aside, is the newest complete one."""
+    path, old = _saved(tmp_path, seed=1)
+    newer, _ = _saved(tmp_path, name="newer", seed=2)
+    os.replace(path, tmp_path / ".ck.old-0000aaaa")
+    (newer / "model.safetensors").write_bytes((newer / "model.safetensors").read_bytes()[:100])
+    os.replace(newer, tmp_path / ".ck.tmp-0000bbbb")
+    be = old.backend
+    with pytest.warns(UserWarning, match="interrupted"):
+        np.testing.assert_array_equal(_logits(load(path, be)[0]), _logits(old))
+
+
+def test_a_save_removes_what_a_killed_save_left(tmp_path):
+    path, model = _saved(tmp_path, seed=1)
+    stale = tmp_path / ".ck.tmp-deadbeef"  # killed while writing: no manifest yet
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    (stale / "model.safetensors").write_bytes(b"partial")
+    save_checkpoint(path, model, TOK)
+    assert os.listdir(tmp_path) == ["ck"]
+
+
+def test_a_stale_directory_with_a_file_that_is_not_ours_is_not_deleted(tmp_path):
+    path, model = _saved(tmp_path, seed=1)
+    odd = tmp_path / ".ck.tmp-cafef00d"
+    odd.mkdir()
+    (odd / "model.safetensors").write_bytes(b"partial")
+    (odd / "diary.txt").write_text("not a checkpoint file")
+    save_checkpoint(path, model, TOK)
+    assert os.listdir(odd) == ["diary.txt"]
+
+
+def _flip(path: Path, offset_from_end: int = 64, count: int = 16) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - offset_from_end, len(data) - offset_from_end + count):
+        data[i] ^= 0x01  # small changes: finite weights, a well-formed file
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name,tamper", [
+    ("model.safetensors", lambda p: _flip(p / "model.safetensors")),
+    ("optimizer.safetensors", lambda p: _flip(p / "optimizer.safetensors")),
+    ("tokenizer.json", lambda p: _edit_json(p / "tokenizer.json", lambda t: t["vocab"].__setitem__(
+        slice(5, 7), t["vocab"][6:4:-1]))),
+    ("config.json", lambda p: _edit_json(p / "config.json", lambda c: c["model"].update(n_heads=1))),
+    ("config.json", lambda p: _edit_json(p / "config.json", lambda c: c["model"].update(activation="gelu"))),
+    ("config.json", lambda p: _edit_json(p / "config.json", lambda c: c["model"].update(ln_eps=1e-3))),
+    ("training.json", lambda p: _edit_json(p / "training.json", lambda t: t.update(seed=123))),
+])
+def test_a_changed_file_fails_its_checksum(name, tamper, tmp_path):
+    path, _ = _saved(tmp_path, trainer=True)
+    tamper(path)
+    msg = _error(_load64, path)
+    assert str(path / name) in msg and "SHA-256" in msg and "manifest.json" in msg
+
+
+def test_a_broken_manifest_is_named(tmp_path):
+    path, _ = _saved(tmp_path)
+    _edit_json(path / "manifest.json", lambda m: m["files"]["model.safetensors"].update(sha256="x"))
+    assert "manifest.json" in _error(_load64, path)
+    (path / "manifest.json").write_text("{")
+    msg = _error(_load64, path)
+    assert "manifest.json" in msg and "not valid JSON" in msg
+
+
+def test_a_training_file_the_manifest_does_not_list_is_refused(tmp_path):
+    with_state, _ = _saved(tmp_path, name="a", trainer=True)
+    path, _ = _saved(tmp_path, name="b", trainer=False)
+    for name in ("training.json", "optimizer.safetensors"):
+        (path / name).write_bytes((with_state / name).read_bytes())
+    msg = _error(_load64, path)
+    assert "not listed in manifest.json" in msg
+
+
+def test_a_checkpoint_without_a_manifest_still_loads(tmp_path):
+    """Checkpoints saved before manifests existed load as before (without the checksums)."""
+    path, model = _saved(tmp_path, trainer=True)
+    (path / "manifest.json").unlink()
+    ck = _load64(path)
+    assert ck.resumable and ck.run_id is None
+    np.testing.assert_array_equal(_logits(ck.model), _logits(model))
+
+
+def test_run_id_is_recorded(tmp_path):
+    be = require_backend("numpy", "float64")
+    path = save_checkpoint(tmp_path / "ck", _model(be), TOK, run_id="abc123")
+    assert _manifest(path)["run_id"] == "abc123" and _load64(path).run_id == "abc123"
+    assert ckpt_mod.find_checkpoint(path).run_id == "abc123"
+    assert ckpt_mod.find_checkpoint(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda t: t["state"].update(epoch=RECIPE.pretrain_epochs + 1), "epoch"),
+    (lambda t: t["recipe"].update(reset_optimizer="no"), "reset_optimizer"),
+    (lambda t: t["recipe"].update(lr_chat=True), "lr_chat"),
+])
+def test_training_json_out_of_the_recipe_is_refused(edit, field, tmp_path):
+    path, _ = _saved(tmp_path, trainer=True)
+    _edit_json(path / "training.json", edit)
+    (path / "manifest.json").unlink()  # as a hand-made (or pre-manifest) checkpoint: the values themselves are wrong
+    msg = _error(_load64, path)
+    assert "training.json" in msg and field in msg
+
+
+def test_empty_paths_are_refused(tmp_path, monkeypatch):
+    be = require_backend("numpy", "float32")
+    monkeypatch.chdir(tmp_path)
+    assert "empty" in _error(save_checkpoint, "", _model(be), TOK)
+    assert "empty" in _error(load_checkpoint, "", be)
+    assert "empty" in _error(ckpt_mod.check_destination, "")
+    assert os.listdir(tmp_path) == []
+
+
+def test_checkpoint_directories_follow_the_umask(tmp_path):
+    be = require_backend("numpy", "float32")
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "ck", _model(be), TOK)
+        save_checkpoint(path, _model(be), TOK)
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o755
+    assert all((p.stat().st_mode & 0o777) == 0o644 for p in path.iterdir())
+
+
+def test_a_symlinked_destination_stays_a_link(tmp_path):
+    path, model = _saved(tmp_path, seed=1)
+    link = tmp_path / "latest"
+    link.symlink_to(path)
+    new = _model(model.backend, seed=2)
+    assert save_checkpoint(link, new, TOK) == path
+    assert link.is_symlink() and os.readlink(link) == str(path)
+    np.testing.assert_array_equal(_logits(load(link, new.backend)[0]), _logits(new))
+
+
+def test_the_destination_lock_is_exclusive(tmp_path):
+    out = tmp_path / "runs" / "ck"
+    with ckpt_mod.lock_destination(out) as lock:
+        assert lock.path == tmp_path / "runs" / ".ck.lock" and lock.path.exists()
+        msg = _error(ckpt_mod.lock_destination, tmp_path / "runs" / "." / "ck")
+        assert "another run" in msg and str(os.getpid()) in msg and str(out) in msg
+    assert not lock.path.exists()
+    ckpt_mod.lock_destination(out).release()  # free again

@@ -151,8 +151,8 @@ class Live:
             if predicate(line):
                 return line
 
-    def interrupt(self, timeout: float = 30) -> tuple[int, str, str]:
-        self.proc.send_signal(signal.SIGINT)
+    def interrupt(self, timeout: float = 30, sig: int = signal.SIGINT) -> tuple[int, str, str]:
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -503,7 +503,7 @@ DIVERGE = ["--lr-pretrain", "1e10", "--warmup-steps", "0", "--pretrain-epochs", 
 def test_divergence_keeps_the_last_good_checkpoint(corpora, checkpoint, tmp_path):
     out = _copy(checkpoint, tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = train(*corpora, *DIVERGE, "--out", str(out))
+    r = train(*corpora, *DIVERGE, "--out", str(out), "--overwrite")  # a new run: replacing another's needs the flag
     line = assert_error(r, 1, "diverged", "step", "lower the learning rate", "--lr-pretrain", "kept")
     assert "nan" in line.lower() or "inf" in line.lower()
     assert not warning_lines(r.stderr), r.stderr  # no NumPy overflow noise around the one line
@@ -588,3 +588,150 @@ def test_ctrl_c_during_generation(corpora, monkeypatch, capsys):
         code = cli.main([*TINY, *corpora, *FAST, "--prompt", "Does ice float?"])
     err = capsys.readouterr().err
     assert code == 130 and "interrupted" in err and not error_lines(err)
+
+
+# -- --out and --resume: nothing lost, nothing silently wrong (issue 11, items 1, 2, 5, 6, 8, 14) ----------------------
+
+def _fresh_checkpoint(path: Path, dtype: str = "float64") -> Path:
+    """A resumable checkpoint of a run that has not trained yet (the CLI's TINY model and the test corpora)."""
+    import backends
+    from llm import GPT, GPTConfig
+    from llm.checkpoint import save_checkpoint
+    from llm.tokenizer import WordTokenizer
+    from llm.training import Recipe, Trainer
+
+    tok = WordTokenizer.from_texts(PRETRAIN + CHAT)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32),
+                backends.get_backend("cpu", dtype), seed=0)
+    trainer = Trainer(model, tok, PRETRAIN, CHAT, Recipe(pretrain_epochs=1, chat_epochs=1), seed=0, progress=False)
+    return save_checkpoint(path, model, tok, trainer, run_id="fresh-run")
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_out_refuses_a_project_folder_with_a_config_json(corpora, tmp_path):
+    project = tmp_path / "thesis"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"title": "my thesis"}')
+    (project / "thesis.tex").write_text("\\documentclass{article}")
+    (project / "src" / "plot.py").write_text("print(1)")
+    before = _files(project)
+    r = train(*corpora, *FAST, "--out", str(project))
+    assert_error(r, 1, str(project), "not a checkpoint", "manifest.json")
+    assert "epoch" not in r.stdout
+    assert _files(project) == before and sorted(os.listdir(tmp_path)) == ["thesis"]
+
+
+def test_files_added_to_a_checkpoint_survive_the_next_save(corpora, tmp_path):
+    ckpt = _fresh_checkpoint(tmp_path / "run")
+    (ckpt / "NOTES.md").write_text("trying the tiny model")
+    (ckpt / "plots").mkdir()
+    (ckpt / "plots" / "loss.csv").write_text("1,2.5\n")
+    r = train(*corpora, "--resume", str(ckpt))
+    assert_ok(r)
+    assert (ckpt / "NOTES.md").read_text() == "trying the tiny model"
+    assert (ckpt / "plots" / "loss.csv").read_text() == "1,2.5\n"
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no hidden directory or lock file left
+
+
+def test_a_new_run_does_not_replace_another_runs_checkpoint(corpora, checkpoint, tmp_path):
+    out = _copy(checkpoint, tmp_path)
+    before = _files(out)
+    r = train(*corpora, *FAST, "--seed", "3", "--out", str(out))
+    assert_error(r, 2, str(out), "another run", "--resume", "--overwrite")
+    assert "epoch" not in r.stdout and _files(out) == before
+    (out / "NOTES.md").write_text("keep")
+    r = train(*corpora, *FAST, "--seed", "3", "--out", str(out), "--overwrite")
+    assert_ok(r)
+    assert _files(out)["model.safetensors"] != before["model.safetensors"]
+    assert (out / "NOTES.md").read_text() == "keep"
+
+
+def test_resume_into_another_copy_of_the_same_run_is_allowed(corpora, tmp_path):
+    first = _fresh_checkpoint(tmp_path / "a")
+    second = tmp_path / "b"
+    shutil.copytree(first, second)
+    r = train(*corpora, "--resume", str(first), "--out", str(second))
+    assert_ok(r)
+    other = _fresh_checkpoint(tmp_path / "c")
+    from llm.checkpoint import save_checkpoint, load_checkpoint
+
+    ck = load_checkpoint(other, "cpu")
+    save_checkpoint(other, ck.model, ck.tokenizer, run_id="another-run")
+    r = train(*corpora, "--resume", str(first), "--out", str(other))
+    assert_error(r, 2, "another run", "--overwrite")
+
+
+def test_resume_keeps_the_checkpoints_dtype_and_saves_back_into_it(corpora, tmp_path):
+    ckpt = _fresh_checkpoint(tmp_path / "run64", "float64")
+    r = train(*corpora, "--resume", str(ckpt))
+    assert_ok(r)
+    assert f"saved back into {ckpt}" in r.stdout and "saved checkpoint" in r.stdout
+    assert json.loads((ckpt / "config.json").read_text())["dtype"] == "float64"
+    from llm.checkpoint import load_checkpoint
+
+    resumed = load_checkpoint(ckpt, "cpu")
+    assert resumed.train_state.phase == 2 and resumed.run_id == "fresh-run"  # trained to the end, same run
+
+
+def test_resume_with_another_dtype_is_refused(corpora, tmp_path):
+    ckpt = _fresh_checkpoint(tmp_path / "run64", "float64")
+    before = _files(ckpt)
+    r = train(*corpora, "--resume", str(ckpt), "--dtype", "float32")
+    assert_error(r, 2, "--dtype float32", "float64", "leave the flag out")
+    assert "epoch" not in r.stdout and _files(ckpt) == before
+    assert_ok(train(*corpora, "--resume", str(ckpt), "--dtype", "float64"))
+
+
+@pytest.mark.parametrize("flag", ["--out", "--resume"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_checkpoint_paths_are_errors(corpora, flag, value, tmp_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), *TINY, *corpora, *FAST, "--no-chat", flag, value], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env=_env(), encoding="utf-8")
+    assert_error(r, 2, flag, "empty")
+    assert "epoch" not in r.stdout and os.listdir(tmp_path) == []
+
+
+def test_two_runs_cannot_write_the_same_out(corpora, tmp_path):
+    from llm.checkpoint import lock_destination
+
+    out = tmp_path / "run"
+    with lock_destination(out):  # as a run that is still training would
+        r = train(*corpora, *FAST, "--out", str(out))
+        assert_error(r, 1, "another run", str(out))
+        assert "epoch" not in r.stdout
+    assert_ok(train(*corpora, *FAST, "--out", str(out)))
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # the lock file goes with the run
+
+
+def test_checkpoint_directories_respect_the_umask(corpora, tmp_path):
+    out = tmp_path / "run"
+    cmd = f"umask 022 && exec {sys.executable} {SCRIPT} {' '.join(TINY + corpora + FAST)} --no-chat --out {out}"
+    r = subprocess.run(["sh", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=60, env=_env())
+    assert_ok(r)
+    assert (out.stat().st_mode & 0o777) == 0o755
+
+
+def test_sigterm_during_training_saves_and_exits_143(corpora, tmp_path):
+    out = tmp_path / "run"
+    live = Live(*corpora, "--pretrain-epochs", "100000", "--chat-epochs", "1", "--out", str(out))
+    live.wait_for(_epoch_line("pretrain"))
+    code, stdout, stderr = live.interrupt(sig=signal.SIGTERM)
+    assert code == 143, stderr
+    assert "Traceback" not in stderr and not error_lines(stderr), stderr
+    assert "terminated" in stderr and f"--resume {out}" in stderr
+    assert "saved checkpoint" in stdout
+    from llm.checkpoint import load_checkpoint
+
+    state = load_checkpoint(out, "cpu").train_state
+    assert state.phase == 0 and state.epoch >= 1
+
+
+def test_sigterm_without_out_says_nothing_was_saved(corpora):
+    live = Live(*corpora, "--pretrain-epochs", "100000", "--chat-epochs", "1")
+    live.wait_for(_epoch_line("pretrain"))
+    code, _, stderr = live.interrupt(sig=signal.SIGTERM)
+    assert code == 143 and "Traceback" not in stderr, stderr
+    assert "terminated" in stderr and "nothing saved" in stderr
