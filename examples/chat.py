@@ -4,7 +4,8 @@
     python examples/chat.py --checkpoint runs/default --prompt "How do mountains form?"
     python examples/chat.py --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
 
-Type ``exit`` or ``quit`` (or press Ctrl-D) to leave. Exit codes: 0 done, 1 error, 2 bad option, 130 Ctrl-C.
+Type ``exit`` or ``quit`` (or press Ctrl-D) to leave. Every mistake or fault ends in one ``error:`` line (see
+``llm.cli``). Exit codes: 0 done, 1 error (or output closed), 2 bad option, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ if _ROOT not in sys.path:  # runnable from a checkout without installing the pac
     sys.path.insert(0, _ROOT)
 
 import argparse  # noqa: E402
-import warnings  # noqa: E402
 
-from llm.errors import ConfigError, LLMError  # noqa: E402
+from llm.cli import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, run_cli  # noqa: E402
+from llm.errors import ConfigError, PromptError  # noqa: E402
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memory (see d_model, d_ff, n_layers and "
+               "vocab_size in its config.json): use a smaller checkpoint or a --device with more memory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more varied")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set reaching probability p")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
+    p.add_argument("--seed", type=nonnegative_int, default=None, help="seed for sampling (reproducible answers)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="longest answer in tokens (default: 50)")
     p.add_argument("--prompt", action="append", default=None,
                    help="answer this prompt and exit (repeatable); without it, chat interactively")
@@ -40,35 +42,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _error(message: object) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-
-
-def _one_line_warnings() -> None:
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-    warnings.showwarning = show
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from llm.checkpoint import load
     from llm.generation import chat, check_sampling
 
-    try:
-        check_sampling(args.temperature, args.top_k, args.top_p)
-        if args.max_new_tokens < 0:
-            raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    except LLMError as exc:
-        _error(exc)
-        return EXIT_USAGE
-    _one_line_warnings()
-    try:
-        model, tok = load(args.checkpoint, args.device)
-    except LLMError as exc:
-        _error(exc)
-        return EXIT_ERROR
+    check_sampling(args.temperature, args.top_k, args.top_p)  # bad input: exit 2 (run_cli), before loading
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    one_line_warnings()
+    model, tok = load(args.checkpoint, args.device)  # CheckpointError, BackendUnavailableError: exit 1
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                     max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
 
@@ -76,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(chat(model, tok, text, **settings), flush=True)
             return True
-        except LLMError as exc:  # an empty prompt, for one: say so and carry on
-            _error(exc)
+        except PromptError as exc:  # an empty prompt, for one: say so and carry on (anything else: run_cli)
+            error(exc)
             return False
 
     if args.prompt is not None:
         ok = [answer(text) for text in args.prompt]
-        return EXIT_OK if all(ok) else EXIT_ERROR
+        return EXIT_OK if all(ok) else EXIT_FAILED
 
     print("Chat with the model; type 'exit' or 'quit' (or Ctrl-D) to leave.", file=sys.stderr, flush=True)
     while True:
@@ -97,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    sys.exit(code)
+    sys.exit(run_cli(main, memory_hint=MEMORY_HINT))
 
 
 if __name__ == "__main__":

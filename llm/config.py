@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
+
+
+# NumPy's scalars register as numbers.Integral / numbers.Real (its bool_ as neither): no NumPy import needed here.
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_bool(x: Any) -> bool:
+    """True or False, or a 0-d boolean array scalar (NumPy's bool_)."""
+    dtype = getattr(x, "dtype", None)
+    return isinstance(x, bool) or (getattr(dtype, "kind", None) == "b" and getattr(x, "shape", None) == ())
 
 
 @dataclass(frozen=True)
@@ -25,10 +42,12 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        # NumPy scalars are numbers too; what is stored is a plain int / float / bool (to_dict() must be JSON).
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}: "
                               "pick n_heads dividing it")
@@ -36,8 +55,14 @@ class GPTConfig:
             raise ConfigError(f"activation must be relu or gelu, got {self.activation!r}")
         if self.norm not in ("pre", "post"):
             raise ConfigError(f"norm must be pre or post, got {self.norm!r}")
-        if not (self.ln_eps > 0 and self.init_std > 0):
-            raise ConfigError("ln_eps and init_std must be positive")
+        if not _is_bool(self.tie_weights):  # "no" or 0 from a hand-edited config.json: never guess
+            raise ConfigError(f"tie_weights must be true or false, got {self.tie_weights!r}")
+        object.__setattr__(self, "tie_weights", bool(self.tie_weights))
+        for name in ("ln_eps", "init_std"):
+            value = getattr(self, name)
+            if not (_is_real(value) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
+            object.__setattr__(self, name, float(value))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -106,6 +106,14 @@ def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -
     for i, item in enumerate(data):
         if not isinstance(item, str):
             raise DataError(f"corpus file {name!r}: entry {i} is {_type_name(item)}, expected a string; quote it or remove it")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800": not a character, cannot be printed or saved
+            raise DataError(
+                f"corpus file {name!r}: entry {i} holds a lone surrogate {item[exc.start]!r} at character "
+                f"{exc.start}, which is not text; remove it, or write the character itself (an escape pair such as "
+                f"\"\\ud83d\\ude42\" for one emoji)"
+            ) from None
         entry = item.strip()
         if not entry:
             raise DataError(f"corpus file {name!r}: entry {i} is empty or whitespace only; remove it or add text")

@@ -7,6 +7,7 @@ each step to choose the next token id.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Iterable
 
@@ -20,15 +21,29 @@ def format_chat_prompt(text: str) -> str:
     return f"User: {text.strip()} Assistant:"
 
 
+def _is_real(x: Any) -> bool:
+    """A real number (Python or NumPy scalar), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_int(x: Any) -> bool:
+    """An integer (Python or NumPy scalar), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ConfigError for sampling settings out of range."""
-    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                             and temperature >= 0):
+    """Raise ConfigError for sampling settings out of range (NumPy scalars are numbers too)."""
+    if not (_is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
         raise ConfigError(f"top-k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not (isinstance(top_p, (int, float)) and 0 < top_p <= 1)):
+    if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
         raise ConfigError(f"top-p must lie in (0, 1], got {top_p!r}")
+
+
+def _check_seed(seed: Any) -> None:
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        raise ConfigError(f"seed must be an integer >= 0 (or None for a fresh one each call), got {seed!r}")
 
 
 def choose_token(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None,
@@ -73,8 +88,14 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
     context is cut from the left, with a warning.
     """
     check_sampling(temperature, top_k, top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
         raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_seed(seed)
+    # NumPy scalars in, plain Python numbers from here on (seed: NumPy's RNG takes either)
+    temperature, max_new_tokens = float(temperature), int(max_new_tokens)
+    top_k = None if top_k is None else int(top_k)
+    top_p = None if top_p is None else float(top_p)
+    seed = None if seed is None else int(seed)
     ctx = model.config.max_seq_len
     ids = [int(i) for i in prompt_ids]
     if not ids:
@@ -109,8 +130,10 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 50, 
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              use_cache: bool = True) -> str:
     """Continue the text `prompt` and return the generated text (without the prompt, without ``</s>``)."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    _check_prompt_type(prompt)
+    if not prompt.strip():
         raise PromptError("the prompt is empty: type some words")
+    _check_vocab_sizes(model, tokenizer)
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         raise PromptError("the prompt has no tokens left after tokenization: type some words")
@@ -119,10 +142,27 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 50, 
     return tokenizer.decode(new)
 
 
+def _check_prompt_type(text: Any, what: str = "the prompt") -> None:
+    if not isinstance(text, str):
+        hint = " (decode it first: text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise PromptError(f"{what} must be a str, got {type(text).__name__}{hint}")
+
+
+def _check_vocab_sizes(model: Any, tokenizer: Any) -> None:
+    """A tokenizer with more tokens than the model has ids belongs to another model: say so, before any id is out
+    of range."""
+    size, vocab = tokenizer.vocab_size, model.config.vocab_size
+    if size > vocab:
+        raise ConfigError(f"the tokenizer has {size} tokens but the model's vocabulary has only {vocab}: they come "
+                          "from different models; use the tokenizer the model was trained with "
+                          "(llm.load(dir, backend) returns both)")
+
+
 def check_prompt(tokenizer: Any, text: str, what: str = "the prompt", warn: bool = True) -> None:
-    """PromptError for a prompt with no words (empty, spaces or control characters only); with `warn`, an
-    LLMWarning for one whose words are all unknown to the tokenizer."""
-    ids = tokenizer.encode(text) if isinstance(text, str) else []
+    """PromptError for a prompt that is not a str, or has no words (empty, spaces or control characters only);
+    with `warn`, an LLMWarning for one whose words are all unknown to the tokenizer."""
+    _check_prompt_type(text, what)
+    ids = tokenizer.encode(text)
     if not ids:
         raise PromptError(f"{what} is empty{' (only spaces or control characters)' if text else ''}: "
                           "type a question")

@@ -128,3 +128,78 @@ def test_ctrl_c_exits_130_without_a_traceback(checkpoint):
             proc.kill()
     assert proc.returncode == 130
     assert "Traceback" not in err
+
+
+# -- faults that used to end in a traceback (issue 11, item 11) --------------------------------------------------------
+
+def _run_bytes(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin, capture_output=True, timeout=120,
+                          cwd=ROOT, env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture(scope="module")
+def unicode_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint whose greedy answer is always the non-ASCII word "café"."""
+    tok = WordTokenizer.from_texts(["User: café? Assistant: café. </s>"])
+    cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=24)
+    model = GPT(cfg, require_backend("numpy", "float32"), seed=0)
+    model.params["head.bias"][tok.token_to_id("café")] = 100.0
+    return save_checkpoint(tmp_path_factory.mktemp("cli") / "ck", model, tok)
+
+
+def test_negative_seed_is_a_usage_error(checkpoint):
+    proc = _run("--checkpoint", str(checkpoint), "--seed", "-1", "--prompt", "Hello!", "--temperature", "1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("usage:")
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--seed" in errors[0] and ">= 0" in errors[0], proc.stderr
+
+
+def test_output_closed_early_exits_without_a_traceback(checkpoint):
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--prompt", "Hello!",
+                             "--prompt", "Is it raining?"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # like `| head -0`: the reader is gone before the first answer
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err.decode("utf-8", "replace")
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 1, err
+
+
+def test_non_ascii_answer_on_an_ascii_terminal_is_escaped(unicode_checkpoint):
+    proc = _run_bytes("--checkpoint", str(unicode_checkpoint), "--prompt", "café?", "--max-new-tokens", "2",
+                      env={"PYTHONIOENCODING": "ascii"})
+    err = proc.stderr.decode("ascii", "replace")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert proc.stdout.decode("ascii").split() == ["caf\\xe9", "caf\\xe9"]
+
+
+def test_undecodable_stdin_is_answered_not_a_crash(checkpoint):
+    proc = _run_bytes("--checkpoint", str(checkpoint), "--max-new-tokens", "3", stdin=b"\xff\xfe Hello\nexit\n",
+                      env={"PYTHONIOENCODING": "utf-8"})  # strict decoding, whatever the locale
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err, err
+    assert proc.stdout.decode("utf-8").count("Enter prompt: ") == 2  # answered, then asked again
+
+
+def test_model_too_large_for_memory_is_one_line(checkpoint, tmp_path):
+    import json
+
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    for f in checkpoint.iterdir():
+        (huge / f.name).write_bytes(f.read_bytes())
+    config = json.loads((huge / "config.json").read_text(encoding="utf-8"))
+    config["model"]["d_model"] = 2 ** 40  # ~200 TiB of token embeddings: more than any address space
+    (huge / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    proc = _run("--checkpoint", str(huge), "--prompt", "Hello!")
+    assert proc.returncode == 1
+    line = _assert_one_error_line(proc)
+    assert "out of memory" in line and "d_model" in line

@@ -118,6 +118,38 @@ def test_gpt_config_out_of_range(kwargs, words):
         assert word in msg, msg
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(ln_eps=math.inf), ["ln_eps", "finite positive"]),
+    (dict(ln_eps=math.nan), ["ln_eps"]),
+    (dict(init_std=math.inf), ["init_std", "finite positive"]),
+    (dict(init_std=math.nan), ["init_std"]),
+    (dict(init_std="0.02"), ["init_std"]),
+    (dict(tie_weights="no"), ["tie_weights", "'no'", "true or false"]),
+    (dict(tie_weights=1), ["tie_weights"]),
+    (dict(tie_weights=None), ["tie_weights"]),
+])
+def test_gpt_config_rejects_non_finite_and_non_bool_settings(kwargs, words):
+    """Issue 11, item 10: inf/nan scales and a truthy string for a switch were accepted."""
+    with pytest.raises(ConfigError) as exc:
+        GPTConfig(vocab_size=10, **kwargs)
+    msg = one_line(exc)
+    for word in words:
+        assert word in msg, msg
+
+
+def test_gpt_config_takes_numpy_scalars_and_stores_plain_values():
+    """Issue 11, item 16: NumPy scalars are numbers; the config keeps plain Python values (it is saved as JSON)."""
+    import json
+
+    config = GPTConfig(vocab_size=np.int64(100), d_model=np.int32(16), n_heads=np.int64(2),
+                       ln_eps=np.float32(1e-5), init_std=np.float64(0.02), tie_weights=np.bool_(True))
+    assert config.vocab_size == 100 and config.d_model == 16 and config.tie_weights is True
+    for name, value in config.to_dict().items():
+        assert type(value) in (int, float, bool, str), (name, type(value))
+    assert GPTConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert GPTConfig(vocab_size=10, ln_eps=1).ln_eps == 1.0  # an integer from a JSON file is a number too
+
+
 def test_gpt_config_unknown_keys():
     with pytest.raises(ConfigError, match="unknown config keys"):
         GPTConfig.from_dict({"vocab_size": 10, "n_embd": 8})
@@ -296,6 +328,21 @@ def test_corpus_errors_are_data_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError) as exc:
         load_corpus(path)
     assert "permission denied" in one_line(exc)
+
+
+@pytest.mark.parametrize("kind, entry", [("pretrain", "Ice \\ud800 floats. </s>"),
+                                         ("chat", "User: Hi? Assistant: Hi \\udfff </s>")])
+def test_corpus_with_a_lone_surrogate_is_rejected_on_load(tmp_path, kind, entry):
+    """Issue 11, item 11: a JSON escape of half a surrogate pair is not text; it used to crash chat much later."""
+    path = tmp_path / "c.json"
+    first = "User: Sun? Assistant: It shines. </s>" if kind == "chat" else "Sun shines. </s>"
+    path.write_text(f'["{first}", "{entry}"]', encoding="utf-8")  # the escape itself, as JSON text
+    with pytest.raises(DataError) as exc:
+        load_corpus(path, kind=kind)
+    msg = one_line(exc)
+    assert "entry 1" in msg and "surrogate" in msg and str(path) in msg, msg
+    path.write_text('["Smile \\ud83d\\ude42 </s>"]', encoding="utf-8")  # a whole pair is one character: fine
+    assert load_corpus(path) == ["Smile \U0001f642 </s>"]
 
 
 def test_corpus_without_end_marker_warns_once(tmp_path):

@@ -294,3 +294,50 @@ def test_trained_model_greedy_batch(trained):
     prompts = [tok.encode(d.split("Assistant:")[0] + "Assistant:") for d in DIALOGUES]
     expected = [generate_ids(model, p, 30, eos_id=tok.eos_id) for p in prompts]
     assert greedy_batch(model, prompts, 30, tok.eos_id) == expected
+
+
+# -- NumPy scalars, wrong types, mismatched tokenizers (issue 11, item 16) ---------------------------------------------
+
+def test_numpy_scalars_are_numbers():
+    check_sampling(np.float32(0.5), np.int64(5), np.float64(0.9))
+    check_sampling(np.int32(0), None, None)
+    model = _model()
+    plain = generate_ids(model, [3, 4], max_new_tokens=5, temperature=0.5, top_k=5, top_p=0.9, seed=3)
+    numpy_ = generate_ids(model, [3, 4], max_new_tokens=np.int64(5), temperature=np.float32(0.5),
+                          top_k=np.int64(5), top_p=np.float64(0.9), seed=np.int64(3))
+    assert numpy_ == plain and all(type(i) is int for i in numpy_)
+
+
+@pytest.mark.parametrize("kw", [{"top_k": np.bool_(True)}, {"temperature": np.bool_(True)},
+                                {"top_k": np.float64(2.0)}, {"temperature": np.float32("nan")}])
+def test_numpy_scalars_out_of_range_are_still_rejected(kw):
+    with pytest.raises(ConfigError):
+        check_sampling(**{"temperature": 1.0, "top_k": None, "top_p": None, **kw})
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", True])
+def test_bad_seed_is_a_config_error(seed):
+    with pytest.raises(ConfigError, match="seed"):
+        generate_ids(_model(), [3, 4], max_new_tokens=2, temperature=1.0, seed=seed)
+
+
+@pytest.mark.parametrize("prompt", [b"Hello", bytearray(b"Hello"), 42])
+def test_a_prompt_that_is_not_a_str_says_so(prompt):
+    model = _model()
+    tok = WordTokenizer.from_texts(["a b c d e f g h i j k l m n o p q r s t </s>"])
+    for call in (chat, generate):
+        with pytest.raises(PromptError) as exc:
+            call(model, tok, prompt)
+        msg = str(exc.value)
+        assert "must be a str" in msg and type(prompt).__name__ in msg and "empty" not in msg, msg
+
+
+def test_a_tokenizer_larger_than_the_model_is_a_clear_error():
+    model = _model()  # V = 23
+    tok = WordTokenizer.from_texts([" ".join(f"w{i}" for i in range(40)) + " </s>"])
+    assert tok.vocab_size > V
+    for call in (chat, generate):
+        with pytest.raises(ConfigError) as exc:
+            call(model, tok, "w1 w2")  # ids 3 and 4 would be in range: the mismatch must be caught anyway
+        msg = str(exc.value)
+        assert f"{tok.vocab_size} tokens" in msg and str(V) in msg and "tokenizer" in msg, msg

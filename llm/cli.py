@@ -1,0 +1,158 @@
+"""The command-line layer the ArrayGPT scripts share: exit codes, the ``error:`` line, streams, argument types.
+
+A script's ``main(argv)`` does its work and raises; :func:`run_cli` turns what it raises into one line on stderr and
+an exit code, so no user ever sees a traceback for a mistake or a fault::
+
+    from llm.cli import nonnegative_int, run_cli
+
+    def main(argv=None) -> int:
+        ...                                  # raise llm.errors.* on bad input
+        return EXIT_OK
+
+    if __name__ == "__main__":
+        sys.exit(run_cli(main))
+
+Exit codes:
+
+    0    done
+    1    the run failed: backend unavailable, checkpoint unreadable, out of memory, output closed
+    2    bad input: a flag, file, setting or prompt (every ``ValueError``-derived ``LLMError``; argparse's own too)
+    130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from .errors import LLMError, LLMWarning
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+MEMORY_HINT = "choose a smaller model, a smaller batch, or a device with more memory"
+
+
+def error(message: object) -> None:
+    """The one line a failure ends in, always on stderr: ``error: <what was wrong and what to do>``."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an exception a CLI reports: 2 for bad input (ValueError), 1 for a run that failed."""
+    return EXIT_BAD_INPUT if isinstance(exc, ValueError) else EXIT_FAILED
+
+
+def setup_streams() -> None:
+    """Text the terminal's encoding cannot show is escaped (``\\xe9``), not a crash; input bytes that are not text
+    in its encoding become U+FFFD (an unknown word), not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")
+
+
+def one_line_warnings() -> None:
+    """Library warnings as one ``warning: <message>`` line each (every time, not once per call site)."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    warnings.simplefilter("always", LLMWarning)
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout is gone (``| head``): point stdout at /dev/null so the exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (an in-process test's stdout)
+        pass
+
+
+def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+            memory_hint: str = MEMORY_HINT) -> int:
+    """Run ``main_fn(argv)`` and return its exit code; whatever it raises that a user can meet ends in one line.
+
+    * an :class:`~llm.errors.LLMError`: ``error: <its message>``, exit 2 for bad input, 1 otherwise;
+    * ``MemoryError``: ``error: out of memory: <memory_hint>``, exit 1;
+    * ``KeyboardInterrupt`` (Ctrl-C): ``interrupted``, exit 130;
+    * ``BrokenPipeError`` (stdout piped into ``head``, which has quit): nothing more is said, exit 1.
+
+    argparse's own ``SystemExit`` (``--help``, a malformed flag) passes through unchanged.
+    """
+    setup_streams()
+    try:
+        code = main_fn(argv)
+    except LLMError as exc:
+        error(exc)
+        return exit_code(exc)
+    except MemoryError:
+        error(f"out of memory: {memory_hint}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader is gone: saying so would only go to a terminal that did nothing wrong
+        _silence_stdout()
+        return EXIT_FAILED
+    try:
+        sys.stdout.flush()  # a broken pipe found by the final flush is the same case as above
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_FAILED
+    return EXIT_OK if code is None else code
+
+
+# -- argparse types: a malformed value is argparse's usage + `error:` line, exit 2, before anything runs ---------------
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def int_at_least(min_value: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `min_value`."""
+    def parse(text: str) -> int:
+        value = _parse_int(text)
+        if value < min_value:
+            raise argparse.ArgumentTypeError(f"must be >= {min_value}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {min_value}"  # what argparse calls the type in its messages
+    return parse
+
+
+nonnegative_int = int_at_least(0)
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _parse_float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    value = _parse_float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "MEMORY_HINT", "error", "exit_code",
+           "setup_streams", "one_line_warnings", "run_cli", "int_at_least", "nonnegative_int", "positive_int",
+           "positive_float", "nonnegative_float"]
