@@ -121,16 +121,24 @@ class Adam:
         # the same update with the bias corrections folded into two scalars.
         step_size = self._lr * ok * xp.sqrt(bc2) / bc1
         eps_hat = self.eps * xp.sqrt(bc2)
-        m *= 1.0 - (1.0 - b1) * ok  # b1 for a real step, 1 (unchanged) for a skipped one
-        m += (1.0 - b1) * g
-        v *= 1.0 - (1.0 - b2) * ok
-        v += (1.0 - b2) * (g * g)
+        # In place where it can be: at GPT-2's size every temporary here is a 650 MB buffer.
+        v *= 1.0 - (1.0 - b2) * ok  # b2 for a real step, 1 (unchanged) for a skipped one
+        sq = g * g
+        sq *= 1.0 - b2
+        v += sq
+        del sq
+        m *= 1.0 - (1.0 - b1) * ok
+        g *= 1.0 - b1
+        m += g
+        del g
         if self.weight_decay:
             decay = p[:self.flat.n_decay]
             decay *= 1.0 - self._lr * ok * self.weight_decay
-        denom = xp.sqrt(v)
-        denom += eps_hat
-        p -= step_size * (m / denom)
+        update = xp.sqrt(v)
+        update += eps_hat
+        update = m / update
+        update *= step_size
+        p -= update
 
     def state_dict(self) -> dict[str, Any]:
         """Moments (named device views) and the step count, for checkpoints."""
