@@ -1,87 +1,23 @@
-"""Chat with a trained ArrayGPT checkpoint.
+"""Chat with a trained ArrayGPT checkpoint: ``arraygpt chat``.
 
     python examples/chat.py --checkpoint runs/default                      # interactive
     python examples/chat.py --checkpoint runs/default --prompt "How do mountains form?"
     python examples/chat.py --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
 
-Type ``exit`` or ``quit`` (or press Ctrl-D) to leave. Every mistake or fault ends in one ``error:`` line (see
-``llm.cli``). Exit codes: 0 done, 1 error (or output closed), 2 bad option, 130 Ctrl-C.
+The code is ``llm/cli_chat.py`` (flags, exit codes: see its docstring and ``--help``), so that the installed
+``arraygpt chat`` runs it too; this file runs that module's code as its own (``llm.cli.run_script``).
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:  # runnable from a checkout without installing the package
-    sys.path.insert(0, _ROOT)
+try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
+    if __package__ in (None, ""):  # run from a checkout without installing
+        import os
 
-import argparse  # noqa: E402
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from llm.cli import run_script
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr, flush=True)
+    sys.exit(130)
 
-from llm.cli import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, run_cli  # noqa: E402
-from llm.errors import ConfigError, PromptError  # noqa: E402
-
-MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memory (see d_model, d_ff, n_layers and "
-               "vocab_size in its config.json): use a smaller checkpoint or a --device with more memory")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Chat with a trained ArrayGPT checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch", "torch:cuda", "strict"],
-                   help="where the model runs (default: cpu)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more varied")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set reaching probability p")
-    p.add_argument("--seed", type=nonnegative_int, default=None, help="seed for sampling (reproducible answers)")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="longest answer in tokens (default: 50)")
-    p.add_argument("--prompt", action="append", default=None,
-                   help="answer this prompt and exit (repeatable); without it, chat interactively")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token (slower)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from llm.checkpoint import load
-    from llm.generation import chat, check_sampling
-
-    check_sampling(args.temperature, args.top_k, args.top_p)  # bad input: exit 2 (run_cli), before loading
-    if args.max_new_tokens < 0:
-        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    one_line_warnings()
-    model, tok = load(args.checkpoint, args.device)  # CheckpointError, BackendUnavailableError: exit 1
-    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                    max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
-
-    def answer(text: str) -> bool:
-        try:
-            print(chat(model, tok, text, **settings), flush=True)
-            return True
-        except PromptError as exc:  # an empty prompt, for one: say so and carry on (anything else: run_cli)
-            error(exc)
-            return False
-
-    if args.prompt is not None:
-        ok = [answer(text) for text in args.prompt]
-        return EXIT_OK if all(ok) else EXIT_FAILED
-
-    print("Chat with the model; type 'exit' or 'quit' (or Ctrl-D) to leave.", file=sys.stderr, flush=True)
-    while True:
-        try:
-            text = input("Enter prompt: ")
-        except EOFError:
-            print(file=sys.stderr)
-            return EXIT_OK
-        if text.strip().lower() in ("exit", "quit"):
-            return EXIT_OK
-        answer(text)
-
-
-def run() -> None:
-    sys.exit(run_cli(main, memory_hint=MEMORY_HINT))
-
-
-if __name__ == "__main__":
-    run()
+run_script("llm.cli_chat", globals())

@@ -1,16 +1,22 @@
 """The command-line layer the ArrayGPT scripts share: exit codes, the ``error:`` line, streams, argument types.
 
-A script's ``main(argv)`` does its work and raises; :func:`run_cli` turns what it raises into one line on stderr and
-an exit code, so no user ever sees a traceback for a mistake or a fault::
+The CLIs are modules of the package: ``llm/cli_train.py``, ``llm/cli_chat.py``, ``llm/cli_text.py``, run as
+``arraygpt train|chat|text`` (``llm/__main__.py``) or as ``python examples/train.py`` etc., whose scripts run the
+module's code as their own (:func:`run_script`). Each one's ``_main(argv)`` does the work and raises;
+:func:`run_cli` turns what it raises into one line on stderr and an exit code, so no user ever sees a traceback for
+a mistake or a fault::
 
-    from llm.cli import nonnegative_int, run_cli
+    from llm.cli import EXIT_OK, nonnegative_int, run_cli
 
-    def main(argv=None) -> int:
+    def _main(argv) -> int:
         ...                                  # raise llm.errors.* on bad input
         return EXIT_OK
 
+    def main(argv=None) -> int:              # what `arraygpt COMMAND` calls
+        return run_cli(_main, argv)
+
     if __name__ == "__main__":
-        sys.exit(run_cli(main))
+        sys.exit(main())
 
 Exit codes:
 
@@ -18,6 +24,7 @@ Exit codes:
     1    the run failed: backend unavailable, checkpoint unreadable, out of memory, output closed
     2    bad input: a flag, file, setting or prompt (every ``ValueError``-derived ``LLMError``; argparse's own too)
     130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM; `arraygpt train` handles it like Ctrl-C during training)
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Callable, Sequence
 
 from .errors import LLMError, LLMWarning
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 MEMORY_HINT = "choose a smaller model, a smaller batch, or a device with more memory"
 
@@ -106,6 +113,25 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
     return EXIT_OK if code is None else code
 
 
+def run_script(module: str, namespace: dict) -> None:
+    """Run the CLI module `module` (``"llm.cli_train"``) as the script whose globals are `namespace`.
+
+    ``examples/train.py`` is a thin wrapper around ``llm/cli_train.py`` (which ``arraygpt train`` runs too), yet it
+    stays that CLI as a module: the module's code runs in the wrapper's own namespace (as ``runpy`` does), so
+    loading ``examples/train.py`` gives its ``main``, ``chat``, ... and patching one of them affects the run. Run as
+    a script (``__name__ == "__main__"``), the module's own ``if __name__ == "__main__"`` block starts the CLI.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    code = spec.loader.get_code(module)
+    try:
+        exec(code, namespace)
+    except KeyboardInterrupt:  # Ctrl-C while the CLI's imports load: no traceback (later ones: run_cli's)
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
 # -- argparse types: a malformed value is argparse's usage + `error:` line, exit 2, before anything runs ---------------
 
 def _parse_int(text: str) -> int:
@@ -115,11 +141,15 @@ def _parse_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _parse_float(text: str) -> float:
+def number(text: str) -> float:
+    """An argparse type: any number (range checks, if any, come later with a message of their own)."""
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+_parse_float = number
 
 
 def int_at_least(min_value: int) -> Callable[[str], int]:
@@ -153,6 +183,6 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "MEMORY_HINT", "error", "exit_code",
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "MEMORY_HINT", "error", "exit_code",
            "setup_streams", "one_line_warnings", "run_cli", "int_at_least", "nonnegative_int", "positive_int",
-           "positive_float", "nonnegative_float"]
+           "positive_float", "nonnegative_float", "number", "run_script"]

@@ -92,8 +92,9 @@ def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        what = exc.msg.removesuffix(" at")  # "Invalid control character at": the position follows, said once
         raise DataError(
-            f"corpus file {name!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
+            f"corpus file {name!r} is not valid JSON: {what} at line {exc.lineno}, column {exc.colno}; "
             f"it must be a JSON array of strings"
         ) from None
     if not isinstance(data, list):

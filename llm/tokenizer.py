@@ -23,9 +23,10 @@ import operator
 import re
 import string
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from llm.errors import DataError
+from llm.errors import ConfigError, DataError
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -97,15 +98,31 @@ class _BaseTokenizer:
 
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_texts(cls, texts: Iterable[str]):
-        """Build the vocabulary from every token of ``texts``: specials first, then the other tokens sorted."""
+    def from_texts(cls, texts: Iterable[str], max_size: int | None = None):
+        """Build the vocabulary from every token of ``texts``: specials first, then the other tokens sorted.
+
+        ``max_size=N`` keeps only the N most frequent tokens (ties: the first in sorted order), plus the special
+        tokens; the others encode as ``<unk>``. None (the default) keeps every token.
+        """
+        if max_size is not None:
+            try:  # numpy integers too; "3", 2.5 and True are not sizes
+                size = None if isinstance(max_size, bool) else operator.index(max_size)
+            except TypeError:
+                size = None
+            if size is None or size < 1:
+                raise ConfigError(f"max_size must be an integer >= 1 or None, got {max_size!r}")
+            max_size = size
         if isinstance(texts, str):
             texts = [texts]  # one text, not an iterable of characters
-        tokens: set[str] = set()
+        counts: Counter[str] = Counter()
         for i, text in enumerate(texts):
-            tokens.update(cls._tokenize(_check_text(text, f"text {i}")))
-        tokens.difference_update(SPECIAL_TOKENS)
-        return cls(list(SPECIAL_TOKENS) + sorted(tokens))
+            counts.update(cls._tokenize(_check_text(text, f"text {i}")))
+        for special in SPECIAL_TOKENS:
+            counts.pop(special, None)
+        tokens = sorted(counts)
+        if max_size is not None and len(tokens) > max_size:
+            tokens = sorted(sorted(tokens, key=lambda t: -counts[t])[:max_size])  # stable: ties in sorted order
+        return cls(list(SPECIAL_TOKENS) + tokens)
 
     # --- vocabulary ---------------------------------------------------------------------------------------------
     @property

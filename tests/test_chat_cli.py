@@ -203,3 +203,17 @@ def test_model_too_large_for_memory_is_one_line(checkpoint, tmp_path):
     assert proc.returncode == 1
     line = _assert_one_error_line(proc)
     assert "out of memory" in line and "d_model" in line
+
+
+@pytest.mark.parametrize("script", ["chat.py", "train_text.py"])
+def test_ctrl_c_during_startup_imports_exits_130_without_a_traceback(checkpoint, tmp_path, script):
+    """A real SIGINT while the libraries load (here: inside array_api_compat, which `import llm` loads)."""
+    pkg = tmp_path / "ctrl_c" / "array_api_compat"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path / "ctrl_c"),
+                                                                    os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--help"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=env)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 130 and proc.stderr.strip() == "interrupted" and proc.stdout == "", proc.stderr

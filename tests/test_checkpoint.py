@@ -13,6 +13,7 @@ import pytest
 import safetensors.numpy
 
 import llm.checkpoint as ckpt_mod
+import llm.checkpoint.writer as ckpt_writer  # where the files are written: patched to simulate a failing disk
 from llm import GPT, GPTConfig
 from llm.checkpoint import FORMAT_VERSION, load, load_checkpoint, restore_trainer, save_checkpoint
 from llm.errors import CheckpointError
@@ -436,7 +437,7 @@ def test_out_of_space_while_writing_keeps_the_previous_checkpoint(n, tmp_path, m
     path, old = _saved(tmp_path, seed=1, trainer=True)
     new = _model(old.backend, seed=2)
     trainer = Trainer(new, TOK, PRETRAIN, CHAT, RECIPE, progress=False)
-    monkeypatch.setattr(ckpt_mod, "_write_file", _fail_on_call(n, ENOSPC, ckpt_mod._write_file))
+    monkeypatch.setattr(ckpt_writer, "_write_file", _fail_on_call(n, ENOSPC, ckpt_writer._write_file))
     msg = _error(save_checkpoint, path, new, TOK, trainer)
     assert str(path) in msg and "No space left on device" in msg and "free some space" in msg
     _assert_intact(tmp_path, path, old)
@@ -460,7 +461,7 @@ def test_failure_while_swapping_keeps_the_previous_checkpoint(n, exc, tmp_path, 
 def test_interrupt_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path, old = _saved(tmp_path, seed=1)
     new = _model(old.backend, seed=2)
-    monkeypatch.setattr(ckpt_mod, "_write_file", _fail_on_call(2, KeyboardInterrupt(), ckpt_mod._write_file))
+    monkeypatch.setattr(ckpt_writer, "_write_file", _fail_on_call(2, KeyboardInterrupt(), ckpt_writer._write_file))
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, new, TOK)
     _assert_intact(tmp_path, path, old)
@@ -468,7 +469,7 @@ def test_interrupt_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
 def test_failed_first_save_leaves_nothing_behind(tmp_path, monkeypatch):
     be = require_backend("numpy", "float32")
-    monkeypatch.setattr(ckpt_mod, "_write_file", _fail_on_call(3, ENOSPC, ckpt_mod._write_file))
+    monkeypatch.setattr(ckpt_writer, "_write_file", _fail_on_call(3, ENOSPC, ckpt_writer._write_file))
     _error(save_checkpoint, tmp_path / "ck", _model(be), TOK)
     assert os.listdir(tmp_path) == []
 
@@ -768,3 +769,44 @@ def test_the_destination_lock_is_exclusive(tmp_path):
         assert "another run" in msg and str(os.getpid()) in msg and str(out) in msg
     assert not lock.path.exists()
     ckpt_mod.lock_destination(out).release()  # free again
+
+
+# -- resuming on other corpora (issue 11 item 7) -----------------------------------------------------------------------
+
+def test_resume_with_other_corpora_is_refused(tmp_path):
+    """A fingerprint of each corpus is saved; restore_trainer refuses corpora that differ, naming which one."""
+    path, _ = _saved(tmp_path, trainer=True)
+    saved = json.loads((path / "training.json").read_text())["corpora"]
+    assert set(saved) == {"pretrain", "chat"} and all(len(c["sha256"]) == 64 for c in saved.values())
+    other_facts = PRETRAIN[:4] + ["Snow is cold water. </s>"]
+    msg = _error(restore_trainer, _load64(path), other_facts, CHAT)
+    assert "pretrain corpus" in msg and "chat" not in msg.split("pretrain corpus")[0] and "allow_other_corpus" in msg
+    msg = _error(restore_trainer, _load64(path), PRETRAIN, CHAT[::-1])  # the same dialogues in another order
+    assert "chat corpus" in msg and "--chat-data" in msg
+    assert "pretrain corpus" in _error(restore_trainer, _load64(path), [], CHAT)  # a corpus left out
+    resumed = restore_trainer(_load64(path), other_facts, CHAT, allow_other_corpus=True, progress=False)
+    resumed.train()
+    assert resumed.finished
+    restore_trainer(_load64(path), PRETRAIN, CHAT, progress=False).train()  # the same corpora: fine
+
+
+def test_a_checkpoint_without_corpus_fingerprints_still_resumes(tmp_path):
+    """Checkpoints saved before fingerprints existed resume on any corpora, unchecked (as before)."""
+    path, _ = _saved(tmp_path, trainer=True)
+    (path / "manifest.json").unlink()
+    _edit_json(path / "training.json", lambda t: t.pop("corpora"))
+    restore_trainer(_load64(path), PRETRAIN[:4], CHAT, progress=False).train()
+
+
+@pytest.mark.parametrize("corpora,expected", [
+    ("yes", "corpora"),
+    ({"pretrain": {"sha256": "0" * 64}}, "chat"),
+    ({"pretrain": {"sha256": "xyz", "examples": 5}, "chat": {"sha256": "0" * 64, "examples": 3}}, "sha256"),
+    ({"pretrain": {"sha256": "0" * 64, "examples": -1}, "chat": {"sha256": "0" * 64, "examples": 3}}, "examples"),
+])
+def test_bad_corpus_fingerprints_are_refused(corpora, expected, tmp_path):
+    path, _ = _saved(tmp_path, trainer=True)
+    (path / "manifest.json").unlink()
+    _edit_json(path / "training.json", lambda t: t.update(corpora=corpora))
+    msg = _error(_load64, path)
+    assert "training.json" in msg and expected in msg

@@ -7,7 +7,10 @@ this process.
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,7 @@ def _raising(exc: BaseException):
 
 def test_exit_codes():
     assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_BAD_INPUT, cli.EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    assert cli.EXIT_TERMINATED == 143  # SIGTERM, as a shell reports it (128 + 15)
 
 
 @pytest.mark.parametrize("exc, code", [
@@ -85,6 +89,7 @@ def test_streams_escape_what_the_terminal_cannot_show(capsys):
 @pytest.mark.parametrize("parse, text, value", [
     (cli.nonnegative_int, "0", 0), (cli.nonnegative_int, "7", 7), (cli.positive_int, "1", 1),
     (cli.int_at_least(3), "3", 3), (cli.positive_float, "1e-3", 1e-3), (cli.nonnegative_float, "0", 0.0),
+    (cli.number, "-2.5", -2.5), (cli.number, "0", 0.0),
 ])
 def test_argument_types_accept(parse, text, value):
     assert parse(text) == value
@@ -102,6 +107,7 @@ def test_argument_types_accept(parse, text, value):
     (cli.positive_float, "fast", ["number", "'fast'"]),
     (cli.nonnegative_float, "-0.5", [">= 0"]),
     (cli.nonnegative_float, "nan", [">= 0"]),
+    (cli.number, "fast", ["expected a number", "'fast'"]),
 ])
 def test_argument_types_reject_with_a_reason(parse, text, words):
     with pytest.raises(argparse.ArgumentTypeError) as exc:
@@ -118,3 +124,69 @@ def test_argument_types_in_a_parser_give_argparses_usage_error(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage:") and "argument --seed: must be >= 0, got -1" in err, err
+
+
+# -- one command for the three CLIs: `arraygpt train|chat|text` and `python -m llm ...` ---------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _console_script() -> str:
+    """The `arraygpt` that `pip install -e .` put beside this Python (or on PATH)."""
+    found = shutil.which("arraygpt", path=str(Path(sys.executable).parent)) or shutil.which("arraygpt")
+    if found is None:
+        pytest.skip("the arraygpt console script is not installed: pip install -e .")
+    return found
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, cwd=ROOT, encoding="utf-8")
+
+
+def _options(help_text: str) -> str:
+    """A --help text without its usage lines, which argparse wraps to the width of the program's name."""
+    return help_text[help_text.index("\n\n"):]
+
+
+def test_arraygpt_help_lists_the_three_commands():
+    r = _run(_console_script(), "--help")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith("usage: arraygpt {train,chat,text}"), r.stdout
+    for command in ("train", "chat", "text"):
+        assert f"\n  {command} " in r.stdout, r.stdout
+
+
+def test_arraygpt_train_help_is_train_pys():
+    r = _run(_console_script(), "train", "--help")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith("usage: arraygpt train "), r.stdout
+    script = _run(sys.executable, str(ROOT / "examples" / "train.py"), "--help")
+    assert script.returncode == 0 and _options(r.stdout) == _options(script.stdout)
+
+
+@pytest.mark.parametrize("command, script, option", [
+    ("chat", "chat.py", "--checkpoint"), ("text", "train_text.py", "--sample-chars"), ("train", "train.py", "--json"),
+])
+def test_python_m_llm_runs_the_example_scripts_code(command, script, option):
+    r = _run(sys.executable, "-m", "llm", command, "--help")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith(f"usage: python -m llm {command} ") and option in r.stdout, r.stdout
+    example = _run(sys.executable, str(ROOT / "examples" / script), "--help")
+    assert example.returncode == 0 and _options(r.stdout) == _options(example.stdout)
+
+
+def test_a_command_reports_its_errors_like_its_script(tmp_path):
+    missing = str(tmp_path / "missing.txt")
+    r = _run(sys.executable, "-m", "llm", "text", "--text", missing)
+    script = _run(sys.executable, str(ROOT / "examples" / "train_text.py"), "--text", missing)
+    assert r.returncode == script.returncode == 2
+    assert r.stderr == script.stderr and r.stderr.startswith("error: cannot read") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, code", [([], 2), (["bogus"], 2)])
+def test_a_missing_or_unknown_command_is_a_usage_error(args, code):
+    r = _run(sys.executable, "-m", "llm", *args)
+    assert r.returncode == code and r.stdout == "", r.stdout
+    assert r.stderr.startswith("usage: python -m llm {train,chat,text}") and "Traceback" not in r.stderr, r.stderr
+    if args:
+        assert r.stderr.strip().splitlines()[-1].startswith("python -m llm: error: unknown command"), r.stderr

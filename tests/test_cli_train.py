@@ -471,14 +471,14 @@ def test_save_failure_mid_run_rescues_the_run(corpora, tmp_path, monkeypatch, ca
     import tempfile
 
     runs = tmp_path / "runs"
-    real_write = ck._write_file
+    real_write = ck.writer._write_file
 
     def refuse(path, data):
         if str(runs) in str(path):
             raise PermissionError(13, "Permission denied", str(path))
         return real_write(path, data)
 
-    monkeypatch.setattr(ck, "_write_file", refuse)
+    monkeypatch.setattr(ck.writer, "_write_file", refuse)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
@@ -735,3 +735,97 @@ def test_sigterm_without_out_says_nothing_was_saved(corpora):
     code, _, stderr = live.interrupt(sig=signal.SIGTERM)
     assert code == 143 and "Traceback" not in stderr, stderr
     assert "terminated" in stderr and "nothing saved" in stderr
+
+
+# -- resuming on other corpora or with another seed (issue 11 item 7) --------------------------------------------------
+
+def test_resume_with_other_corpora_is_refused(corpora, checkpoint, tmp_path):
+    ckpt = _copy(checkpoint, tmp_path)
+    r = train("--resume", str(ckpt), "--chat-data", corpora[3])  # --pretrain-data forgotten: the built-in facts
+    assert_error(r, 1, "pretrain corpus", "differs", "--pretrain-data", "--allow-other-corpus")
+    assert "epoch" not in r.stdout
+    r = train("--resume", str(ckpt), "--chat-data", corpora[3], "--allow-other-corpus")
+    assert_ok(r)
+    assert "resumed from" in r.stdout
+
+
+def test_resume_with_another_seed_is_refused(corpora, checkpoint, tmp_path):
+    ckpt = _copy(checkpoint, tmp_path)
+    r = train(*corpora, "--resume", str(ckpt), "--seed", "5")
+    assert_error(r, 2, "--seed 5", "seed 0", "leave the flag out")
+    assert_ok(train(*corpora, "--resume", str(ckpt), "--seed", "0"))  # the checkpoint's own seed: fine
+
+
+# -- memory before training (issue 11 item 13) -------------------------------------------------------------------------
+
+def test_a_run_that_would_not_fit_in_memory_is_refused_before_training(corpora, monkeypatch, capsys):
+    """The step's memory is estimated before training and compared with what the machine has available."""
+    cli = load_cli()
+    monkeypatch.setattr(cli, "_available_memory", lambda: 20_000)  # a machine with 20 kB left
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    with warnings.catch_warnings():
+        code = cli.main([*TINY, *corpora, *FAST, "--no-chat"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "epoch" not in out, (out, err)
+    errors = error_lines(err)
+    assert len(errors) == 1, err
+    for word in ("kB of memory", "vocabulary 43 words", "20.0 kB available", "--max-vocab", "--batch-size",
+                 "--d-model"):
+        assert word in errors[0], (word, errors[0])
+    monkeypatch.setattr(cli, "_available_memory", lambda: None)  # unknown: not checked
+    with warnings.catch_warnings():
+        assert cli.main([*TINY, *corpora, *FAST, "--no-chat"]) == 0
+
+
+def test_the_step_memory_estimate_of_a_huge_vocabulary():
+    """The issue's run: 300k distinct words at --batch-size 64 grew to 24 GB; the estimate says over 10 GB."""
+    cli = load_cli()
+    config = cli.GPTConfig(vocab_size=300_000, **cli.MODEL_SIZE)
+    assert 10e9 < cli.step_memory(config, batch=64, seq_len=80, dtype_bytes=4) < 30e9
+
+
+def test_max_vocab_keeps_the_most_frequent_words(corpora):
+    r = train(*corpora, *FAST, "--max-vocab", "5")
+    assert_ok(r)
+    assert "vocabulary 8 words" in r.stdout  # 5 words + <pad>, <unk>, </s>
+    assert_usage_error(train(*corpora, *FAST, "--max-vocab", "0"), "--max-vocab")
+
+
+def test_max_vocab_with_resume_is_refused(corpora, checkpoint, tmp_path):
+    r = train(*corpora, "--resume", str(_copy(checkpoint, tmp_path)), "--max-vocab", "5")
+    assert_error(r, 2, "--max-vocab", "vocabulary")
+
+
+# -- issue 11 item 15: the small ones ----------------------------------------------------------------------------------
+
+def test_json_interactive_loop_keeps_stdout_json_only(corpora):
+    """With --json, stdout is JSON lines only: the interactive loop's `Enter prompt:` goes to stderr."""
+    r = train(*corpora, *FAST, "--json", chat=True, stdin="How do mountains form?\n")
+    assert_ok(r)
+    for line in r.stdout.splitlines():
+        json.loads(line)  # raises on "Enter prompt: ..." or any other human text
+    assert "Enter prompt: " not in r.stdout and r.stderr.count("Enter prompt: ") == 2, r.stderr
+
+
+def test_json_error_in_a_corpus_names_the_position_once(tmp_path):
+    """json's own message ends in "at" ("Invalid control character at"): the position follows once, not "at at"."""
+    path = tmp_path / "ctrl.json"
+    path.write_text('["Ice floats\x01 on water. </s>"]', encoding="utf-8")
+    r = train("--pretrain-data", str(path), *FAST)
+    line = assert_error(r, 2, "not valid JSON", "invalid control character at line 1, column 13")
+    assert " at at " not in line, line
+
+
+def _interrupting_package(tmp_path: Path, name: str) -> str:
+    """A package `name` whose import is hit by a real SIGINT (Ctrl-C), on PYTHONPATH ahead of the real one."""
+    pkg = tmp_path / "ctrl_c" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
+    return str(tmp_path / "ctrl_c")
+
+
+def test_ctrl_c_during_startup_imports_exits_130_without_a_traceback(tmp_path):
+    r = train(*FAST, pythonpath=_interrupting_package(tmp_path, "array_api_compat"))  # imported by `import llm`
+    no_traceback(r)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert r.stderr.strip() == "interrupted" and r.stdout == "", r.stderr

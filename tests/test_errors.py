@@ -412,7 +412,7 @@ def test_checkpoint_write_permission_denied_keeps_the_previous_one(tiny, tmp_pat
     def denied(path, data):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(ck, "_write_file", denied)
+    monkeypatch.setattr(ck.writer, "_write_file", denied)
     with pytest.raises(CheckpointError) as exc:
         ck.save_checkpoint(out, model, tok)
     assert "permission denied" in one_line(exc)

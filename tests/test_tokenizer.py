@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm.errors import DataError
+from llm.errors import ConfigError, DataError
 from llm.tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
 
 SPECIALS = ["<pad>", "<unk>", "</s>"]
@@ -335,3 +335,25 @@ def test_char_known_text_round_trips(text):
     assert _CHAR.unk_id not in ids
     assert _CHAR.decode(ids, skip_special=False) == text
     assert _CHAR.decode(ids) == text.replace("</s>", "")
+
+
+# -- a vocabulary cap (issue 11 item 13: --max-vocab) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [WordTokenizer, CharTokenizer])
+def test_max_size_keeps_the_most_frequent_tokens(cls):
+    texts = ["b b b a a c </s>", "b a d d d d e"]
+    full = cls.from_texts(texts)
+    assert cls.from_texts(texts, max_size=None) == full  # the default: every token
+    assert cls.from_texts(texts, max_size=full.vocab_size) == full
+    capped = cls.from_texts(texts, max_size=3)
+    assert capped.vocab_size == 3 + 3  # the three special tokens are always there, on top of the cap
+    if cls is WordTokenizer:
+        assert capped.vocab[3:] == ["a", "b", "d"]  # d (4), b (4), a (3); sorted, like an uncapped vocabulary
+        assert capped.encode("e c d") == [capped.unk_id, capped.unk_id, capped.token_to_id("d")]
+    assert cls.from_texts(list(reversed(texts)), max_size=3) == capped  # ties and order do not matter
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "3"])
+def test_max_size_must_be_a_positive_integer(bad):
+    with pytest.raises(ConfigError, match="max_size"):
+        WordTokenizer.from_texts(["a b"], max_size=bad)

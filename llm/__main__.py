@@ -1,0 +1,58 @@
+"""``arraygpt train|chat|text ...`` (also ``python -m llm ...``): the three CLIs behind one command.
+
+    arraygpt train --device cpu                  # = python examples/train.py --device cpu
+    arraygpt chat --checkpoint runs/demo         # = python examples/chat.py --checkpoint runs/demo
+    arraygpt text --text book.txt --steps 300    # = python examples/train_text.py --text book.txt --steps 300
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+COMMANDS = {  # command -> (module, what it does); a module is imported only when its command runs
+    "train": ("llm.cli_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
+    "chat": ("llm.cli_chat", "chat with a saved checkpoint"),
+    "text": ("llm.cli_text", "train a character-level model on any plain-text file, then sample from it"),
+}
+
+
+def _usage(prog: str) -> str:
+    lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} [options]", "",
+             "ArrayGPT: a small GPT trained from scratch on the Python array API.", "", "commands:"]
+    lines += [f"  {name:<7}{what}" for name, (_, what) in COMMANDS.items()]
+    lines += ["", f"`{prog} COMMAND --help` lists a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "arraygpt") -> int:
+    """Run the command named by ``argv[0]`` with the rest of `argv`; return its exit code."""
+    import importlib
+
+    from llm.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(prog), file=sys.stdout if argv else sys.stderr)
+        return EXIT_OK if argv else EXIT_BAD_INPUT
+    if argv[0] not in COMMANDS:
+        print(f"{_usage(prog)}\n{prog}: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    command, rest = argv[0], argv[1:]
+    sys.argv[0] = f"{prog} {command}"  # what argparse shows in the command's usage and error lines
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    return module.main(rest)
+
+
+def console() -> None:
+    """The ``arraygpt`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m llm"))
