@@ -78,8 +78,16 @@ class Backend:
         return xp.asarray(x, dtype=dtype, device=self.device)
 
     def normal(self, rng: np.random.Generator, shape: tuple[int, ...], std: float) -> Any:
-        """Draw N(0, std^2) on the host in float64 and move it here: one seed, the same weights on every backend."""
-        return self.asarray(rng.standard_normal(shape) * std)
+        """Draw N(0, std^2) on the host in float64 and move it here: one seed, the same weights on every backend.
+
+        A shape too large to allocate is a MemoryError whatever the cause (NumPy says ValueError past its maximum
+        dimension), so callers have one thing to catch.
+        """
+        try:
+            host = rng.standard_normal(shape)
+        except (ValueError, OverflowError) as exc:
+            raise MemoryError(f"cannot allocate an array of shape {tuple(shape)} ({exc})") from None
+        return self.asarray(host * std)
 
     @staticmethod
     def rng(seed: int | None) -> np.random.Generator:

@@ -373,7 +373,7 @@ def run(args) -> int:
             out.say(f"{s.phase}: {s.epochs} epochs, {s.steps} steps, {s.seconds:.2f} s, "
                     f"{s.tokens_per_second:,.0f} tokens/s, final loss {s.final_loss:.4f}")
         else:
-            out.say(f"{s.phase}: skipped, no steps ({s.epochs} epochs)")
+            out.say(f"{s.phase}: skipped, no steps ({s.note or f'{s.epochs} epochs'})")
     out.say(f"\nafter training   > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
     em, too_long = _exact_match(model, tok, dialogues)
     out.say(f"instruction prompts answered exactly: {em.correct}/{em.total}"

@@ -64,6 +64,13 @@ class GPTConfig:
                 raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
             object.__setattr__(self, name, float(value))
 
+    def num_parameters(self) -> int:
+        """The parameter count this configuration gives (the same as ``GPT.num_parameters()``)."""
+        C, F, V, T, L = self.d_model, self.d_ff, self.vocab_size, self.max_seq_len, self.n_layers
+        block = 2 * 2 * C + C * 3 * C + (C * C + C) + (C * F + F) + (F * C + C)
+        head = V if self.tie_weights else V * C + V
+        return V * C + T * C + L * block + (2 * C if self.norm == "pre" else 0) + head
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

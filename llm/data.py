@@ -195,7 +195,7 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
     """
     if loss_on not in ("all", "answer"):
         raise ConfigError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
-    examples, truncated = [], 0
+    examples, truncated, left_out = [], 0, 0
     for text in texts:
         if loss_on == "answer":
             prompt, answer = split_dialogue(text)
@@ -203,15 +203,20 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
             ids, loss_start = prompt_ids + tokenizer.encode(answer), max(len(prompt_ids), 1)
         else:
             ids, loss_start = tokenizer.encode(text), 1
-        if len(ids) > max_seq_len + 1:
-            truncated += 1
-            ids = ids[:max_seq_len + 1]
+        cut = len(ids) > max_seq_len + 1
+        ids = ids[:max_seq_len + 1]
         if len(ids) < 2 or loss_start >= len(ids):
-            continue  # nothing to predict
+            # nothing to predict: too short, or (a dialogue) its question alone fills the context
+            left_out += cut
+            continue
+        truncated += cut
         examples.append(Example(tuple(ids), loss_start))
     if truncated:
         warnings.warn(f"{truncated} of {len(texts)} sequences are longer than max_seq_len {max_seq_len} + 1 "
-                       "tokens and were truncated", LLMWarning, stacklevel=2)
+                      "tokens and were truncated", LLMWarning, stacklevel=2)
+    if left_out:
+        warnings.warn(f"{left_out} of {len(texts)} dialogues were left out: the question alone fills max_seq_len "
+                      f"{max_seq_len}, leaving no answer token to learn; raise --max-seq-len", LLMWarning, stacklevel=2)
     return examples
 
 

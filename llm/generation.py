@@ -172,9 +172,30 @@ def check_prompt(tokenizer: Any, text: str, what: str = "the prompt", warn: bool
 
 
 def chat(model: Any, tokenizer: Any, text: str, **kwargs: Any) -> str:
-    """Answer `text` as the assistant: formats ``User: <text> Assistant:`` and returns only the answer."""
+    """Answer `text` as the assistant: formats ``User: <text> Assistant:`` and returns only the answer.
+
+    A question too long for the context keeps its last words (with a warning), never the ``User:`` and
+    ``Assistant:`` markers' place, and always leaves the answer room: a quarter of the context, or
+    `max_new_tokens` if fewer.
+    """
     check_prompt(tokenizer, text)
-    return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
+    _check_vocab_sizes(model, tokenizer)
+    ctx = model.config.max_seq_len
+    room = max(1, min(kwargs.get("max_new_tokens", 50), ctx // 4))
+    question = tokenizer.encode(text.strip())
+    before, after = tokenizer.encode("User:"), tokenizer.encode("Assistant:")
+    full = tokenizer.encode(format_chat_prompt(text))
+    if len(full) + room <= ctx or full != before + question + after:
+        return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
+    keep = ctx - room - len(before) - len(after)
+    if keep < 1:  # a context too small for the markers themselves: cut the whole prompt, as generate() does
+        return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
+    warnings.warn(f"the question of {len(question)} tokens is longer than the context allows ({ctx} tokens, "
+                  f"{room} kept for the answer); keeping its last {keep} words", LLMWarning, stacklevel=2)
+    opts = {k: kwargs[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "use_cache")
+            if k in kwargs}
+    new = generate_ids(model, before + question[-keep:] + after, eos_id=tokenizer.eos_id, **opts)
+    return tokenizer.decode(new).strip()
 
 
 def greedy_batch(model: Any, prompts: Iterable[list[int]], max_new_tokens: int, eos_id: int) -> list[list[int]]:

@@ -105,6 +105,7 @@ class PhaseSummary:
     tokens: int
     seconds: float
     final_loss: float | None
+    note: str = ""  # why a phase took no steps
 
     @property
     def tokens_per_second(self) -> float:
@@ -210,7 +211,8 @@ class Trainer:
         epochs, base_lr = self._phase_settings(phase)
         examples = self.examples[phase]
         if epochs == 0 or not examples:
-            self._end_phase(PhaseSummary(phase, 0, 0, 0, 0.0, None))
+            why = "0 epochs" if epochs == 0 else "no sequence of its corpus fits the context with a target to learn"
+            self._end_phase(PhaseSummary(phase, 0, 0, 0, 0.0, None, why))
             return
         per_epoch = num_batches(len(examples), r.batch_size)
         bar = self._progress_bar(phase, epochs * per_epoch, st.epoch * per_epoch + st.batch)

@@ -341,3 +341,26 @@ def test_a_tokenizer_larger_than_the_model_is_a_clear_error():
             call(model, tok, "w1 w2")  # ids 3 and 4 would be in range: the mismatch must be caught anyway
         msg = str(exc.value)
         assert f"{tok.vocab_size} tokens" in msg and str(V) in msg and "tokenizer" in msg, msg
+
+
+def test_a_long_question_keeps_the_chat_markers_and_room_to_answer(monkeypatch):
+    # Issue 11 item 15: the prompt was cut from the left, dropping "User:", leaving room for one answer token.
+    import llm.generation as generation
+
+    tok = WordTokenizer.from_texts(["User: why do rocks and rivers move ? Assistant: water pushes them . </s>"])
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=24),
+                require_backend("numpy", "float64"), seed=3)
+    seen = {}
+    real = generation.generate_ids
+
+    def spy(model_, ids, *args, **kwargs):
+        seen["ids"] = list(ids)
+        return real(model_, ids, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_ids", spy)
+    with pytest.warns(LLMWarning, match="longer than the context"):
+        generation.chat(model, tok, "why do rocks and rivers move " * 10, max_new_tokens=5)
+    ids, ctx = seen["ids"], model.config.max_seq_len
+    assert ids[:len(tok.encode("User:"))] == tok.encode("User:")
+    assert ids[-len(tok.encode("Assistant:")):] == tok.encode("Assistant:")
+    assert len(ids) + 5 <= ctx  # the answer has its room

@@ -232,3 +232,14 @@ def test_cross_entropy_in_blocks_equals_one_block(backend_name, weighted, monkey
                                                                         None if w is None else be.asarray(w))]
     assert float(blocks[0]) == pytest.approx(float(whole[0]), rel=1e-13)
     np.testing.assert_allclose(blocks[1], whole[1], rtol=1e-13, atol=1e-16)
+
+
+def test_config_parameter_count_matches_the_model_and_absurd_sizes_are_out_of_memory():
+    be = require_backend("numpy")
+    for variant in ({}, {"tie_weights": True}, {"norm": "post"}):
+        cfg = GPTConfig(**{**SMALL, **variant})
+        assert cfg.num_parameters() == GPT(cfg, be).num_parameters(), variant
+    # Issue 11 item 11: a config.json with d_model 10**20 gave a NumPy ValueError traceback while the weights were
+    # drawn; it is out of memory like any other model too large to allocate (the CLIs say so in one line).
+    with pytest.raises(MemoryError, match="cannot allocate"):
+        GPT(GPTConfig(vocab_size=10, d_model=10**20, n_heads=1), be)

@@ -175,3 +175,23 @@ def test_character_level_example_trains_on_plain_text(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "train_text.py"), "--text",
                           str(tmp_path / "missing.txt")], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read") and "Traceback" not in bad.stderr
+
+
+def test_dialogues_whose_question_fills_the_context_are_said_to_be_left_out(tok):
+    # Issue 11 item 15: they were dropped while the warning said "truncated", and phase 2 said only "no steps".
+    import warnings as w
+
+    long_q = "User: " + "what is the sun " * 8 + "? Assistant: The sun is a star. </s>"
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        examples = encode_corpus([long_q, CHATS[0]], tok, 20, loss_on="answer")
+    messages = [str(c.message) for c in caught]
+    assert len(examples) == 1
+    assert any("1 of 2 dialogues were left out" in m and "question alone fills" in m for m in messages), messages
+    assert not any("truncated" in m for m in messages), messages
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **{**TINY, "max_seq_len": 20}), require_backend("numpy"), seed=0)
+    with w.catch_warnings():
+        w.simplefilter("ignore")
+        trainer = Trainer(model, tok, [], [long_q], Recipe(chat_epochs=1, pretrain_epochs=0), progress=False)
+    chat_summary = trainer.train()[1]
+    assert chat_summary.steps == 0 and "fits the context" in chat_summary.note
