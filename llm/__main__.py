@@ -1,8 +1,9 @@
-"""``arraygpt train|chat|text ...`` (also ``python -m llm ...``): the three CLIs behind one command.
+"""``arraygpt train|chat|text|attention ...`` (also ``python -m llm ...``): the three CLIs behind one command.
 
     arraygpt train --device cpu                  # = python examples/train.py --device cpu
     arraygpt chat --checkpoint runs/demo         # = python examples/chat.py --checkpoint runs/demo
     arraygpt text --text book.txt --steps 300    # = python examples/train_text.py --text book.txt --steps 300
+    arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
 
 from __future__ import annotations
@@ -14,13 +15,22 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
     "train": ("llm.cli_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
     "chat": ("llm.cli_chat", "chat with a saved checkpoint"),
     "text": ("llm.cli_text", "train a character-level model on any plain-text file, then sample from it"),
+    "attention": ("llm.cli_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
 
 
+# Commands that draw instead of training or chatting: each gets a usage line of its own.
+TOOLS = ("attention",)
+
+
 def _usage(prog: str) -> str:
-    lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} [options]", "",
+    main_commands = [name for name in COMMANDS if name not in TOOLS]
+    lines = [f"usage: {prog} {{{','.join(main_commands)}}} [options]"]
+    lines += [f"       {prog} {name} [options]" for name in COMMANDS if name in TOOLS]
+    lines += ["",
              "ArrayGPT: a small GPT trained from scratch on the Python array API.", "", "commands:"]
-    lines += [f"  {name:<7}{what}" for name, (_, what) in COMMANDS.items()]
+    width = max(len(name) for name in COMMANDS) + 2
+    lines += [f"  {name:<{width}}{what}" for name, (_, what) in COMMANDS.items()]
     lines += ["", f"`{prog} COMMAND --help` lists a command's options."]
     return "\n".join(lines)
 

@@ -43,6 +43,7 @@ from dataclasses import replace  # noqa: E402
 from backends import get_backend  # noqa: E402
 from backends.capture import set_tf32, use_graphs  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
+from llm.config import POS_ENCODINGS  # noqa: E402
 from llm.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, error, int_at_least,  # noqa: E402
                      nonnegative_float, number, one_line_warnings, positive_float, run_cli)
 from llm.data import load_corpus, split_dialogue  # noqa: E402
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model size (a resumed run keeps its checkpoint's)")
     for name, default in MODEL_SIZE.items():
         m.add_argument("--" + name.replace("_", "-"), type=int_at_least(1), help=f"(default {default})")
+    m.add_argument("--pos-encoding", choices=list(POS_ENCODINGS),
+                   help="positions: a learned table (default), a fixed sinusoidal one, or rotary (rope)")
     c = p.add_argument_group("checkpoints")
     c.add_argument("--out", metavar="DIR", help="save a checkpoint here after each phase (and on Ctrl-C or SIGTERM)")
     c.add_argument("--save-every", type=int_at_least(1), metavar="N", help="also save every N epochs (needs --out)")
@@ -108,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
     f.add_argument("--log-every", type=int_at_least(1), default=25, metavar="N",
                    help="read the loss back from the device every N steps (default 25; also at every epoch end)")
+    h = p.add_argument_group("history (every step's loss, learning rate, gradient norm and tokens/s is recorded and "
+                             "saved with checkpoints)")
+    h.add_argument("--plot", metavar="PATH.png",
+                   help="after training, draw the history (loss, learning rate, gradient norm, phases) into PATH.png "
+                        "and write its numbers to PATH.csv (needs matplotlib: pip install -e \".[plot]\")")
+    h.add_argument("--log-grad-norms", action="store_true",
+                   help="also record each tensor's gradient norm at every --log-every step (device work, no extra "
+                        "transfer)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout; progress and logs on stderr")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -150,6 +161,9 @@ def _check_resume_flags(args, ckpt) -> None:
         if given is not None and given != saved:
             raise ConfigError(f"{_flag(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
                               f"its recipe; {fix}")
+    if args.pos_encoding is not None and args.pos_encoding != ckpt.model.config.pos_encoding:
+        raise ConfigError(f"--pos-encoding {args.pos_encoding} differs from {where} (pos_encoding "
+                          f"{ckpt.model.config.pos_encoding}): a resumed run keeps its model; {fix}")
     if args.max_vocab is not None:
         raise ConfigError(f"--max-vocab does not apply to a resumed run: it keeps the vocabulary of {where}; {fix}")
     if args.seed is not None and args.seed != ckpt.seed:
@@ -274,6 +288,10 @@ def run(args) -> int:
         if getattr(args, flag) is not None and not getattr(args, flag).strip():
             raise ConfigError(f"--{flag} is empty: give a directory (is a shell variable unset?)")
     check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training
+        from llm.plotting import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
     if args.save_every and not args.out:
         raise ConfigError("--save-every needs --out DIR: say where to save")
     for i, prompt in enumerate(args.prompt or []):
@@ -293,7 +311,8 @@ def run(args) -> int:
     else:
         backend = get_backend(args.device, args.dtype or "float32")
     use_graphs(backend, args.cuda_graphs)  # "on" where unsupported: fail now, not after loading the corpora
-    speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every)
+    speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every,
+                 log_grad_norms=args.log_grad_norms)
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
     log_epoch = lambda event: _log_event(out, event)  # noqa: E731
@@ -320,7 +339,8 @@ def run(args) -> int:
         args.seed = 0 if args.seed is None else args.seed
         tok = WordTokenizer.from_texts(pretrain + dialogues, max_size=args.max_vocab)
         size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in MODEL_SIZE.items()}
-        model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size), backend, seed=args.seed)
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size, pos_encoding=args.pos_encoding or "learned"),
+                    backend, seed=args.seed)
         recipe = _recipe_from_args(args, RECIPES[args.recipe or "default"])
         trainer = Trainer(model, tok, pretrain, dialogues, recipe, seed=args.seed,
                           progress=not args.no_progress, log=log_epoch, **speed)
@@ -374,6 +394,12 @@ def run(args) -> int:
                     f"{s.tokens_per_second:,.0f} tokens/s, final loss {s.final_loss:.4f}")
         else:
             out.say(f"{s.phase}: skipped, no steps ({s.note or f'{s.epochs} epochs'})")
+    if args.plot is not None:
+        from llm.plotting import plot_history
+
+        png, csv_path = plot_history(trainer, args.plot)
+        out.say(f"wrote {png} and {csv_path}")
+        out.record({"plot": str(png), "csv": str(csv_path)})
     out.say(f"\nafter training   > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
     em, too_long = _exact_match(model, tok, dialogues)
     out.say(f"instruction prompts answered exactly: {em.correct}/{em.total}"

@@ -25,6 +25,9 @@ def _is_bool(x: Any) -> bool:
     return isinstance(x, bool) or (getattr(dtype, "kind", None) == "b" and getattr(x, "shape", None) == ())
 
 
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """The size and shape of a GPT. Defaults are the reference configuration (the RustGPT seed's)."""
@@ -40,6 +43,9 @@ class GPTConfig:
     tie_weights: bool = False  # output projection reuses the token embedding table
     ln_eps: float = 1e-5
     init_std: float = 0.02
+    # "learned" (a trained position table, the default), "sinusoidal" (a fixed sin/cos table added to the token
+    # embeddings) or "rope" (rotary embeddings applied to queries and keys inside attention): see POS_ENCODINGS
+    pos_encoding: str = "learned"
 
     def __post_init__(self) -> None:
         # NumPy scalars are numbers too; what is stored is a plain int / float / bool (to_dict() must be JSON).
@@ -58,6 +64,11 @@ class GPTConfig:
         if not _is_bool(self.tie_weights):  # "no" or 0 from a hand-edited config.json: never guess
             raise ConfigError(f"tie_weights must be true or false, got {self.tie_weights!r}")
         object.__setattr__(self, "tie_weights", bool(self.tie_weights))
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ConfigError(f"pos_encoding must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_encoding!r}")
+        if self.pos_encoding == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"pos_encoding rope rotates pairs of channels, so the head size d_model / n_heads "
+                              f"must be even, got {self.d_model} / {self.n_heads} = {self.d_model // self.n_heads}")
         for name in ("ln_eps", "init_std"):
             value = getattr(self, name)
             if not (_is_real(value) and math.isfinite(value) and value > 0):
@@ -69,7 +80,8 @@ class GPTConfig:
         C, F, V, T, L = self.d_model, self.d_ff, self.vocab_size, self.max_seq_len, self.n_layers
         block = 2 * 2 * C + C * 3 * C + (C * C + C) + (C * F + F) + (F * C + C)
         head = V if self.tie_weights else V * C + V
-        return V * C + T * C + L * block + (2 * C if self.norm == "pre" else 0) + head
+        position = T * C if self.pos_encoding == "learned" else 0  # the other two have no parameters
+        return V * C + position + L * block + (2 * C if self.norm == "pre" else 0) + head
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

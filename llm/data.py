@@ -263,3 +263,34 @@ def shuffled_order(state: dict, n: int) -> tuple[np.ndarray, dict]:
 
 def num_batches(n_examples: int, batch_size: int) -> int:
     return -(-n_examples // batch_size)
+
+
+# -- windows into one long token stream (llm/cli_text.py: a book, nanoGPT's way) -------------------------------------
+
+def windows_at(data: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token targets, each (len(offsets), seq_len) int64: ``data[o:o + seq_len]`` and
+    ``data[o + 1:o + seq_len + 1]`` for each offset `o` (every offset must leave room for seq_len + 1 tokens)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.size and (offsets.min() < 0 or offsets.max() + seq_len + 1 > len(data)):
+        raise ConfigError(f"a window of {seq_len + 1} tokens at offsets {offsets.min()}..{offsets.max()} does not "
+                          f"fit in {len(data)} tokens")
+    idx = offsets[:, None] + np.arange(seq_len, dtype=np.int64)[None, :]
+    data = np.asarray(data, dtype=np.int64)
+    return data[idx], data[idx + 1]
+
+
+def random_windows(data: np.ndarray, batch_size: int, seq_len: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`batch_size` windows at uniform random offsets (nanoGPT's ``get_batch``): ``(tokens, targets)``."""
+    n_starts = len(data) - seq_len
+    if n_starts < 1:
+        raise ConfigError(f"{len(data)} tokens hold no window of {seq_len + 1}")
+    return windows_at(data, rng.integers(0, n_starts, size=batch_size), seq_len)
+
+
+def spread_offsets(n_tokens: int, n_windows: int, seq_len: int) -> np.ndarray:
+    """`n_windows` offsets spread evenly over `n_tokens` (the same every time: a fixed evaluation set)."""
+    last = n_tokens - seq_len - 1
+    if last < 0:
+        raise ConfigError(f"{n_tokens} tokens hold no window of {seq_len + 1}")
+    return np.linspace(0, last, n_windows).round().astype(np.int64)

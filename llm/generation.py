@@ -228,3 +228,82 @@ def greedy_batch(model: Any, prompts: Iterable[list[int]], max_new_tokens: int, 
                 break
             pending = nxt[:, None]
     return results
+
+
+def generate_stream(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, temperature: float = 0.0,
+                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                    banned_ids: Iterable[int] = (), eos_id: int | None = None, use_cache: bool = True):
+    """Continue `prompt_ids` for any number of tokens, yielding each new id as it is chosen.
+
+    Unlike :func:`generate_ids`, the context window slides: each token is predicted from the last ``max_seq_len``
+    tokens of prompt + output (nanoGPT's crop), so `max_new_tokens` is not bounded by the context. With the KV
+    cache, tokens are fed one at a time until the cache is full; then it is rebuilt from the last ``max_seq_len``
+    tokens (the last ``max_seq_len - 1`` already seen plus the new one), which gives exactly what the uncached
+    model gives on the same window. A prompt longer than the context keeps its last ``max_seq_len`` tokens, silently
+    (that is the window the next token is predicted from). `banned_ids` (e.g. ``<pad>``, ``<unk>``) are never
+    chosen: their logits are set to -inf before the choice. Stops after `max_new_tokens`, or after `eos_id`.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
+        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_seed(seed)
+    temperature, max_new_tokens = float(temperature), int(max_new_tokens)
+    top_k = None if top_k is None else int(top_k)
+    top_p = None if top_p is None else float(top_p)
+    ctx, vocab = model.config.max_seq_len, model.config.vocab_size
+    ids = [int(i) for i in prompt_ids]
+    if not ids:
+        raise PromptError("the prompt is empty: type some words")
+    if any(not 0 <= i < vocab for i in ids):
+        raise PromptError(f"prompt token ids must lie in [0, {vocab})")
+    banned = sorted({int(i) for i in banned_ids})
+    if any(not 0 <= i < vocab for i in banned):
+        raise ConfigError(f"banned token ids must lie in [0, {vocab}), got {banned}")
+    if len(banned) >= vocab:
+        raise ConfigError("every token id is banned: nothing could be generated")
+    return _stream(model, ids[-ctx:], max_new_tokens, temperature, top_k, top_p,
+                   None if seed is None else int(seed), banned, eos_id, use_cache)
+
+
+def _stream(model, window, max_new_tokens, temperature, top_k, top_p, seed, banned, eos_id, use_cache):
+    # A generator of its own, so that generate_stream checks its arguments when called, not when first iterated.
+    ctx = model.config.max_seq_len
+    rng = np.random.default_rng(seed)
+    cache = model.new_kv_cache() if use_cache else None
+    cached, pending = 0, list(window)  # positions in the cache; tokens the model has not seen yet
+    for _ in range(max_new_tokens):
+        if use_cache:
+            if cached + len(pending) > ctx:  # full: rebuild from the window (its last ctx tokens)
+                cache, cached, pending = model.new_kv_cache(), 0, list(window)
+            logits = model.forward_cached(np.asarray([pending], dtype=np.int64), cache)
+            cached += len(pending)
+        else:
+            logits = model.predict(np.asarray([window], dtype=np.int64))
+        row = _last_logits(model, logits)
+        if banned:
+            row = np.array(row, dtype=np.float64)
+            row[banned] = -np.inf
+        nxt = choose_token(row, temperature, top_k, top_p, rng)
+        yield nxt
+        if eos_id is not None and nxt == eos_id:
+            return
+        window = (window + [nxt])[-ctx:]
+        pending = [nxt]
+
+
+def generate_long(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 200, temperature: float = 0.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                  stop_at_eos: bool = True, use_cache: bool = True) -> str:
+    """Continue the text `prompt` for `max_new_tokens` tokens, past the context if need be (a sliding window, see
+    :func:`generate_stream`); never produces ``<pad>`` or ``<unk>``. With `stop_at_eos` it stops at ``</s>`` (not
+    returned); without, ``</s>`` is never produced either (a book has none) and exactly `max_new_tokens` come."""
+    _check_prompt_type(prompt)
+    _check_vocab_sizes(model, tokenizer)
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise PromptError("the prompt has no tokens: type some text")
+    banned = (tokenizer.pad_id, tokenizer.unk_id) + (() if stop_at_eos else (tokenizer.eos_id,))
+    new = list(generate_stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
+                               banned_ids=banned, eos_id=tokenizer.eos_id if stop_at_eos else None,
+                               use_cache=use_cache))
+    return tokenizer.decode(new)

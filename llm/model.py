@@ -30,9 +30,11 @@ class GPT(Layer):
         c = config
         rng = backend.rng(seed)
         out_std = c.init_std / math.sqrt(2 * c.n_layers)  # residual projections: keep the residual stream's scale
-        self.embed = Embedding(backend, rng, c.vocab_size, c.max_seq_len, c.d_model, std=c.init_std)
+        self.embed = Embedding(backend, rng, c.vocab_size, c.max_seq_len, c.d_model, std=c.init_std,
+                               pos_encoding=c.pos_encoding)
         self.blocks = [TransformerBlock(backend, rng, c.d_model, c.n_heads, c.d_ff, c.activation, c.norm,
-                                        c.ln_eps, out_std) for _ in range(c.n_layers)]
+                                        c.ln_eps, out_std, rope=c.pos_encoding == "rope", max_seq_len=c.max_seq_len)
+                       for _ in range(c.n_layers)]
         self.ln_f = LayerNorm(backend, c.d_model, c.ln_eps) if c.norm == "pre" else None
         self.head = OutputProjection(backend, rng, c.d_model, c.vocab_size,
                                      tied_to=self.embed if c.tie_weights else None, std=c.init_std)
@@ -190,11 +192,34 @@ class GPT(Layer):
         logits, _ = self._head_forward(x)
         return self.backend.xp.reshape(logits, (B, T, self.config.vocab_size))
 
+    def attention_maps(self, tokens: Any) -> list:
+        """The attention probabilities of one sequence: a list (one per layer) of (H, T, T) host NumPy arrays.
+
+        `tokens`: T token ids, shape (T,) or (1, T), host or device. Runs the ordinary forward pass
+        (``return_cache=True``) and takes each block's probabilities from its cache, so these are exactly what the
+        forward pass used: row t is query t's distribution over keys 0..t (zero above the diagonal, each row sums
+        to 1). Everything stays on the device until one transfer at the end.
+        """
+        import numpy as np
+
+        shape = tuple(getattr(tokens, "shape", None) or np.shape(tokens))
+        if len(shape) == 1:
+            tokens = tokens[None, ...] if hasattr(tokens, "shape") else [list(tokens)]
+        elif len(shape) != 2 or shape[0] != 1:
+            raise ConfigError(f"attention_maps takes one sequence, shape (T,) or (1, T); got {shape}")
+        if shape[-1] == 0:
+            raise ConfigError("attention_maps needs at least one token")
+        _, ((_, block_caches), _) = self.forward(tokens, return_cache=True)
+        xp = self.backend.xp
+        probs = xp.stack([c_attn[4][0, ...] for _, c_attn, _, _ in block_caches])  # (L, H, T, T)
+        host = np.asarray(self.backend.to_numpy(probs)).copy()
+        return [host[i] for i in range(host.shape[0])]
+
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.params.values())
 
     def __repr__(self) -> str:
         c = self.config
         return (f"GPT(vocab={c.vocab_size}, d_model={c.d_model}, heads={c.n_heads}, layers={c.n_layers}, "
-                f"d_ff={c.d_ff}, max_seq_len={c.max_seq_len}, {c.norm}-LN, {c.activation}, "
+                f"d_ff={c.d_ff}, max_seq_len={c.max_seq_len}, {c.norm}-LN, {c.activation}, {c.pos_encoding} positions, "
                 f"params={self.num_parameters():,}, backend={self.backend})")

@@ -6,6 +6,10 @@ same numbers. Each step sends one batch of token ids to the device and brings no
 device until the trainer reads them, all at once, every `log_every` steps, at the end of each epoch and before
 anything is saved. A step with non-finite gradients changes nothing on the device; the next read raises
 :class:`TrainingDivergedError` naming the first such step.
+
+Every step is recorded in ``state.steps`` (loss, learning rate, global gradient norm before clipping, tokens/s; with
+``log_grad_norms`` also each tensor's gradient norm at the steps that end a log window). The per-step numbers are
+gathered on the device and come back with the losses, in the same single transfer of :meth:`Trainer.read`.
 """
 
 from __future__ import annotations
@@ -85,7 +89,10 @@ class TrainState:
     rng_state: dict | None = None  # the shuffling RNG's state at the start of the current epoch
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (loss weighted by counted tokens)
     epoch_tokens: int = 0
-    history: list[dict] = field(default_factory=list)  # {"phase", "epoch", "loss"} per completed epoch
+    history: list[dict] = field(default_factory=list)  # {"phase", "epoch", "loss", "step"} per completed epoch
+    # One record per optimizer step: {"step", "phase", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"}, and
+    # "grad_norms" ({tensor name: norm}) at the steps that end a log window when the trainer logs them.
+    steps: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,20 +130,32 @@ class Trainer:
     saves checkpoints there); `log(event: dict)` receives epoch losses and phase summaries. Losses stay on the device
     until :meth:`read` (every `log_every` steps, at every epoch end, before anything is saved). `cuda_graphs`,
     `tf32` and `pad_multiple` go to :class:`llm.TrainStep`.
+
+    Each step is recorded in ``state.steps`` when it is read (see :class:`TrainState`). tokens/s is measured over
+    the steps between two reads (the device runs ahead of the host, so only a read tells when the steps are done):
+    each step of a window carries that window's rate. ``log_grad_norms=True`` also records every tensor's gradient
+    norm (before clipping) at each step that ends a log window: computed on the device right after that step and
+    brought back with the same read, so it costs device work but no extra transfer.
     """
 
     def __init__(self, model: Any, tokenizer: Any, pretrain_texts: list[str], chat_texts: list[str],
                  recipe: Recipe = RECIPES["default"], seed: int = 0, progress: bool = True,
                  log: Callable[[dict], None] | None = None, on_epoch: Callable[["Trainer"], None] | None = None,
                  on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
-                 cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16) -> None:
+                 cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16,
+                 log_grad_norms: bool = False) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
         self.progress, self.log = progress, log or (lambda event: None)
         self.log_every, self.cuda_graphs, self.tf32, self.pad_multiple = log_every, cuda_graphs, tf32, pad_multiple
-        # Steps not read yet: (device loss, counted tokens, trainer step, phase, epoch, optimizer call number)
-        self._pending: list[tuple[Any, int, int, str, int, int]] = []
+        if not isinstance(log_grad_norms, bool):
+            raise ConfigError(f"log_grad_norms must be True or False, got {log_grad_norms!r}")
+        self.log_grad_norms = log_grad_norms
+        # Steps not read yet: (device loss, counted tokens, trainer step, phase, epoch, optimizer call number,
+        # device gradient norm (a copy), learning rate, input tokens, device per-tensor norms (H,) or None)
+        self._pending: list[tuple[Any, int, int, str, int, int, Any, float, int, Any]] = []
+        self._window_start: float | None = None  # host clock at the first step after a read (tokens/s)
         self.on_epoch, self.on_phase_end = on_epoch, on_phase_end
         max_len = model.config.max_seq_len
         self.examples: dict[str, list[Example]] = {
@@ -224,11 +243,18 @@ class Trainer:
                     if self._stop_requested:
                         self.read()  # before anything is saved: a diverged run must raise, not be saved
                         raise TrainingInterrupted(f"interrupted in phase {phase}, epoch {st.epoch + 1}")
-                    loss = self.step_fn(batch.tokens, batch.targets, batch.mask,
-                                        lr=self.lr_at(base_lr, st.phase_step))
+                    if not self._pending:
+                        self._window_start = time.perf_counter()
+                    lr = self.lr_at(base_lr, st.phase_step)
+                    loss = self.step_fn(batch.tokens, batch.targets, batch.mask, lr=lr)
                     st.step += 1
                     self._optimizer_calls += 1
-                    self._pending.append((loss, batch.n_tokens, st.step, phase, st.epoch + 1, self._optimizer_calls))
+                    # The optimizer overwrites last_grad_norm at the next step: keep a device copy (no read).
+                    norm = model.backend.xp.asarray(self.optimizer.last_grad_norm, copy=True)
+                    per_tensor = (self._tensor_grad_norms() if self.log_grad_norms
+                                  and st.step % self.log_every == 0 else None)
+                    self._pending.append((loss, batch.n_tokens, st.step, phase, st.epoch + 1, self._optimizer_calls,
+                                          norm, lr, batch.n_inputs, per_tensor))
                     st.batch += 1
                     st.phase_step += 1
                     steps += 1
@@ -246,7 +272,7 @@ class Trainer:
                 st.batch = 0
                 st.rng_state = next_rng_state
                 st.epoch_loss_sum, st.epoch_tokens = 0.0, 0
-                record = {"phase": phase, "epoch": st.epoch, "loss": epoch_loss}
+                record = {"phase": phase, "epoch": st.epoch, "loss": epoch_loss, "step": st.step}
                 st.history.append(record)
                 self.log({"event": "epoch", **record})
                 if self.on_epoch is not None:
@@ -259,27 +285,51 @@ class Trainer:
         last = next((h["loss"] for h in reversed(st.history) if h["phase"] == phase), None)
         self._end_phase(PhaseSummary(phase, epochs, steps, tokens, seconds, last))
 
-    def read(self) -> None:
-        """Bring the losses of the steps since the last read to the host (one transfer) and check them.
+    def _tensor_grad_norms(self) -> Any:
+        """Each tensor's gradient norm, (n_tensors,) on the device, in ``model.grads`` order; reads nothing back.
 
-        Adds them to the epoch's running sums; raises TrainingDivergedError naming the first step whose loss or
-        gradient was not finite (that step changed nothing, but the run has diverged and must not be saved).
+        The optimizer clips a copy, never the gradient buffer, so these are the norms before clipping."""
+        xp = self.model.backend.xp
+        return xp.stack([xp.sqrt(xp.sum(g * g)) for g in self.model.grads.values()])
+
+    def read(self) -> None:
+        """Bring the losses and gradient norms of the steps since the last read to the host (one transfer) and
+        check them.
+
+        Adds the losses to the epoch's running sums and records each step in ``state.steps``; raises
+        TrainingDivergedError naming the first step whose loss or gradient was not finite (that step changed
+        nothing, but the run has diverged and must not be saved).
         """
         if not self._pending:
             return
         xp, opt = self.model.backend.xp, self.optimizer
         pending, self._pending = self._pending, []
-        host = self.model.backend.to_numpy(xp.stack([loss for loss, *_ in pending] + [opt.first_skipped]))
-        losses, first_skipped = host[:-1], int(host[-1])
-        for value, (_, _, step_no, phase, epoch, call) in zip(losses, pending):
+        n = len(pending)
+        scalars = xp.stack([p[0] for p in pending] + [p[6] for p in pending] + [opt.first_skipped])
+        vectors = [p[9] for p in pending if p[9] is not None]
+        device = xp.concat([scalars, *[xp.astype(v, scalars.dtype) for v in vectors]]) if vectors else scalars
+        host = self.model.backend.to_numpy(device)  # the one transfer
+        seconds = time.perf_counter() - (self._window_start or time.perf_counter())
+        losses, norms, first_skipped = host[:n], host[n:2 * n], int(host[2 * n])
+        tensor_norms = host[2 * n + 1:]
+        for value, (_, _, step_no, phase, epoch, call, *_) in zip(losses, pending):
             if not math.isfinite(float(value)):
                 raise self._diverged(f"loss is {float(value)}", step_no, phase, epoch)
             if call == first_skipped:
                 raise self._diverged("the gradient is not finite", step_no, phase, epoch)
         st = self.state
-        for value, (_, n_tok, *_) in zip(losses, pending):
+        rate = sum(p[8] for p in pending) / seconds if seconds > 0 else 0.0
+        names, offset = list(self.model.grads), 0
+        for value, norm, (_, n_tok, step_no, phase, epoch, _, _, lr, _, per_tensor) in zip(losses, norms, pending):
             st.epoch_loss_sum += float(value) * n_tok
             st.epoch_tokens += n_tok
+            record = {"step": step_no, "phase": phase, "epoch": epoch, "loss": float(value), "lr": float(lr),
+                      "grad_norm": float(norm), "tokens_per_s": rate}
+            if per_tensor is not None:
+                values = tensor_norms[offset:offset + len(names)]
+                offset += len(names)
+                record["grad_norms"] = {name: float(v) for name, v in zip(names, values)}
+            st.steps.append(record)
         self.last_loss = float(losses[-1])
 
     def _diverged(self, what: str, step_no: int, phase: str, epoch: int) -> TrainingDivergedError:

@@ -37,7 +37,9 @@ def _close(actual, expected, tol, what=""):
 # -- the KV cache ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("variant", [{}, {"norm": "post", "activation": "gelu", "tie_weights": True}])
+@pytest.mark.parametrize("variant", [{}, {"norm": "post", "activation": "gelu", "tie_weights": True},
+                                     {"pos_encoding": "sinusoidal"}, {"pos_encoding": "rope"},
+                                     {"pos_encoding": "rope", "norm": "post", "tie_weights": True}])
 def test_forward_cached_matches_forward_step_by_step(backend_name, dtype, variant):
     model = _model(backend_name, dtype, GPTConfig(**{**SMALL.to_dict(), **variant}), seed=3)
     be, tol = model.backend, TOL[dtype]
@@ -54,8 +56,9 @@ def test_forward_cached_matches_forward_step_by_step(backend_name, dtype, varian
         model.forward_cached(seq[:, :1], cache)
 
 
-def test_forward_cached_in_chunks(backend_name):
-    model = _model(backend_name, "float64", seed=4)
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
+def test_forward_cached_in_chunks(backend_name, pos_encoding):
+    model = _model(backend_name, "float64", GPTConfig(**{**SMALL.to_dict(), "pos_encoding": pos_encoding}), seed=4)
     be = model.backend
     seq = np.random.default_rng(1).integers(0, V, (1, CTX))
     cache = model.new_kv_cache()
@@ -65,8 +68,9 @@ def test_forward_cached_in_chunks(backend_name):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_cached_and_uncached_greedy_generation_agree(backend_name, dtype):
-    model = _model(backend_name, dtype, seed=5)
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
+def test_cached_and_uncached_greedy_generation_agree(backend_name, dtype, pos_encoding):
+    model = _model(backend_name, dtype, GPTConfig(**{**SMALL.to_dict(), "pos_encoding": pos_encoding}), seed=5)
     for prompt in PROMPTS:
         cached = generate_ids(model, prompt, max_new_tokens=CTX, use_cache=True)
         uncached = generate_ids(model, prompt, max_new_tokens=CTX, use_cache=False)
@@ -364,3 +368,70 @@ def test_a_long_question_keeps_the_chat_markers_and_room_to_answer(monkeypatch):
     assert ids[:len(tok.encode("User:"))] == tok.encode("User:")
     assert ids[-len(tok.encode("Assistant:")):] == tok.encode("Assistant:")
     assert len(ids) + 5 <= ctx  # the answer has its room
+
+
+# -- generate_stream: a sliding window past the context (issue 9) -----------------------------------------------------
+
+from llm.generation import generate_long, generate_stream  # noqa: E402
+from llm.tokenizer import CharTokenizer  # noqa: E402
+
+
+def _ctx8(seed=0):
+    return GPT(GPTConfig(vocab_size=12, d_model=8, n_heads=2, n_layers=1, d_ff=16, max_seq_len=8, init_std=0.5),
+               require_backend("numpy", "float64"), seed=seed)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generate_stream_slides_past_the_context(temperature):
+    model = _ctx8()
+    cached = list(generate_stream(model, [3, 4, 5], 40, temperature=temperature, seed=1))
+    assert len(cached) == 40  # 5x the context
+    uncached = list(generate_stream(model, [3, 4, 5], 40, temperature=temperature, seed=1, use_cache=False))
+    assert cached == uncached  # the rebuilt KV cache sees exactly the window an uncached forward sees
+    if temperature == 0:  # every token is predicted from the last max_seq_len tokens: the reference, by hand
+        seq = [3, 4, 5]
+        for _ in range(40):
+            logits = model.backend.to_numpy(model.predict(np.asarray([seq[-8:]])))[0, -1]
+            seq.append(int(np.argmax(logits)))
+        assert seq[3:] == cached
+
+
+def test_generate_stream_keeps_the_last_window_of_a_long_prompt():
+    model = _ctx8()
+    prompt = list(range(3, 12)) * 3  # 27 tokens, context 8
+    assert list(generate_stream(model, prompt, 5)) == list(generate_stream(model, prompt[-8:], 5))
+
+
+def test_generate_stream_never_yields_banned_ids():
+    model = _ctx8()
+    model.params["head.bias"][...] = 0.0
+    model.params["head.bias"][0:2] = 50.0  # <pad> and <unk> would win every time
+    assert set(generate_stream(model, [5], 10)) <= {0, 1}
+    for temperature in (0.0, 1.0, 3.0):
+        out = list(generate_stream(model, [5], 60, temperature=temperature, seed=2, banned_ids=(0, 1)))
+        assert len(out) == 60 and not {0, 1} & set(out)
+
+
+def test_generate_stream_checks_its_arguments_when_called():
+    model = _ctx8()
+    with pytest.raises(ConfigError):
+        generate_stream(model, [3], 5, temperature=-1)
+    with pytest.raises(ConfigError):
+        generate_stream(model, [3], 5, banned_ids=range(12))
+    with pytest.raises(ConfigError):
+        generate_stream(model, [3], 5, banned_ids=[12])
+    with pytest.raises(PromptError):
+        generate_stream(model, [], 5)
+    with pytest.raises(PromptError):
+        generate_stream(model, [99], 5)
+
+
+def test_generate_long_text_past_the_context():
+    tok = CharTokenizer.from_texts(["abcdefghi"])
+    model = _ctx8()  # vocabulary 12 = 3 specials + 9 characters
+    model.params["head.bias"][...] = 0.0
+    model.params["head.bias"][1] = 50.0  # <unk>
+    text = generate_long(model, tok, "abc", max_new_tokens=50, temperature=1.0, seed=0, stop_at_eos=False)
+    assert len(text) == 50 and "<unk>" not in text and set(text) <= set("abcdefghi")
+    model.params["head.bias"][2] = 50.0  # </s>
+    assert generate_long(model, tok, "abc", max_new_tokens=50) == ""  # stops there

@@ -24,6 +24,9 @@ def _layer_cases(be, rng):
     yield "block-pre", TransformerBlock(be, rng, C, H, F, norm="pre", out_std=0.5), x
     yield "block-post", TransformerBlock(be, rng, C, H, F, "gelu", norm="post", out_std=0.5), x
     yield "head", OutputProjection(be, rng, C, V, std=0.5), x
+    # Rotary position embeddings (issue 10 item 4); last, so the cases above draw the same weights as before
+    yield "attention-rope", CausalSelfAttention(be, rng, C, H, out_std=0.5, rope=True, max_seq_len=7), x
+    yield "block-pre-rope", TransformerBlock(be, rng, C, H, F, norm="pre", out_std=0.5, rope=True, max_seq_len=7), x
 
 
 def _randomize_norms(layer, be, rng):
@@ -41,7 +44,7 @@ def _forward(layer, x, key_mask=None):
 
 
 @pytest.mark.parametrize("case", ["linear", "layernorm", "attention", "feedforward-relu", "feedforward-gelu",
-                                  "block-pre", "block-post", "head"])
+                                  "block-pre", "block-post", "head", "attention-rope", "block-pre-rope"])
 def test_layer_gradients_match_finite_differences(backend_name, case):
     be = require_backend(backend_name, "float64")
     rng = np.random.default_rng(0)
@@ -124,7 +127,7 @@ def test_layer_output_shapes(backend_name):
 
 
 @pytest.mark.parametrize("case", ["linear", "layernorm", "attention", "feedforward-gelu", "block-pre", "block-post",
-                                  "head"])
+                                  "head", "attention-rope"])
 def test_forward_keeps_nothing_on_the_layer_and_batches_can_interleave(backend_name, case):
     # Two forwards in flight, their backwards in the other order: each backward uses only its own cache.
     be = require_backend(backend_name, "float64")
@@ -152,3 +155,111 @@ def test_forward_keeps_nothing_on_the_layer_and_batches_can_interleave(backend_n
     np.testing.assert_array_equal(be.to_numpy(dx1), dx_alone)
     for n, _, g in layer.named_arrays():
         np.testing.assert_array_equal(be.to_numpy(g), g_alone[n])
+
+
+# -- positional encodings (issue 10 item 4) ---------------------------------------------------------------------------
+
+def _rope_reference(x, start=0, base=10000.0):
+    # x: (..., T, D) -> each pair (i, i + D/2) rotated by (start + t) * base**(-2i/D), as complex multiplication
+    T, D = x.shape[-2:]
+    half = D // 2
+    angle = np.arange(start, start + T)[:, None] * base ** (-2.0 * np.arange(half) / D)[None, :]
+    z = (x[..., :half] + 1j * x[..., half:]) * np.exp(1j * angle)
+    return np.concatenate([z.real, z.imag], axis=-1)
+
+
+def test_rope_rotation_matches_the_formula_and_is_inverted_by_its_backward(backend_name):
+    from llm.layers.attention import rope_rotate, rope_tables, rope_unrotate
+
+    be = require_backend(backend_name, "float64")
+    xp = be.xp
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 6, 8))
+    cos, sin = rope_tables(xp, 10, 8, be.asarray(x))
+    got = be.to_numpy(rope_rotate(xp, be.asarray(x), cos[4:10, :], sin[4:10, :]))
+    np.testing.assert_allclose(got, _rope_reference(x, start=4), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-13)  # a rotation
+    back = be.to_numpy(rope_unrotate(xp, be.asarray(got), cos[4:10, :], sin[4:10, :]))
+    np.testing.assert_allclose(back, x, rtol=1e-13, atol=1e-13)
+
+
+def test_rope_scores_depend_only_on_the_distance():
+    # q at position m and k at position n: their rotated dot product is the same for every shift of both
+    rng = np.random.default_rng(12)
+    q, k = rng.standard_normal(16), rng.standard_normal(16)
+    qs, ks = np.tile(q, (12, 1)), np.tile(k, (12, 1))
+    rq, rk = _rope_reference(qs), _rope_reference(ks)
+    scores = rq @ rk.T  # scores[m, n]: query at position m, key at position n
+    for distance in (0, 1, 4, 7):
+        along = np.diag(scores, k=-distance)  # every (m, m - distance)
+        np.testing.assert_allclose(along, np.full(12 - distance, along[0]), rtol=1e-12)
+    assert not np.isclose(scores[1, 0], scores[4, 0])  # but different distances give different scores
+
+
+def test_rope_attention_gradients_every_entry(backend_name):
+    # Every input and every QKV weight entry on NumPy, not a sample: the rotation touches each pair of channels
+    # (the other backends check 40 of each here; their parity with NumPy is test_parity's)
+    be = require_backend(backend_name, "float64")
+    every = backend_name == "numpy"
+    rng = np.random.default_rng(13)
+    attn = CausalSelfAttention(be, rng, C, H, out_std=0.5, rope=True, max_seq_len=T)
+    x = be.asarray(rng.standard_normal((B * T, C)))
+    out, cache = attn.forward(x, T)
+    R = be.asarray(rng.standard_normal(tuple(out.shape)))
+    loss = lambda: float(be.xp.sum(attn.forward(x, T)[0] * R))  # noqa: E731
+    dx = attn.backward(R, cache)
+    errors = {"input": check_array(be, loss, x, dx, rng, n=B * T * C if every else 40),
+              "qkv": check_array(be, loss, attn.qkv.params["weight"], attn.qkv.grads["weight"], rng,
+                                 n=3 * C * C if every else 40)}
+    assert max(errors.values()) <= TOL, errors
+
+
+def test_rope_attention_differs_from_plain_and_is_causal(backend_name):
+    be = require_backend(backend_name, "float64")
+    plain = CausalSelfAttention(be, np.random.default_rng(14), C, H, out_std=0.5)
+    rope = CausalSelfAttention(be, np.random.default_rng(14), C, H, out_std=0.5, rope=True, max_seq_len=T)
+    x = np.random.default_rng(15).standard_normal((B, T, C))
+
+    def run(layer, x):
+        return be.to_numpy(layer.forward(be.asarray(x.reshape(B * T, C)), T)[0]).reshape(B, T, C)
+
+    y_plain, y1 = run(plain, x), run(rope, x)
+    np.testing.assert_allclose(y1[:, 0], y_plain[:, 0], rtol=1e-12, atol=1e-12)  # position 0: no rotation
+    assert not np.allclose(y1[:, 1:], y_plain[:, 1:])
+    x[:, 3:, :] += 1.0
+    np.testing.assert_allclose(run(rope, x)[:, :3], y1[:, :3], rtol=1e-12, atol=1e-12)
+
+
+def test_rope_needs_an_even_head_size():
+    from llm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="even"):
+        CausalSelfAttention(require_backend("numpy"), np.random.default_rng(0), 6, 2, rope=True)
+
+
+def test_sinusoidal_embedding_adds_the_fixed_table_and_learns_only_tokens(backend_name):
+    be = require_backend(backend_name, "float64")
+    rng = np.random.default_rng(16)
+    emb = Embedding(be, rng, V, 7, C, std=0.5, pos_encoding="sinusoidal")
+    assert set(emb.params) == {"token"}
+    tokens = np.array([[1, 2, 1, 1, 4], [4, 4, 0, 1, 9]])
+    out, cache = emb.forward(be.asarray(tokens), start=2)
+    t = np.arange(2, 2 + T)[:, None]
+    w = 10000.0 ** (-np.arange(0, C, 2) / C)
+    table = np.zeros((T, C))
+    table[:, 0::2], table[:, 1::2] = np.sin(t * w), np.cos(t * w)
+    table *= 0.5  # amplitude: the embedding's std, the scale a learned table starts at
+    expected = be.to_numpy(emb.params["token"])[tokens] + table
+    np.testing.assert_allclose(be.to_numpy(out), expected.reshape(B * T, C), rtol=1e-13, atol=1e-13)
+    R = be.asarray(rng.standard_normal((B * T, C)))
+    emb.backward(R, cache)
+    loss = lambda: float(be.xp.sum(emb.forward(be.asarray(tokens))[0] * R))  # noqa: E731
+    assert check_array(be, loss, emb.params["token"], emb.grads["token"], rng, n=40) <= TOL
+
+
+def test_rope_embedding_adds_no_position():
+    be = require_backend("numpy", "float64")
+    emb = Embedding(be, np.random.default_rng(17), V, 7, C, pos_encoding="rope")
+    assert set(emb.params) == {"token"}
+    tokens = np.array([[3, 1, 4]])
+    np.testing.assert_array_equal(emb.forward(tokens, start=3)[0], emb.params["token"][tokens[0]])

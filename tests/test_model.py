@@ -24,7 +24,9 @@ def _batch(rng, B=3, T=6, V=13):
     return tokens, targets, mask
 
 
-@pytest.mark.parametrize("variant", [{}, {"tie_weights": True}, {"norm": "post", "activation": "gelu"}])
+@pytest.mark.parametrize("variant", [{}, {"tie_weights": True}, {"norm": "post", "activation": "gelu"},
+                                     {"pos_encoding": "sinusoidal"}, {"pos_encoding": "rope"},
+                                     {"pos_encoding": "rope", "tie_weights": True, "activation": "gelu"}])
 def test_model_loss_gradients_match_finite_differences(backend_name, variant):
     be = require_backend(backend_name, "float64")
     rng = np.random.default_rng(0)
@@ -236,7 +238,8 @@ def test_cross_entropy_in_blocks_equals_one_block(backend_name, weighted, monkey
 
 def test_config_parameter_count_matches_the_model_and_absurd_sizes_are_out_of_memory():
     be = require_backend("numpy")
-    for variant in ({}, {"tie_weights": True}, {"norm": "post"}):
+    for variant in ({}, {"tie_weights": True}, {"norm": "post"}, {"pos_encoding": "sinusoidal"},
+                    {"pos_encoding": "rope", "tie_weights": True}):
         cfg = GPTConfig(**{**SMALL, **variant})
         assert cfg.num_parameters() == GPT(cfg, be).num_parameters(), variant
     # Issue 11 item 11: a config.json with d_model 10**20 gave a NumPy ValueError traceback while the weights were

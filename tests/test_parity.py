@@ -30,7 +30,8 @@ def assert_close(actual, expected, rtol, what):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("variant", [{}, {"tie_weights": True, "activation": "gelu"}])
+@pytest.mark.parametrize("variant", [{}, {"tie_weights": True, "activation": "gelu"}, {"pos_encoding": "sinusoidal"},
+                                     {"pos_encoding": "rope"}])
 def test_forward_and_gradients_match_numpy(other_backend_name, dtype, variant):
     ref_be, be = require_backend("numpy", dtype), require_backend(other_backend_name, dtype)
     cfg = GPTConfig(**CFG, **variant)

@@ -166,11 +166,13 @@ def test_character_level_example_trains_on_plain_text(tmp_path):
     (tmp_path / "t.txt").write_text(text)
     cmd = [sys.executable, str(ROOT / "examples" / "train_text.py"), "--text", str(tmp_path / "t.txt"),
            "--max-seq-len", "32", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32",
-           "--steps", "40", "--batch-size", "8", "--lr", "1e-2", "--temperature", "0", "--sample-chars", "16"]
+           "--steps", "40", "--batch-size", "8", "--lr", "1e-2", "--temperature", "0", "--sample-chars", "16",
+           "--log-every", "5"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "symbols" in r.stdout and "tokens/s" in r.stdout
-    losses = [float(line.split("loss ")[1]) for line in r.stdout.splitlines() if line.startswith("epoch")]
+    losses = [float(line.split(": loss ")[1].split(",")[0]) for line in r.stdout.splitlines()
+              if line.startswith("step") and ": loss " in line]  # issue 9: per-step log lines, no epochs
     assert losses[-1] < 0.5 * losses[0]  # it learns the repeated sentence
     bad = subprocess.run([sys.executable, str(ROOT / "examples" / "train_text.py"), "--text",
                           str(tmp_path / "missing.txt")], capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -195,3 +197,53 @@ def test_dialogues_whose_question_fills_the_context_are_said_to_be_left_out(tok)
         trainer = Trainer(model, tok, [], [long_q], Recipe(chat_epochs=1, pretrain_epochs=0), progress=False)
     chat_summary = trainer.train()[1]
     assert chat_summary.steps == 0 and "fits the context" in chat_summary.note
+
+
+# -- the per-step history ------------------------------------------------------------------------------------------------
+def _recorded(log_every: int, **kw):
+    be = require_backend("numpy", "float64")
+    tok = WordTokenizer.from_texts(FACTS + CHATS)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **TINY), be, seed=0)
+    tr = Trainer(model, tok, FACTS, CHATS, Recipe(batch_size=2, pretrain_epochs=2, chat_epochs=2, warmup_steps=3),
+                 seed=0, progress=False, log_every=log_every, **kw)
+    tr.train()
+    return tr
+
+
+def test_every_step_is_recorded_with_loss_lr_grad_norm_and_speed():
+    tr = _recorded(log_every=100)  # one read per epoch: several steps share a transfer
+    steps, st = tr.state.steps, tr.state
+    assert [r["step"] for r in steps] == list(range(1, st.step + 1)) and st.step == 3 * 2 + 2 * 2
+    assert [r["phase"] for r in steps] == ["pretrain"] * 6 + ["chat"] * 4
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2, 1, 1, 2, 2]
+    base = {"pretrain": tr.recipe.lr_pretrain, "chat": tr.recipe.lr_chat}
+    phase_steps = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert [r["lr"] for r in steps] == [tr.lr_at(base[r["phase"]], k) for r, k in zip(steps, phase_steps)]
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in steps)
+    assert steps[-1]["loss"] == tr.last_loss  # what the trainer reported
+    assert steps[-1]["grad_norm"] == float(tr.optimizer.last_grad_norm)
+    # the epoch records keep their fields and gain the step that ended the epoch
+    assert [(h["phase"], h["epoch"], h["step"]) for h in st.history] == [
+        ("pretrain", 1, 3), ("pretrain", 2, 6), ("chat", 1, 8), ("chat", 2, 10)]
+    assert all("grad_norms" not in r for r in steps)
+
+
+def test_the_history_does_not_depend_on_when_losses_are_read():
+    # Read after every step vs once per epoch: the same numbers, so each step's gradient norm was copied when the
+    # step was queued (the optimizer overwrites its own scalar at the next step).
+    every, lazy = _recorded(log_every=1), _recorded(log_every=100)
+    strip = lambda tr: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in tr.state.steps]  # noqa: E731
+    assert strip(every) == strip(lazy)
+    assert len({r["grad_norm"] for r in lazy.state.steps}) == len(lazy.state.steps)
+
+
+def test_log_grad_norms_records_each_tensor_at_the_log_steps():
+    tr = _recorded(log_every=4, log_grad_norms=True)
+    logged = [r for r in tr.state.steps if "grad_norms" in r]
+    assert [r["step"] for r in logged] == [4, 8]
+    for r in logged:
+        assert list(r["grad_norms"]) == list(tr.model.grads)
+        total = np.sqrt(sum(v * v for v in r["grad_norms"].values()))
+        assert total == pytest.approx(r["grad_norm"], rel=1e-10)  # the per-tensor norms before clipping
+    with pytest.raises(ConfigError, match="log_grad_norms"):
+        Trainer(tr.model, tr.tokenizer, FACTS, CHATS, log_grad_norms="yes")

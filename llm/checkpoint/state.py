@@ -211,6 +211,8 @@ def _check_state(st: TrainState, recipe: Recipe | None = None) -> None:
         raise ValueError(f"epoch_loss_sum must be a finite number, got {st.epoch_loss_sum!r}")
     if not isinstance(st.history, list) or not all(isinstance(h, dict) for h in st.history):
         raise ValueError("history must be a list of objects")
+    if not isinstance(st.steps, list) or not all(isinstance(h, dict) for h in st.steps):
+        raise ValueError("steps must be a list of objects (one per training step)")
     if not isinstance(st.rng_state, dict):
         raise ValueError("rng_state must be the shuffling generator's state object")
     np.random.default_rng().bit_generator.state = st.rng_state  # raises on a malformed state

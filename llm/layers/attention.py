@@ -1,4 +1,4 @@
-"""Causal multi-head self-attention with a fused QKV projection."""
+"""Causal multi-head self-attention with a fused QKV projection, optionally with rotary position embeddings."""
 
 from __future__ import annotations
 
@@ -13,6 +13,46 @@ from .base import Layer
 from .linear import Linear
 from .reductions import array_key, sum_last
 
+ROPE_BASE = 10000.0
+
+
+def rope_tables(xp: Any, n: int, head_dim: int, like: Any, base: float = ROPE_BASE) -> tuple[Any, Any]:
+    """RoPE's constants for positions 0 .. n-1: ``cos`` and ``sin_signed``, (n, head_dim) each, in `like`'s dtype.
+
+    Channel i of a head is paired with channel i + head_dim/2 (the GPT-NeoX / LLaMA layout: two half-width slices
+    instead of strided pairs), and the pair is rotated by the angle ``t * base**(-2i / head_dim)`` at position t.
+    ``cos`` repeats cos(angle) over both halves; ``sin_signed`` is (-sin, +sin), so that
+    ``rotate(x) = x * cos + swap_halves(x) * sin_signed``. Computed in float64, then cast.
+    """
+    f64, half = xp.float64, head_dim // 2
+    t = xp.arange(n, dtype=f64, device=device(like))[:, None]
+    i = xp.arange(half, dtype=f64, device=device(like))[None, :]
+    angle = t * xp.exp(i * (-2.0 * math.log(base) / head_dim))  # (n, D/2)
+    cos, sin = xp.cos(angle), xp.sin(angle)
+    return (xp.astype(xp.concat((cos, cos), axis=1), like.dtype),
+            xp.astype(xp.concat((-sin, sin), axis=1), like.dtype))
+
+
+def _swap_halves(xp: Any, x: Any) -> Any:
+    # x: (..., D) -> (..., D) with its two halves exchanged
+    half = x.shape[-1] // 2
+    return xp.concat((x[..., half:], x[..., :half]), axis=-1)
+
+
+def rope_rotate(xp: Any, x: Any, cos: Any, sin_signed: Any) -> Any:
+    """x: (..., T, D) -> each channel pair (i, i + D/2) rotated by its angle at its position; cos, sin: (T, D)."""
+    y = x * cos
+    y += _swap_halves(xp, x) * sin_signed
+    return y
+
+
+def rope_unrotate(xp: Any, dy: Any, cos: Any, sin_signed: Any) -> Any:
+    """The backward of :func:`rope_rotate`: the inverse rotation (a rotation's transpose is its inverse)."""
+    dx = dy * cos
+    dx -= _swap_halves(xp, dy) * sin_signed
+    return dx
+
+
 # Added to the scores of forbidden keys. Finite, so a row with every key masked (a padding query) gives a uniform
 # softmax instead of NaN; exp() of it underflows to exactly 0 in float32 and float64.
 MASK_VALUE = -1e9
@@ -23,9 +63,14 @@ class CausalSelfAttention(Layer):
 
     ``head_dim = d_model // n_heads``; scores are scaled by ``1/sqrt(head_dim)`` in forward and, unlike the seed,
     in backward too. Backward reuses the cached q, k, v and probabilities; it never recomputes the forward pass.
+
+    ``rope=True`` rotates each head's queries and keys by their positions (:func:`rope_rotate`) before the scores,
+    so a score depends on how far apart two positions are; the cache then holds the rotated q and k, and backward
+    un-rotates their gradients. ``max_seq_len`` sizes the rotation table (built once per device and dtype).
     """
 
-    def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, out_std: float = 0.02) -> None:
+    def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, out_std: float = 0.02,
+                 rope: bool = False, max_seq_len: int | None = None) -> None:
         super().__init__()
         if d_model % n_heads:
             from ..errors import ConfigError
@@ -39,6 +84,22 @@ class CausalSelfAttention(Layer):
         self.proj = Linear(backend, rng, d_model, d_model, std=out_std)
         self.children = {"qkv": self.qkv, "proj": self.proj}
         self._causal_cache: dict[tuple, Any] = {}  # a constant per shape, not an activation
+        self.rope, self.max_seq_len = rope, max_seq_len
+        if rope and self.head_dim % 2:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"rope rotates pairs of channels: the head size {self.head_dim} must be even")
+        self._rope_cache: dict[tuple, Any] = {}  # RoPE's cos / sin tables, constants like the causal masks
+
+    def _rope(self, xp: Any, start: int, T: int, like: Any) -> tuple[Any, Any]:
+        # -> cos, sin_signed: (T, D) for positions start .. start+T-1, slices of one table per device and dtype
+        n = self.max_seq_len if self.max_seq_len is not None else start + T
+        key = (n, *array_key(like))
+        tables = self._rope_cache.get(key)
+        if tables is None:
+            tables = self._rope_cache[key] = rope_tables(xp, n, self.head_dim, like)
+        cos, sin = tables
+        return cos[start:start + T, :], sin[start:start + T, :]
 
     def _mask_bias(self, xp: Any, T_q: int, T_k: int, key_mask: Any, like: Any) -> Any:
         # -> (T_q, T_k) or (B, 1, T_q, T_k): 0 where allowed, MASK_VALUE where not. Queries are the last T_q
@@ -85,10 +146,13 @@ class CausalSelfAttention(Layer):
 
     def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
         # x: (B*T, C) rows of B sequences of length T; key_mask: (B, T) bool, True for real tokens, or None
-        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged)
+        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged); q and k rotated when rope
         xp = array_namespace(x)
         qkv, _ = self.qkv.forward(x)
         q, k, v = self._split_heads(xp, qkv, T)
+        if self.rope:  # the cache keeps the rotated q and k: the scores' backward needs exactly those
+            cos, sin = self._rope(xp, 0, T, x)
+            q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
         p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, T, key_mask, x))
         merged = self._merge_heads(xp, y)
         out, _ = self.proj.forward(merged)
@@ -113,6 +177,9 @@ class CausalSelfAttention(Layer):
         dq *= self.scale
         dk = xp.matrix_transpose(ds) @ q
         dk *= self.scale
+        if self.rope:  # gradients of the rotated q and k -> of the projected ones: the inverse rotation
+            cos, sin = self._rope(xp, 0, T, dout)
+            dq, dk = rope_unrotate(xp, dq, cos, sin), rope_unrotate(xp, dk, cos, sin)
         dqkv = xp.reshape(xp.permute_dims(xp.stack((dq, dk, dv), axis=0), (1, 3, 0, 2, 4)), (B * T, 3 * self.d_model))
         return self.qkv.backward(dqkv, x)
 
@@ -121,6 +188,9 @@ class CausalSelfAttention(Layer):
         # for backward; the new keys and values are appended to `kv`, so each new token costs one position.
         xp = array_namespace(x)
         q, k, v = self._split_heads(xp, x @ self.qkv.params["weight"], T)
+        if self.rope:  # the new queries and keys at their absolute positions; the cache holds rotated keys
+            cos, sin = self._rope(xp, kv["k"].shape[2] if kv else 0, T, x)
+            q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
         if kv:
             k = xp.concat((kv["k"], k), axis=2)
             v = xp.concat((kv["v"], v), axis=2)
