@@ -79,6 +79,16 @@ def _last_logits(model: Any, logits: Any) -> np.ndarray:
     return model.backend.to_numpy(logits[0, -1, :])
 
 
+def _decoding_settings(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any, seed: Any) -> tuple:
+    """Check the decoding settings; NumPy scalars in, plain Python numbers out (one check for every generator)."""
+    check_sampling(temperature, top_k, top_p)
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
+        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_seed(seed)
+    return (float(temperature), None if top_k is None else int(top_k), None if top_p is None else float(top_p),
+            int(max_new_tokens), None if seed is None else int(seed))
+
+
 def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos_id: int | None = None, use_cache: bool = True) -> list[int]:
@@ -87,15 +97,8 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
     Stops at `eos_id`, after `max_new_tokens`, or when the context (max_seq_len) is full. A prompt longer than the
     context is cut from the left, with a warning.
     """
-    check_sampling(temperature, top_k, top_p)
-    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
-        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    _check_seed(seed)
-    # NumPy scalars in, plain Python numbers from here on (seed: NumPy's RNG takes either)
-    temperature, max_new_tokens = float(temperature), int(max_new_tokens)
-    top_k = None if top_k is None else int(top_k)
-    top_p = None if top_p is None else float(top_p)
-    seed = None if seed is None else int(seed)
+    temperature, top_k, top_p, max_new_tokens, seed = _decoding_settings(temperature, top_k, top_p,
+                                                                         max_new_tokens, seed)
     ctx = model.config.max_seq_len
     ids = [int(i) for i in prompt_ids]
     if not ids:
@@ -243,13 +246,8 @@ def generate_stream(model: Any, prompt_ids: list[int], max_new_tokens: int = 50,
     (that is the window the next token is predicted from). `banned_ids` (e.g. ``<pad>``, ``<unk>``) are never
     chosen: their logits are set to -inf before the choice. Stops after `max_new_tokens`, or after `eos_id`.
     """
-    check_sampling(temperature, top_k, top_p)
-    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
-        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    _check_seed(seed)
-    temperature, max_new_tokens = float(temperature), int(max_new_tokens)
-    top_k = None if top_k is None else int(top_k)
-    top_p = None if top_p is None else float(top_p)
+    temperature, top_k, top_p, max_new_tokens, seed = _decoding_settings(temperature, top_k, top_p,
+                                                                         max_new_tokens, seed)
     ctx, vocab = model.config.max_seq_len, model.config.vocab_size
     ids = [int(i) for i in prompt_ids]
     if not ids:
