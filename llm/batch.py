@@ -21,6 +21,12 @@ def is_host(a: Any) -> bool:
     return isinstance(a, _HOST_TYPES)
 
 
+def batch_shape(tokens: Any) -> tuple[int, ...]:
+    """The shape of host data (lists too) or of a device array, as plain ints, without sending or reading it."""
+    shape = getattr(tokens, "shape", None)
+    return tuple(int(n) for n in (shape if shape is not None else np.shape(tokens)))
+
+
 def _as_ids(ids: Any, what: str) -> Any:
     # host data -> NumPy int64; a device array is returned as it is, after a dtype check
     if is_host(ids):

@@ -13,7 +13,7 @@ from .layers.base import Layer
 from backends.ops import index_add
 from .loss import softmax_cross_entropy
 from .params import FlatParameters
-from .batch import check_ids, prepare_batch
+from .batch import batch_shape, check_ids, prepare_batch
 
 
 class GPT(Layer):
@@ -200,9 +200,7 @@ class GPT(Layer):
         forward pass used: row t is query t's distribution over keys 0..t (zero above the diagonal, each row sums
         to 1). Everything stays on the device until one transfer at the end.
         """
-        import numpy as np
-
-        shape = tuple(getattr(tokens, "shape", None) or np.shape(tokens))
+        shape = batch_shape(tokens)
         if len(shape) == 1:
             tokens = tokens[None, ...] if hasattr(tokens, "shape") else [list(tokens)]
         elif len(shape) != 2 or shape[0] != 1:
@@ -212,7 +210,7 @@ class GPT(Layer):
         _, ((_, block_caches), _) = self.forward(tokens, return_cache=True)
         xp = self.backend.xp
         probs = xp.stack([c_attn[4][0, ...] for _, c_attn, _, _ in block_caches])  # (L, H, T, T)
-        host = np.asarray(self.backend.to_numpy(probs)).copy()
+        host = self.backend.to_numpy(probs)  # a fresh stack: the host copy shares nothing with the model
         return [host[i] for i in range(host.shape[0])]
 
     def num_parameters(self) -> int:

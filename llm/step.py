@@ -15,7 +15,7 @@ from typing import Any
 
 from backends.capture import StepGraphs, set_tf32, use_graphs
 
-from .batch import prepare_batch, prepare_padded_batch
+from .batch import batch_shape, prepare_batch, prepare_padded_batch
 from .errors import ConfigError
 
 
@@ -69,7 +69,10 @@ class TrainStep:
         if lr is not None:
             self.optimizer.set_lr(lr)
         if self.graphed:
-            B, T = _shape(tokens)
+            shape = batch_shape(tokens)
+            if len(shape) != 2:
+                raise ConfigError(f"tokens must have shape (batch, time), got {shape}")
+            B, T = shape
             batch = prepare_padded_batch(model.backend, model.config, tokens, targets, mask, self.padded_shape(B, T))
             return self._graphs(*batch)
         batch = prepare_batch(model.backend, model.config, tokens, targets, mask)
@@ -80,13 +83,3 @@ class TrainStep:
             return loss
         return self._device_step(*batch)
 
-
-def _shape(tokens: Any) -> tuple[int, int]:
-    shape = tuple(getattr(tokens, "shape", ())) or None
-    if shape is None:
-        import numpy as np
-
-        shape = np.shape(tokens)
-    if len(shape) != 2:
-        raise ConfigError(f"tokens must have shape (batch, time), got {tuple(shape)}")
-    return int(shape[0]), int(shape[1])
