@@ -113,6 +113,11 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
     return EXIT_OK if code is None else code
 
 
+def flag_name(name: str) -> str:
+    """The command-line flag of a settings field: ``lr_pretrain`` -> ``--lr-pretrain``."""
+    return "--" + name.replace("_", "-")
+
+
 def run_script(module: str, namespace: dict) -> None:
     """Run the CLI module `module` (``"llm.cli_train"``) as the script whose globals are `namespace`.
 

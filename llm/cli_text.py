@@ -61,7 +61,7 @@ from backends import get_backend  # noqa: E402
 from backends.capture import set_tf32  # noqa: E402
 from llm import GPT, Adam, CharTokenizer, GPTConfig, TrainStep, cross_entropy  # noqa: E402
 from llm.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, nonnegative_float, nonnegative_int,  # noqa: E402
-                     number, one_line_warnings, positive_float, positive_int, run_cli)
+                     flag_name, number, one_line_warnings, positive_float, positive_int, run_cli)
 from llm.data import random_windows, spread_offsets, windows_at  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError  # noqa: E402
 from llm.generation import check_sampling, generate_stream  # noqa: E402
@@ -135,9 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
     return p
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 # -- the run's settings and schedule -------------------------------------------------------------------------------
@@ -453,7 +450,7 @@ def _check_resume_flags(args: argparse.Namespace, explicit: set[str], run: TextR
         saved["pos_encoding"] = run.model.config.pos_encoding
     for name in sorted(explicit & (set(saved) - {"steps"})):
         if getattr(args, name) != saved[name]:
-            raise ConfigError(f"{_flag(name)} {getattr(args, name)} differs from {where} ({name} {saved[name]}): a "
+            raise ConfigError(f"{flag_name(name)} {getattr(args, name)} differs from {where} ({name} {saved[name]}): a "
                               f"resumed run keeps its settings; {fix}")
 
 

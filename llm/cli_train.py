@@ -45,7 +45,7 @@ from backends.capture import set_tf32, use_graphs  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.config import POS_ENCODINGS  # noqa: E402
 from llm.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, error, int_at_least,  # noqa: E402
-                     nonnegative_float, number, one_line_warnings, positive_float, run_cli)
+                     flag_name, nonnegative_float, number, one_line_warnings, positive_float, run_cli)
 from llm.data import load_corpus, split_dialogue  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, PromptError, TrainingDivergedError  # noqa: E402
 from llm.generation import chat, check_prompt, check_sampling  # noqa: E402
@@ -143,9 +143,6 @@ def _recipe_from_args(args, base):
     return replace(base, **overrides)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
 
 def _check_resume_flags(args, ckpt) -> None:
     """A resumed run keeps its checkpoint's model size and recipe: refuse flags that say otherwise."""
@@ -154,12 +151,12 @@ def _check_resume_flags(args, ckpt) -> None:
     for name in MODEL_SIZE:
         given, saved = getattr(args, name), getattr(ckpt.model.config, name)
         if given is not None and given != saved:
-            raise ConfigError(f"{_flag(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
+            raise ConfigError(f"{flag_name(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
                               f"its model size; {fix}")
     for name in RECIPE_FLAGS:
         given, saved = getattr(args, name), getattr(ckpt.recipe, name)
         if given is not None and given != saved:
-            raise ConfigError(f"{_flag(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
+            raise ConfigError(f"{flag_name(name)} {given} differs from {where} ({name} {saved}): a resumed run keeps "
                               f"its recipe; {fix}")
     if args.pos_encoding is not None and args.pos_encoding != ckpt.model.config.pos_encoding:
         raise ConfigError(f"--pos-encoding {args.pos_encoding} differs from {where} (pos_encoding "
