@@ -4,6 +4,12 @@
 
 Each dict overrides fields of the default Recipe. For each, prints the exact-match count per seed (out of the
 built-in dialogues) and the median training wall time. Runs are sequential on the chosen --device.
+
+    python benchmarks/recipe_sweep.py "[dict()]" "[0, 1, 2, 3, 4]" --cut 25 53   # a smaller corpus, cut at random
+
+``--cut F D`` trains on F facts and D dialogues drawn from the built-in corpora (with ``--cut-seed``, default 0;
+the tokenizer is built from the cut alone), and scores the D dialogues: how the default recipe does on a corpus of
+another size.
 """
 
 from __future__ import annotations
@@ -26,10 +32,20 @@ def main() -> None:
     p.add_argument("recipes", help='a Python list of dicts, e.g. "[dict(), dict(batch_size=32)]"')
     p.add_argument("seeds", nargs="?", default="[0, 1, 2]")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cut", nargs=2, type=int, metavar=("FACTS", "DIALOGUES"),
+                   help="train on this many facts and dialogues drawn from the built-in corpora")
+    p.add_argument("--cut-seed", type=int, default=0, help="which facts and dialogues --cut draws (default 0)")
     args = p.parse_args()
     recipes = eval(args.recipes, {"dict": dict})  # a command-line expression of dict(...) literals only
     seeds = ast.literal_eval(args.seeds)
     facts, dialogues = llm.load_corpus(kind="pretrain"), llm.load_corpus(kind="chat")
+    if args.cut:
+        import numpy as np
+
+        rng = np.random.default_rng(args.cut_seed)
+        facts = [facts[i] for i in sorted(rng.choice(len(facts), size=args.cut[0], replace=False))]
+        dialogues = [dialogues[i] for i in sorted(rng.choice(len(dialogues), size=args.cut[1], replace=False))]
+        print(f"cut {len(facts)} facts and {len(dialogues)} dialogues (cut seed {args.cut_seed})", flush=True)
     tok = llm.WordTokenizer.from_texts(facts + dialogues)
     be = get_backend(args.device)
     for overrides in recipes:

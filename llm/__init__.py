@@ -9,7 +9,8 @@ from .loss import cross_entropy
 from .tokenizer import CharTokenizer, WordTokenizer
 from .data import load_corpus
 from .generation import chat, generate
-from .training import RECIPES, Recipe, Trainer, exact_match, train
+from .training import RECIPES, Phase, Recipe, Trainer, exact_match, train
+from .evaluation import Evaluation, evaluate
 
 
 def load(path, backend):
@@ -20,5 +21,5 @@ def load(path, backend):
 
 
 __all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
-           "generate", "Recipe", "RECIPES", "Trainer", "train", "exact_match", "load"]
+           "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load"]
 __version__ = "0.1.0"

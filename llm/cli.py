@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .errors import LLMError, LLMWarning
 
@@ -191,3 +191,20 @@ def nonnegative_float(text: str) -> float:
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "MEMORY_HINT", "error", "exit_code",
            "setup_streams", "one_line_warnings", "run_cli", "int_at_least", "nonnegative_int", "positive_int",
            "positive_float", "nonnegative_float", "number", "run_script"]
+
+
+def print_stream(pieces: Iterable[str], file=None) -> str:
+    """Print text as it arrives (each piece flushed: a chat answer word by word), then a newline; return it all.
+
+    Leading spaces of the answer are not printed, so the line reads like the one :func:`llm.chat` returns."""
+    file = sys.stdout if file is None else file
+    shown: list[str] = []
+    for piece in pieces:
+        if not shown:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+        shown.append(piece)
+        print(piece, end="", file=file, flush=True)
+    print(file=file, flush=True)
+    return "".join(shown).strip()

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 # Absolute imports: examples/chat.py runs this module's code as its own (see llm.cli.run_script).
-from llm.cli import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, run_cli
+from llm.cli import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, print_stream, run_cli
 from llm.errors import ConfigError, PromptError
 
 MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memory (see d_model, d_ff, n_layers and "
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     from llm.checkpoint import load
-    from llm.generation import chat, check_sampling
+    from llm.generation import chat_stream, check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p)  # bad input: exit 2 (run_cli), before loading
     if args.max_new_tokens < 0:
@@ -51,8 +51,8 @@ def _main(argv: list[str] | None) -> int:
                     max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
 
     def answer(text: str) -> bool:
-        try:
-            print(chat(model, tok, text, **settings), flush=True)
+        try:  # word by word as the model writes it (the prompt is checked before the first word)
+            print_stream(chat_stream(model, tok, text, **settings))
             return True
         except PromptError as exc:  # an empty prompt, for one: say so and carry on (anything else: run_cli)
             error(exc)

@@ -65,6 +65,7 @@ from llm.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, nonnegative_flo
 from llm.data import random_windows, spread_offsets, windows_at  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError  # noqa: E402
 from llm.generation import check_sampling, generate_stream  # noqa: E402
+from llm.training import scheduled_lr  # noqa: E402
 
 SAMPLE_PROMPT_CHARS = 16  # the sample continues the text's first 16 characters
 MEMORY_HINT = "choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len) or a smaller --batch-size"
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="record each training step as a CUDA graph (torch:cuda only; auto: where supported)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="after training, draw the history (training and validation loss, learning rate, gradient "
+                        "norm) into PATH.png and its numbers into PATH.csv (needs matplotlib: pip install -e "
+                        "\".[plot]\")")
     return p
 
 
@@ -182,13 +187,9 @@ class TextSettings:
 
 def cosine_lr(step: int, s: TextSettings) -> float:
     """The learning rate of step `step` (0-based): linear warmup over ``s.warmup`` steps to ``s.lr``, then a cosine
-    from ``s.lr`` down to ``s.final_lr``, reached at the last step (``s.steps - 1``)."""
-    w, top, low = s.warmup, s.lr, s.final_lr
-    if step < w:
-        return top * (step + 1) / w
-    span = s.steps - 1 - w
-    ratio = min(1.0, (step - w) / span) if span > 0 else 0.0  # one step after warmup: at lr
-    return low + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (top - low)
+    from ``s.lr`` down to ``s.final_lr``, reached at the last step (``s.steps - 1``); the trainer's own schedule
+    (:func:`llm.training.scheduled_lr`)."""
+    return scheduled_lr(s.lr, step, s.steps, s.warmup, "cosine", s.final_lr)
 
 
 # -- the data ------------------------------------------------------------------------------------------------------
@@ -241,9 +242,14 @@ class TextRun:
         self.rng = np.random.default_rng(settings.seed)
         self.step = 0  # steps taken
         self.history: list[dict] = []  # {"step", "train_loss", "val_loss"} per evaluation
+        # {"step", "phase", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"} per step (llm.plotting draws them)
+        self.steps: list[dict] = []
         self.train_seconds = 0.0
         self.text_info: dict | None = None  # {"sha256", "chars"} of the text trained on (the CLI's; saved)
         self._pending: list[Any] = []  # device losses not read yet
+        self._pending_norms: list[Any] = []  # and the gradient norms (before clipping) of the same steps
+        self._pending_lrs: list[float] = []
+        self._window_seconds = 0.0  # train_seconds at the first step since the last read
         self._pending_from = 1  # the step number of the first of them
         T = model.config.max_seq_len
         self._eval_offsets = (spread_offsets(len(self.val_ids), settings.eval_batches * settings.batch_size, T)
@@ -258,11 +264,18 @@ class TextRun:
         s, T = self.settings, self.model.config.max_seq_len
         tokens, targets = random_windows(self.train_ids, s.batch_size, T, self.rng)
         t0 = time.perf_counter()
-        loss = self.step_fn(tokens, targets, lr=cosine_lr(self.step, s))
+        lr = cosine_lr(self.step, s)
+        seconds_before = self.train_seconds
+        loss = self.step_fn(tokens, targets, lr=lr)
+        # the optimizer overwrites last_grad_norm at the next step: keep a device copy (no read)
+        norm = self.model.backend.xp.asarray(self.opt.last_grad_norm, copy=True)
         self.train_seconds += time.perf_counter() - t0
         if not self._pending:
             self._pending_from = self.step + 1
+            self._window_seconds = seconds_before  # tokens/s is measured from here to the next read
         self._pending.append(loss)
+        self._pending_norms.append(norm)
+        self._pending_lrs.append(lr)
         self.step += 1
 
     def read(self) -> float | None:
@@ -272,16 +285,23 @@ class TextRun:
             return None
         be, opt = self.model.backend, self.opt
         t0 = time.perf_counter()
-        host = be.to_numpy(be.xp.stack(self._pending + [opt.first_skipped]))
+        n = len(self._pending)
+        host = be.to_numpy(be.xp.stack(self._pending + self._pending_norms + [opt.first_skipped]))
         self.train_seconds += time.perf_counter() - t0  # the wait for the device is training time
-        losses, first_skipped = host[:-1].astype(np.float64), int(host[-1])
-        first = self._pending_from
-        self._pending = []
+        losses, norms, first_skipped = host[:n].astype(np.float64), host[n:2 * n], int(host[-1])
+        first, lrs = self._pending_from, self._pending_lrs
+        self._pending, self._pending_norms, self._pending_lrs = [], [], []
         for i, value in enumerate(losses):
             if not math.isfinite(value):
                 raise self._diverged(f"the loss is {value}", first + i)
         if first_skipped >= 0:  # Adam counts its calls from 1, one per step
             raise self._diverged("the gradient is not finite", first_skipped)
+        seconds = self.train_seconds - self._window_seconds
+        tokens = n * self.settings.batch_size * self.model.config.max_seq_len
+        rate = tokens / seconds if seconds > 0 else 0.0
+        self.steps.extend({"step": first + i, "phase": "text", "epoch": 1, "loss": float(v), "lr": float(lr),
+                           "grad_norm": float(g), "tokens_per_s": rate}
+                          for i, (v, g, lr) in enumerate(zip(losses, norms, lrs)))
         return float(losses.mean())
 
     def _diverged(self, what: str, step: int) -> TrainingDivergedError:
@@ -309,7 +329,7 @@ class TextRun:
         return {"format": STATE_FORMAT, "version": 1, "settings": asdict(self.settings), "step": self.step,
                 "rng": self.rng.bit_generator.state, "text": self.text_info,
                 "optimizer": {"t": float(counters[0]), "calls": float(counters[1]), "skipped": float(counters[2])},
-                "history": self.history, "train_seconds": self.train_seconds}
+                "history": self.history, "steps": self.steps, "train_seconds": self.train_seconds}
 
     def save(self, path: str | os.PathLike, run_id: str | None = None):
         """Save the model and tokenizer with :func:`llm.checkpoint.save_checkpoint` (atomic), then this loop's state
@@ -409,6 +429,7 @@ def _load_run(path: Any, device: Any, steps: int | None, cuda_graphs: str = "aut
     run.opt.skipped[...] = float(opt["skipped"])
     run.rng.bit_generator.state = state["rng"]
     run.step, run.history = int(state["step"]), list(state["history"])
+    run.steps = list(state.get("steps", []))  # absent in runs saved before per-step records
     run.train_seconds = float(state.get("train_seconds", 0.0))
     run.text_info = state.get("text")
     return run, ckpt
@@ -433,6 +454,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{flag} is empty: give a directory (is a shell variable unset?)")
     if args.overwrite and not args.out:
         raise ConfigError("--overwrite needs --out DIR: say where to save")
+    if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training
+        from llm.plotting import check_plot_path
+
+        check_plot_path(args.plot, "--plot")
 
 
 def _settings_from_args(args: argparse.Namespace) -> TextSettings:
@@ -596,6 +621,13 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
               f"{steps * s.batch_size * model.config.max_seq_len / max(seconds, 1e-9):,.0f} tokens/s", flush=True)
     else:
         print(f"training had finished ({run.step} steps); give a larger --steps to continue", flush=True)
+    if args.plot is not None:
+        from llm.plotting import plot_history
+
+        png, csv_path = plot_history({"steps": run.steps, "history": run.history}, args.plot, clip_norm=s.grad_clip,
+                                     title=f"{os.path.basename(args.text)}: {model.config.n_layers} layers, "
+                                           f"d_model {model.config.d_model}")
+        print(f"wrote {png} and {csv_path}", flush=True)
     if args.sample_chars:
         _sample(args, run, text)
     return EXIT_OK

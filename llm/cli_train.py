@@ -45,17 +45,18 @@ from backends.capture import set_tf32, use_graphs  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.config import POS_ENCODINGS  # noqa: E402
 from llm.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, error, int_at_least,  # noqa: E402
-                     flag_name, nonnegative_float, number, one_line_warnings, positive_float, run_cli)
+                     flag_name, nonnegative_float, number, one_line_warnings, positive_float, print_stream,
+                     run_cli)
 from llm.data import load_corpus, split_dialogue  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, PromptError, TrainingDivergedError  # noqa: E402
-from llm.generation import chat, check_prompt, check_sampling  # noqa: E402
+from llm.generation import chat, chat_stream, check_prompt, check_sampling  # noqa: E402
 from llm.tokenizer import WordTokenizer  # noqa: E402
 from llm.training import RECIPES, ExactMatch, Trainer, TrainingInterrupted, exact_match  # noqa: E402
 
 DEMO_QUESTION = "How do mountains form?"
 MODEL_SIZE = {"d_model": 128, "n_heads": 8, "n_layers": 3, "d_ff": 256, "max_seq_len": 80}  # the defaults
 RECIPE_FLAGS = ("pretrain_epochs", "chat_epochs", "batch_size", "lr_pretrain", "lr_chat", "warmup_steps", "loss_on",
-                "clip_norm", "weight_decay")
+                "clip_norm", "weight_decay", "pretrain_steps", "chat_steps", "schedule", "min_lr", "val_fraction")
 MEMORY_HINT = "choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len) or a smaller --batch-size"
 
 
@@ -68,12 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="default: batched, answer-only loss, warmed-up lr; seed: RustGPT's schedule exactly")
     g = p.add_argument_group("training (each overrides the recipe)")
-    g.add_argument("--pretrain-epochs", type=int_at_least(0), help=f"epochs of facts; 0 skips the phase (default {d.pretrain_epochs})")
-    g.add_argument("--chat-epochs", type=int_at_least(0), help=f"epochs of dialogues; 0 skips the phase (default {d.chat_epochs})")
+    g.add_argument("--pretrain-steps", type=int_at_least(0),
+                   help=f"optimizer steps on facts, whatever the corpus size; 0 skips the phase (default "
+                        f"{d.pretrain_steps})")
+    g.add_argument("--chat-steps", type=int_at_least(0),
+                   help=f"optimizer steps on dialogues; 0 skips the phase (default {d.chat_steps})")
+    g.add_argument("--pretrain-epochs", type=int_at_least(0),
+                   help="a budget in epochs of facts instead of --pretrain-steps (0 skips the phase)")
+    g.add_argument("--chat-epochs", type=int_at_least(0),
+                   help="a budget in epochs of dialogues instead of --chat-steps (0 skips the phase)")
     g.add_argument("--batch-size", type=int_at_least(1), help=f"sequences per step (default {d.batch_size})")
     g.add_argument("--lr-pretrain", type=positive_float, help=f"phase 1 learning rate (default {d.lr_pretrain:g})")
     g.add_argument("--lr-chat", type=positive_float, help=f"phase 2 learning rate (default {d.lr_chat:g})")
     g.add_argument("--warmup-steps", type=int_at_least(0), help=f"linear warmup steps per phase (default {d.warmup_steps})")
+    g.add_argument("--schedule", choices=["constant", "cosine"],
+                   help="the learning rate after the warmup: constant (default) or a cosine down to --min-lr at "
+                        "each phase's last step")
+    g.add_argument("--min-lr", type=nonnegative_float, help="where the cosine ends (default 0)")
+    g.add_argument("--val-fraction", type=nonnegative_float, metavar="F",
+                   help="hold out this fraction of each corpus (chosen with --seed) for a validation loss printed "
+                        "every epoch, and score the held-out questions apart (default 0)")
     g.add_argument("--loss-on", choices=["answer", "all"], help=f"phase 2 loss positions (default {d.loss_on})")
     g.add_argument("--clip-norm", type=positive_float, help=f"global gradient-norm clip (default {d.clip_norm:g})")
     g.add_argument("--weight-decay", type=nonnegative_float, help="decoupled weight decay on matrices (default 0)")
@@ -140,6 +155,12 @@ class Output:
 
 def _recipe_from_args(args, base):
     overrides = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
+    for phase in ("pretrain", "chat"):  # a budget in steps replaces the base recipe's epochs, and the reverse
+        epochs, steps = getattr(args, f"{phase}_epochs"), getattr(args, f"{phase}_steps")
+        if epochs is not None and steps is not None:
+            raise ConfigError(f"--{phase}-epochs and --{phase}-steps both set the {phase} phase's budget: give one")
+        if steps is not None:
+            overrides[f"{phase}_epochs"] = None
     return replace(base, **overrides)
 
 
@@ -390,7 +411,7 @@ def run(args) -> int:
             out.say(f"{s.phase}: {s.epochs} epochs, {s.steps} steps, {s.seconds:.2f} s, "
                     f"{s.tokens_per_second:,.0f} tokens/s, final loss {s.final_loss:.4f}")
         else:
-            out.say(f"{s.phase}: skipped, no steps ({s.note or f'{s.epochs} epochs'})")
+            out.say(f"{s.phase}: skipped, no steps ({s.note})")
     if args.plot is not None:
         from llm.plotting import plot_history
 
@@ -398,9 +419,21 @@ def run(args) -> int:
         out.say(f"wrote {png} and {csv_path}")
         out.record({"plot": str(png), "csv": str(csv_path)})
     out.say(f"\nafter training   > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
-    em, too_long = _exact_match(model, tok, dialogues)
+    chat_phase = trainer.phases[-1]
+    held_out = list(chat_phase.val_texts)
+    trained = [d for d in dialogues if d not in set(held_out)] if held_out else dialogues
+    em, too_long = _exact_match(model, tok, trained)
     out.say(f"instruction prompts answered exactly: {em.correct}/{em.total}"
+            + (" (the ones trained on)" if held_out else "")
             + (f" ({too_long} longer than the context skipped)" if too_long else ""))
+    if held_out:
+        from llm.evaluation import evaluate
+
+        ev = evaluate(model, tok, held_out, loss_on=chat_phase.loss_on)
+        out.say(f"held-out prompts answered exactly: {ev.exact_match.correct}/{ev.exact_match.total}; "
+                f"held-out loss {ev.loss:.4f} (perplexity {ev.perplexity:.2f})")
+        out.record({"held_out_exact_match": ev.exact_match.correct, "held_out_total": ev.exact_match.total,
+                    "held_out_loss": ev.loss})
     for prompt in args.prompt or []:
         answer = chat(model, tok, prompt, **sampling)
         out.say(f"> {prompt}\n  {answer}")
@@ -439,11 +472,15 @@ def _sigterm_like_ctrl_c(terminated: list):
 
 def _log_event(out: Output, event: dict) -> None:
     if event["event"] == "epoch":
-        out.record({"phase": event["phase"], "epoch": event["epoch"], "loss": event["loss"]})
+        val = {k: event[k] for k in ("val_loss", "val_perplexity") if k in event}
+        out.record({"phase": event["phase"], "epoch": event["epoch"], "loss": event["loss"], **val})
         if not out.as_json:
             from tqdm.auto import tqdm
 
-            tqdm.write(f"{event['phase']} epoch {event['epoch']}: loss {event['loss']:.4f}", file=sys.stdout)
+            line = f"{event['phase']} epoch {event['epoch']}: loss {event['loss']:.4f}"
+            if val:
+                line += f", val loss {val['val_loss']:.4f} (perplexity {val['val_perplexity']:.2f})"
+            tqdm.write(line, file=sys.stdout)
 
 
 def interactive(model, tok, sampling, out: Output) -> None:
@@ -461,8 +498,8 @@ def interactive(model, tok, sampling, out: Output) -> None:
             return
         if text.strip().lower() in ("exit", "quit"):
             return
-        try:
-            out.say(chat(model, tok, text, **sampling))
+        try:  # word by word as the model writes it
+            print_stream(chat_stream(model, tok, text, **sampling), file=sys.stderr if out.as_json else sys.stdout)
         except PromptError as exc:
             error(exc)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -111,6 +111,12 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
         warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({ctx}); keeping its last {keep}",
                       LLMWarning, stacklevel=2)
         ids = ids[-keep:]
+    return list(_ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache))
+
+
+def _ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache) -> Iterator[int]:
+    # generate_ids' loop, yielding each id as it is chosen (checked settings in; the prompt fits the context)
+    ctx = model.config.max_seq_len
     rng = np.random.default_rng(seed)
     out: list[int] = []
     budget = min(max_new_tokens, ctx - len(ids))
@@ -123,10 +129,10 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
             logits = model.predict(np.asarray([ids + out], dtype=np.int64))
         nxt = choose_token(_last_logits(model, logits), temperature, top_k, top_p, rng)
         out.append(nxt)
+        yield nxt
         pending = [nxt]
         if eos_id is not None and nxt == eos_id:
-            break
-    return out
+            return
 
 
 def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 50, temperature: float = 0.0,
@@ -179,26 +185,67 @@ def chat(model: Any, tokenizer: Any, text: str, **kwargs: Any) -> str:
 
     A question too long for the context keeps its last words (with a warning), never the ``User:`` and
     ``Assistant:`` markers' place, and always leaves the answer room: a quarter of the context, or
-    `max_new_tokens` if fewer.
+    `max_new_tokens` if fewer. Keyword arguments: those of :func:`generate_ids` (max_new_tokens, temperature,
+    top_k, top_p, seed, use_cache).
     """
-    check_prompt(tokenizer, text)
+    return "".join(chat_stream(model, tokenizer, text, **kwargs)).strip()
+
+
+def chat_stream(model: Any, tokenizer: Any, text: str, max_new_tokens: int = 50, temperature: float = 0.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                use_cache: bool = True) -> Iterator[str]:
+    """:func:`chat`, word by word: yields the answer's text as each token is chosen (what the interactive loop
+    prints). The pieces joined, then stripped, are exactly what :func:`chat` returns. The prompt and the settings
+    are checked when this is called, before the first piece."""
+    settings = _decoding_settings(temperature, top_k, top_p, max_new_tokens, seed)
+    ids = _chat_prompt_ids(model, tokenizer, text, settings[3])
+    if len(ids) >= model.config.max_seq_len:  # as generate_ids: keep the last words, with a warning
+        keep = max(model.config.max_seq_len - 1, 1) if settings[3] else model.config.max_seq_len
+        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({model.config.max_seq_len}); "
+                      f"keeping its last {keep}", LLMWarning, stacklevel=2)
+        ids = ids[-keep:]
+    new = _ids_in_context(model, ids, settings[3], *settings[:3], settings[4], tokenizer.eos_id, use_cache)
+    return decode_stream(tokenizer, new)
+
+
+def decode_stream(tokenizer: Any, ids: Iterable[int]) -> Iterator[str]:
+    """The text of a stream of ids, piece by piece, as soon as each piece is final: a token's piece (its leading
+    space included) is final once the next token has come (see ``decode_pieces``), the last one at the end. The
+    pieces join to ``tokenizer.decode(all ids)``."""
+    ids = iter(ids)
+
+    def pieces() -> Iterator[str]:
+        seen: list[int] = []
+        shown = 0  # pieces already yielded
+        for i in ids:
+            seen.append(int(i))
+            now = tokenizer.decode_pieces(seen)
+            for piece in now[shown:len(now) - 1]:
+                yield piece
+            shown = max(shown, len(now) - 1)
+        yield from tokenizer.decode_pieces(seen)[shown:]
+
+    return pieces()
+
+
+def _chat_prompt_ids(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> list[int]:
+    """The ids of ``User: <text> Assistant:``, the question cut from the left (with a warning) when the whole
+    would leave the answer less room than a quarter of the context (or `max_new_tokens` if fewer)."""
+    check_prompt(tokenizer, text, warn=True)
     _check_vocab_sizes(model, tokenizer)
     ctx = model.config.max_seq_len
-    room = max(1, min(kwargs.get("max_new_tokens", 50), ctx // 4))
+    room = max(1, min(max_new_tokens, ctx // 4))
     question = tokenizer.encode(text.strip())
     before, after = tokenizer.encode("User:"), tokenizer.encode("Assistant:")
     full = tokenizer.encode(format_chat_prompt(text))
     if len(full) + room <= ctx or full != before + question + after:
-        return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
+        return full
     keep = ctx - room - len(before) - len(after)
     if keep < 1:  # a context too small for the markers themselves: cut the whole prompt, as generate() does
-        return generate(model, tokenizer, format_chat_prompt(text), **kwargs).strip()
+        return full
     warnings.warn(f"the question of {len(question)} tokens is longer than the context allows ({ctx} tokens, "
-                  f"{room} kept for the answer); keeping its last {keep} words", LLMWarning, stacklevel=2)
-    opts = {k: kwargs[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "use_cache")
-            if k in kwargs}
-    new = generate_ids(model, before + question[-keep:] + after, eos_id=tokenizer.eos_id, **opts)
-    return tokenizer.decode(new).strip()
+                  f"{room} kept for the answer); keeping its last {keep} words", LLMWarning, stacklevel=3)
+    return before + question[-keep:] + after
 
 
 def greedy_batch(model: Any, prompts: Iterable[list[int]], max_new_tokens: int, eos_id: int) -> list[list[int]]:

@@ -17,14 +17,17 @@ from backends.fused import fast_path
 from .params import FlatParameters
 
 
-def _check_lr(lr: Any) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+def _check_lr(lr: Any, allow_zero: bool = False) -> float:
+    # allow_zero: a schedule's value (a cosine may end at 0); a base learning rate must be positive
+    low_ok = (lambda v: v >= 0) if allow_zero else (lambda v: v > 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and low_ok(lr)):
         try:
             lr = float(lr)  # numpy scalars
         except (TypeError, ValueError):
             raise ConfigError(f"learning rate must be a positive number, got {lr!r}") from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"learning rate must be a positive finite number, got {lr!r}")
+        if not (math.isfinite(lr) and low_ok(lr)):
+            raise ConfigError(f"learning rate must be a {'non-negative' if allow_zero else 'positive'} finite "
+                              f"number, got {lr!r}")
     return float(lr)
 
 
@@ -74,7 +77,7 @@ class Adam:
 
     def set_lr(self, lr: float) -> None:
         """Write the learning rate of the next step into its device scalar (no device -> host transfer)."""
-        self._lr[...] = _check_lr(lr)
+        self._lr[...] = _check_lr(lr, allow_zero=True)  # a schedule may reach 0 (a cosine to min lr 0)
 
     def step(self, grads: Any = None, lr: float | None = None) -> None:
         """Clip the flat gradient by global norm, then update every parameter in place.

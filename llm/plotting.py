@@ -111,16 +111,18 @@ def _phase_starts(steps: list[dict]) -> list[tuple[int, str]]:
 
 def write_history_csv(history: Any, path: str | os.PathLike) -> Path:
     """The numbers behind :func:`plot_history`, one row per step: step, phase, epoch, loss, lr, grad_norm,
-    tokens_per_s, epoch_loss (the epoch's mean, on its last step), then ``grad_norm:<tensor>`` columns when
-    per-tensor norms were logged (filled on the steps that have them)."""
+    tokens_per_s, epoch_loss (the epoch's mean, on its last step), val_loss (on the steps where the validation loss
+    was measured), then ``grad_norm:<tensor>`` columns when per-tensor norms were logged (filled on the steps that
+    have them)."""
     steps, epochs = _records(history)
     means = {step: loss for step, loss, _, _ in _epoch_means(steps, epochs)}
+    vals = {int(e["step"]): e["val_loss"] for e in epochs if e.get("val_loss") is not None and "step" in e}
     names: list[str] = []
     for r in steps:
         for name in r.get("grad_norms") or {}:
             if name not in names:
                 names.append(name)
-    base = ["step", "phase", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "epoch_loss"]
+    base = ["step", "phase", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "epoch_loss", "val_loss"]
     path = Path(path)
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
@@ -129,7 +131,8 @@ def write_history_csv(history: Any, path: str | os.PathLike) -> Path:
             for r in steps:
                 per = r.get("grad_norms") or {}
                 w.writerow([r.get("step"), r.get("phase"), r.get("epoch"), _num(r.get("loss")), _num(r.get("lr")),
-                            _num(r.get("grad_norm")), _num(r.get("tokens_per_s")), _num(means.get(r.get("step")))]
+                            _num(r.get("grad_norm")), _num(r.get("tokens_per_s")), _num(means.get(r.get("step"))),
+                            _num(vals.get(r.get("step")))]
                            + [_num(per.get(n)) for n in names])
     except OSError as exc:
         raise PlotError(f"cannot write {path}: {exc.strerror or exc}") from None
@@ -175,6 +178,11 @@ def plot_history(history: Any, path: str | os.PathLike, *, clip_norm: float | No
             mine = [m for m in means if m[2] == phase]
             ax_loss.plot([m[0] for m in mine], [m[1] for m in mine], "o-", ms=3, lw=1.2, color="tab:orange",
                          label="epoch mean" if i == 0 else None)
+        val = [(int(e["step"]), float(e["val_loss"])) for e in epochs
+               if e.get("val_loss") is not None and e.get("step") is not None]
+        if val:
+            ax_loss.plot([v[0] for v in val], [v[1] for v in val], "s--", ms=3, lw=1.2, color="tab:purple",
+                         label="validation loss")
         if any(r["loss"] > 0 for r in steps):
             ax_loss.set_yscale("log", nonpositive="mask")
         ax_loss.legend(loc="upper right", fontsize=8)
@@ -187,7 +195,7 @@ def plot_history(history: Any, path: str | os.PathLike, *, clip_norm: float | No
         if any(n > 0 for n in norms if math.isfinite(n)):
             ax_norm.set_yscale("log", nonpositive="mask")
         ax_norm.legend(loc="upper right", fontsize=8)
-    ax_loss.set_ylabel("training loss")
+    ax_loss.set_ylabel("loss")
     ax_lr.set_ylabel("learning rate")
     ax_norm.set_ylabel("gradient norm")
     if per_tensor:

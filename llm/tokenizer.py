@@ -88,7 +88,7 @@ def _check_vocab(vocab: object, kind: str) -> list[str]:
 
 
 class _BaseTokenizer:
-    """Shared vocabulary handling. Subclasses define ``_TYPE``, ``tokenize`` and ``_join``."""
+    """Shared vocabulary handling. Subclasses define ``_TYPE``, ``tokenize`` and ``_pieces``."""
 
     _TYPE = ""
 
@@ -185,13 +185,21 @@ class _BaseTokenizer:
         With ``skip_special`` (the default) ``<pad>`` and ``</s>`` are dropped; ``<unk>`` is always written as
         ``"<unk>"``. An id outside the vocabulary raises :class:`~llm.errors.DataError`.
         """
+        return "".join(self.decode_pieces(ids, skip_special))
+
+    def decode_pieces(self, ids: Iterable[int], skip_special: bool = True) -> list[str]:
+        """What each token adds to :meth:`decode`'s text (its leading space included); they join to ``decode(ids)``.
+
+        A token's piece depends on the tokens before it and on the next one only (``well - known`` becomes
+        ``well-known`` once ``known`` has come), so while ids arrive one by one every piece but the last is final:
+        that is how a chat answer is printed word by word (:func:`llm.generation.decode_stream`)."""
         vocab = self._vocab
         tokens = [vocab[self._check_id(i)] for i in ids]
         if skip_special:
             tokens = [t for t in tokens if t != PAD and t != EOS]
-        return self._join(tokens)
+        return self._pieces(tokens)
 
-    def _join(self, tokens: list[str]) -> str:
+    def _pieces(self, tokens: list[str]) -> list[str]:
         raise NotImplementedError
 
     # --- serialisation ------------------------------------------------------------------------------------------
@@ -255,7 +263,7 @@ class WordTokenizer(_BaseTokenizer):
             out.extend(_WORD_RE.findall(chunk))
         return out
 
-    def _join(self, tokens: list[str]) -> str:
+    def _pieces(self, tokens: list[str]) -> list[str]:
         parts: list[str] = []
         glue_next = True  # no space before the first token
         quote_open = False
@@ -284,11 +292,9 @@ class WordTokenizer(_BaseTokenizer):
                         left = True
                     else:
                         right = True
-            if parts and not (left or glue_next):
-                parts.append(" ")
-            parts.append(tok)
+            parts.append(tok if not parts or left or glue_next else " " + tok)
             glue_next = right
-        return "".join(parts)
+        return parts
 
 
 class CharTokenizer(_BaseTokenizer):
@@ -314,8 +320,8 @@ class CharTokenizer(_BaseTokenizer):
             out.extend(piece)
         return out
 
-    def _join(self, tokens: list[str]) -> str:
-        return "".join(tokens)
+    def _pieces(self, tokens: list[str]) -> list[str]:
+        return list(tokens)
 
 
 _TYPES = {"word": WordTokenizer, "char": CharTokenizer}

@@ -21,49 +21,164 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
+
 from .data import (Example, encode_corpus, iterate_batches, new_shuffle_state, num_batches, shuffled_order,
                    split_dialogue)
+from .evaluation import ExactMatch, evaluate_examples, exact_match  # noqa: F401  (exact_match: re-exported)
 from .errors import ConfigError, TrainingDivergedError
-from .generation import greedy_batch
 from .optim import Adam
 from .step import TrainStep
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that decides how training goes, apart from the model and the data."""
+    """Everything that decides how the two-phase run goes (facts, then dialogues), apart from the model and the data.
+
+    A phase's budget is a number of optimizer steps (``pretrain_steps``, ``chat_steps``) or, when its ``*_epochs``
+    is given, a number of epochs. A budget in steps makes a small corpus train as long as a large one: it gets more
+    epochs (see README, "A budget in steps"). :meth:`phases` turns the recipe into the list of :class:`Phase` the
+    :class:`Trainer` runs.
+    """
 
     batch_size: int = 16
-    pretrain_epochs: int = 15
-    chat_epochs: int = 20
+    pretrain_epochs: int | None = None  # when given, the phase runs this many epochs (and its *_steps is ignored)
+    chat_epochs: int | None = None
     lr_pretrain: float = 5e-3
     lr_chat: float = 5e-3
-    warmup_steps: int = 40  # linear warmup at the start of each phase, then constant
+    warmup_steps: int = 40  # linear warmup at the start of each phase
     loss_on: str = "answer"  # phase 2: "answer" (only the assistant's tokens count) or "all"
     clip_norm: float = 5.0
     weight_decay: float = 0.0
     reset_optimizer: bool = False  # fresh Adam moments for phase 2
+    pretrain_steps: int = 120  # the budget of each phase in optimizer steps (the built-in corpus: 15 and 20 epochs)
+    chat_steps: int = 160
+    schedule: str = "constant"  # after the warmup: "constant" or "cosine" (down to min_lr at the phase's last step)
+    min_lr: float = 0.0
+    val_fraction: float = 0.0  # held out of each corpus (chosen with the run's seed) for the validation loss
 
     def __post_init__(self) -> None:
         b = self.batch_size
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ConfigError(f"batch size must be an integer >= 1, got {b!r}")
-        for name in ("pretrain_epochs", "chat_epochs", "warmup_steps"):
+        for name in ("warmup_steps", "pretrain_steps", "chat_steps", "pretrain_epochs", "chat_epochs"):
             v = getattr(self, name)
+            if v is None and name.endswith("epochs"):
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be an integer >= 0, got {v!r}")
         for name in ("lr_pretrain", "lr_chat", "clip_norm"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name.replace('_', ' ')} must be a positive number, got {v!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
-                and self.weight_decay >= 0):
-            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("weight_decay", "min_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {v!r}")
         if self.loss_on not in ("answer", "all"):
             raise ConfigError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        check_schedule(self.schedule, self.min_lr, min(self.lr_pretrain, self.lr_chat))
+        check_fraction(self.val_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def phases(self, pretrain_texts: list[str], chat_texts: list[str], seed: int = 0) -> list["Phase"]:
+        """The two phases of this recipe over these corpora; with ``val_fraction`` each corpus loses a part, chosen
+        with `seed`, to its phase's validation texts."""
+        out = []
+        for name, texts, epochs, steps, lr, loss_on in (
+                ("pretrain", pretrain_texts, self.pretrain_epochs, self.pretrain_steps, self.lr_pretrain, "all"),
+                ("chat", chat_texts, self.chat_epochs, self.chat_steps, self.lr_chat, self.loss_on)):
+            train_texts, val_texts = split_validation(list(texts), self.val_fraction, seed)
+            out.append(Phase(name, tuple(train_texts), lr, epochs=epochs, steps=None if epochs is not None else steps,
+                             loss_on=loss_on, warmup_steps=self.warmup_steps, schedule=self.schedule,
+                             min_lr=self.min_lr, val_texts=tuple(val_texts)))
+        return out
+
+
+def check_schedule(schedule: str, min_lr: float, lr: float) -> None:
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "cosine" and min_lr > lr:
+        raise ConfigError(f"min lr {min_lr:g} is above the learning rate {lr:g}: the cosine decays from the learning "
+                          "rate down to the min lr; give a smaller min lr")
+
+
+def check_fraction(fraction: float) -> None:
+    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+        raise ConfigError(f"val fraction must be a number in [0, 1), got {fraction!r}")
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "constant",
+                 min_lr: float = 0.0) -> float:
+    """The learning rate of step `step` (0-based) of `total_steps`: a linear warmup over `warmup_steps` up to `lr`,
+    then constant, or (``"cosine"``) a half cosine from `lr` down to `min_lr`, reached at the last step."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    span = total_steps - 1 - warmup_steps
+    ratio = min(1.0, (step - warmup_steps) / span) if span > 0 else 0.0  # one step after the warmup: at lr
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def split_validation(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training texts, validation texts): ``round(fraction * n)`` texts chosen at random with `seed` (at least one
+    when fraction > 0 and there are two or more), both in corpus order."""
+    check_fraction(fraction)
+    n = len(texts)
+    k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
+    if k == 0:
+        return list(texts), []
+    held = set(np.random.default_rng([seed, n]).choice(n, size=k, replace=False).tolist())
+    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of training: its texts, its budget (``epochs``, or ``steps`` when epochs is None), its learning
+    rate schedule and which tokens the loss counts (``"all"``, or ``"answer"`` for dialogues). ``val_texts`` give
+    a validation loss at the end of every epoch."""
+
+    name: str
+    texts: tuple[str, ...]
+    lr: float
+    epochs: int | None = None
+    steps: int | None = None
+    loss_on: str = "all"
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr: float = 0.0
+    val_texts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a phase needs a name, got {self.name!r}")
+        if (self.epochs is None) == (self.steps is None):
+            raise ConfigError(f"phase {self.name!r}: give its budget as epochs or as steps (one of the two)")
+        for what in ("epochs", "steps", "warmup_steps"):
+            v = getattr(self, what)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"phase {self.name!r}: {what} must be an integer >= 0, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+                and self.lr > 0):
+            raise ConfigError(f"phase {self.name!r}: lr must be a positive number, got {self.lr!r}")
+        if self.loss_on not in ("answer", "all"):
+            raise ConfigError(f"phase {self.name!r}: loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        check_schedule(self.schedule, self.min_lr, self.lr)
+
+    def total_steps(self, n_examples: int, batch_size: int) -> int:
+        """Optimizer steps the phase takes over `n_examples` examples."""
+        if self.steps is not None:
+            return self.steps if n_examples else 0
+        return self.epochs * num_batches(n_examples, batch_size)
+
+    def lr_at(self, phase_step: int, total_steps: int) -> float:
+        return scheduled_lr(self.lr, phase_step, total_steps, self.warmup_steps, self.schedule, self.min_lr)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -74,14 +189,14 @@ RECIPES: dict[str, Recipe] = {
                    warmup_steps=0, loss_on="all"),
 }
 
-PHASES = ("pretrain", "chat")
+PHASES = ("pretrain", "chat")  # the phases a Recipe builds (and the CLI and checkpoints know)
 
 
 @dataclass
 class TrainState:
     """Where training stands; JSON-serializable, saved in checkpoints."""
 
-    phase: int = 0  # index into PHASES
+    phase: int = 0  # index into the trainer's phases
     epoch: int = 0  # epochs completed in the current phase
     batch: int = 0  # batches completed in the current epoch
     step: int = 0  # optimizer steps in all
@@ -89,7 +204,9 @@ class TrainState:
     rng_state: dict | None = None  # the shuffling RNG's state at the start of the current epoch
     epoch_loss_sum: float = 0.0  # running sums of the current epoch (loss weighted by counted tokens)
     epoch_tokens: int = 0
-    history: list[dict] = field(default_factory=list)  # {"phase", "epoch", "loss", "step"} per completed epoch
+    # {"phase", "epoch", "loss", "step"} per completed epoch, and "val_loss", "val_perplexity" where the phase has
+    # validation texts
+    history: list[dict] = field(default_factory=list)
     # One record per optimizer step: {"step", "phase", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"}, and
     # "grad_norms" ({tensor name: norm}) at the steps that end a log window when the trainer logs them.
     steps: list[dict] = field(default_factory=list)
@@ -124,7 +241,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class Trainer:
-    """Runs the two phases over a model; usable from the library on any backend.
+    """Runs a list of phases over a model; usable from the library on any backend.
+
+    ``Trainer(model, tokenizer, pretrain_texts, chat_texts, recipe)`` runs the recipe's two phases (what the CLI
+    does); ``Trainer(model, tokenizer, phases=[Phase(...), ...], recipe=...)`` runs any list of :class:`Phase`, the
+    recipe then giving only the run-wide settings (batch size, clipping, weight decay, reset_optimizer).
 
     `on_epoch(trainer)` is called after every epoch and `on_phase_end(trainer, summary)` after each phase (the CLI
     saves checkpoints there); `log(event: dict)` receives epoch losses and phase summaries. Losses stay on the device
@@ -138,12 +259,13 @@ class Trainer:
     brought back with the same read, so it costs device work but no extra transfer.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, pretrain_texts: list[str], chat_texts: list[str],
-                 recipe: Recipe = RECIPES["default"], seed: int = 0, progress: bool = True,
+    def __init__(self, model: Any, tokenizer: Any, pretrain_texts: list[str] | None = None,
+                 chat_texts: list[str] | None = None, recipe: Recipe = RECIPES["default"], seed: int = 0,
+                 progress: bool = True,
                  log: Callable[[dict], None] | None = None, on_epoch: Callable[["Trainer"], None] | None = None,
                  on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
                  cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16,
-                 log_grad_norms: bool = False) -> None:
+                 log_grad_norms: bool = False, phases: list[Phase] | None = None) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
@@ -158,10 +280,23 @@ class Trainer:
         self._window_start: float | None = None  # host clock at the first step after a read (tokens/s)
         self.on_epoch, self.on_phase_end = on_epoch, on_phase_end
         max_len = model.config.max_seq_len
-        self.examples: dict[str, list[Example]] = {
-            "pretrain": encode_corpus(pretrain_texts, tokenizer, max_len, "all") if pretrain_texts else [],
-            "chat": encode_corpus(chat_texts, tokenizer, max_len, recipe.loss_on) if chat_texts else [],
-        }
+        self.custom_phases = phases is not None
+        if phases is None:
+            phases = recipe.phases(pretrain_texts or [], chat_texts or [], seed)
+        elif pretrain_texts or chat_texts:
+            raise ConfigError("give the corpora (pretrain_texts, chat_texts) or phases=, not both")
+        self.phases: list[Phase] = list(phases)
+        if not all(isinstance(p, Phase) for p in self.phases):
+            raise ConfigError("phases must be a list of llm.training.Phase")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"phase names must differ, got {names}")
+
+        def encode(texts: tuple[str, ...], loss_on: str) -> list[Example]:
+            return encode_corpus(list(texts), tokenizer, max_len, loss_on) if texts else []
+
+        self.examples: dict[str, list[Example]] = {p.name: encode(p.texts, p.loss_on) for p in self.phases}
+        self.val_examples: dict[str, list[Example]] = {p.name: encode(p.val_texts, p.loss_on) for p in self.phases}
         self.state = TrainState(rng_state=new_shuffle_state(seed))
         self.optimizer = self._new_optimizer()
         self.last_loss: float | None = None  # the last loss read back
@@ -184,20 +319,16 @@ class Trainer:
 
     def _new_optimizer(self) -> Adam:
         r = self.recipe
-        return Adam(self.model, lr=r.lr_pretrain, clip_norm=r.clip_norm, weight_decay=r.weight_decay)
+        lr = self.phases[0].lr if self.phases else r.lr_pretrain
+        return Adam(self.model, lr=lr, clip_norm=r.clip_norm, weight_decay=r.weight_decay)
 
-    def _phase_settings(self, phase: str) -> tuple[int, float]:
-        r = self.recipe
-        return (r.pretrain_epochs, r.lr_pretrain) if phase == "pretrain" else (r.chat_epochs, r.lr_chat)
-
-    def lr_at(self, base_lr: float, phase_step: int) -> float:
-        """Linear warmup over `warmup_steps` optimizer steps of the phase, then constant."""
-        w = self.recipe.warmup_steps
-        return base_lr * min(1.0, (phase_step + 1) / w) if w else base_lr
+    def phase_steps(self, phase: Phase) -> int:
+        """The optimizer steps `phase` takes on this trainer's data."""
+        return phase.total_steps(len(self.examples[phase.name]), self.recipe.batch_size)
 
     @property
     def finished(self) -> bool:
-        return self.state.phase >= len(PHASES)
+        return self.state.phase >= len(self.phases)
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def train(self) -> list[PhaseSummary]:
@@ -205,7 +336,7 @@ class Trainer:
         restore = self._install_sigint()
         try:
             while not self.finished:
-                self._run_phase(PHASES[self.state.phase])
+                self._run_phase(self.phases[self.state.phase])
             if self._stop_requested:  # Ctrl-C during the very last step: still report it
                 raise TrainingInterrupted("interrupted after the last step")
         finally:
@@ -225,27 +356,29 @@ class Trainer:
         signal.signal(signal.SIGINT, handler)
         return lambda: signal.signal(signal.SIGINT, previous)
 
-    def _run_phase(self, phase: str) -> None:
+    def _run_phase(self, phase: Phase) -> None:
         st, model, r = self.state, self.model, self.recipe
-        epochs, base_lr = self._phase_settings(phase)
-        examples = self.examples[phase]
-        if epochs == 0 or not examples:
-            why = "0 epochs" if epochs == 0 else "no sequence of its corpus fits the context with a target to learn"
-            self._end_phase(PhaseSummary(phase, 0, 0, 0, 0.0, None, why))
+        examples = self.examples[phase.name]
+        total = self.phase_steps(phase)
+        if total == 0 or not examples:
+            why = ("no sequence of its corpus fits the context with a target to learn" if not examples
+                   else "0 epochs" if phase.epochs == 0 else "0 steps")
+            self._end_phase(PhaseSummary(phase.name, 0, 0, 0, 0.0, None, why))
             return
-        per_epoch = num_batches(len(examples), r.batch_size)
-        bar = self._progress_bar(phase, epochs * per_epoch, st.epoch * per_epoch + st.batch)
+        bar = self._progress_bar(phase.name, total, st.phase_step)
         t0, steps, tokens = time.perf_counter(), 0, 0
         try:
-            while st.epoch < epochs:
+            while st.phase_step < total:
                 order, next_rng_state = shuffled_order(st.rng_state, len(examples))
                 for batch in iterate_batches(examples, r.batch_size, self.tokenizer.pad_id, order, start=st.batch):
+                    if st.phase_step >= total:  # a budget in steps can end inside an epoch
+                        break
                     if self._stop_requested:
                         self.read()  # before anything is saved: a diverged run must raise, not be saved
-                        raise TrainingInterrupted(f"interrupted in phase {phase}, epoch {st.epoch + 1}")
+                        raise TrainingInterrupted(f"interrupted in phase {phase.name}, epoch {st.epoch + 1}")
                     if not self._pending:
                         self._window_start = time.perf_counter()
-                    lr = self.lr_at(base_lr, st.phase_step)
+                    lr = phase.lr_at(st.phase_step, total)
                     loss = self.step_fn(batch.tokens, batch.targets, batch.mask, lr=lr)
                     st.step += 1
                     self._optimizer_calls += 1
@@ -253,8 +386,8 @@ class Trainer:
                     norm = model.backend.xp.asarray(self.optimizer.last_grad_norm, copy=True)
                     per_tensor = (self._tensor_grad_norms() if self.log_grad_norms
                                   and st.step % self.log_every == 0 else None)
-                    self._pending.append((loss, batch.n_tokens, st.step, phase, st.epoch + 1, self._optimizer_calls,
-                                          norm, lr, batch.n_inputs, per_tensor))
+                    self._pending.append((loss, batch.n_tokens, st.step, phase.name, st.epoch + 1,
+                                          self._optimizer_calls, norm, lr, batch.n_inputs, per_tensor))
                     st.batch += 1
                     st.phase_step += 1
                     steps += 1
@@ -272,7 +405,8 @@ class Trainer:
                 st.batch = 0
                 st.rng_state = next_rng_state
                 st.epoch_loss_sum, st.epoch_tokens = 0.0, 0
-                record = {"phase": phase, "epoch": st.epoch, "loss": epoch_loss, "step": st.step}
+                record = {"phase": phase.name, "epoch": st.epoch, "loss": epoch_loss, "step": st.step}
+                record.update(self._validate(phase))
                 st.history.append(record)
                 self.log({"event": "epoch", **record})
                 if self.on_epoch is not None:
@@ -282,8 +416,18 @@ class Trainer:
                 bar.close()
         model.backend.synchronize()
         seconds = time.perf_counter() - t0
-        last = next((h["loss"] for h in reversed(st.history) if h["phase"] == phase), None)
-        self._end_phase(PhaseSummary(phase, epochs, steps, tokens, seconds, last))
+        last = next((h["loss"] for h in reversed(st.history) if h["phase"] == phase.name), None)
+        self._end_phase(PhaseSummary(phase.name, st.epoch, steps, tokens, seconds, last))
+
+    def _validate(self, phase: Phase) -> dict[str, float]:
+        """The validation loss and perplexity of `phase`'s held-out texts ({} when it has none)."""
+        val = self.val_examples[phase.name]
+        if not val:
+            return {}
+        loss, _ = evaluate_examples(self.model, val, self.tokenizer.pad_id, self.recipe.batch_size)
+        if not math.isfinite(loss):
+            raise self._diverged(f"the validation loss is {loss}", self.state.step, phase.name, self.state.epoch)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0))}
 
     def _tensor_grad_norms(self) -> Any:
         """Each tensor's gradient norm, (n_tensors,) on the device, in ``model.grads`` order; reads nothing back.
@@ -333,10 +477,11 @@ class Trainer:
         self.last_loss = float(losses[-1])
 
     def _diverged(self, what: str, step_no: int, phase: str, epoch: int) -> TrainingDivergedError:
-        lr_flag = "--lr-pretrain" if phase == "pretrain" else "--lr-chat"
-        base_lr = self._phase_settings(phase)[1]
+        base_lr = next(p.lr for p in self.phases if p.name == phase)
+        where = (f"{'--lr-pretrain' if phase == 'pretrain' else '--lr-chat'}, now {base_lr:g}"
+                 if not self.custom_phases and phase in PHASES else f"phase {phase!r}: lr {base_lr:g}")
         return TrainingDivergedError(f"training diverged: {what} at step {step_no} ({phase} epoch {epoch});"
-                                     f" lower the learning rate ({lr_flag}, now {base_lr:g})")
+                                     f" lower the learning rate ({where})")
 
     def _end_phase(self, summary: PhaseSummary) -> None:
         st = self.state
@@ -344,7 +489,7 @@ class Trainer:
         self.log({"event": "phase", **asdict(summary), "tokens_per_second": summary.tokens_per_second})
         st.phase += 1
         st.epoch = st.batch = st.phase_step = 0
-        if self.recipe.reset_optimizer and summary.phase == "pretrain":
+        if self.recipe.reset_optimizer and st.phase < len(self.phases):  # fresh moments for every later phase
             self.optimizer = self._new_optimizer()
         if self.on_phase_end is not None:
             self.on_phase_end(self, summary)
@@ -373,35 +518,3 @@ def train(model: Any, tokenizer: Any, pretrain_texts: list[str], chat_texts: lis
     trainer = Trainer(model, tokenizer, pretrain_texts, chat_texts, recipe, seed=seed, progress=progress)
     trainer.train()
     return trainer
-
-
-@dataclass
-class ExactMatch:
-    """Greedy answers compared token for token with the training answers."""
-
-    correct: int
-    total: int
-    misses: list[tuple[str, str, str]]  # (question prompt, expected answer, generated answer)
-
-    @property
-    def fraction(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-
-def exact_match(model: Any, tokenizer: Any, chat_texts: list[str], max_new_tokens: int | None = None) -> ExactMatch:
-    """Answer each dialogue's question greedily; count answers equal to the training answer (``</s>`` included)."""
-    prompts, expected = [], []
-    ctx = model.config.max_seq_len
-    for text in chat_texts:
-        prompt, answer = split_dialogue(text)
-        ids = tokenizer.encode(prompt)
-        if 0 < len(ids) < ctx:  # a question that fills the context cannot be answered: it counts as a miss
-            prompts.append(ids)
-            expected.append(tokenizer.encode(answer))
-    if not prompts:
-        return ExactMatch(0, len(chat_texts), [])
-    limit = max_new_tokens or max(len(e) for e in expected) + 1
-    got = greedy_batch(model, prompts, limit, tokenizer.eos_id)
-    misses = [(tokenizer.decode(p), tokenizer.decode(e), tokenizer.decode(g))
-              for p, e, g in zip(prompts, expected, got) if g != e]
-    return ExactMatch(len(prompts) - len(misses), len(chat_texts), misses)

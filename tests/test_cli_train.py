@@ -831,3 +831,60 @@ def test_ctrl_c_during_startup_imports_exits_130_without_a_traceback(tmp_path):
     no_traceback(r)
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert r.stderr.strip() == "interrupted" and r.stdout == "", r.stderr
+
+
+# -- issue 10 items 5 to 8: budgets in steps, schedules, a validation split, streaming chat --------------------------
+def test_budget_in_steps_cosine_and_a_validation_split(corpora):
+    r = train(*corpora, "--pretrain-steps", "3", "--chat-steps", "2", "--schedule", "cosine", "--min-lr", "1e-4",
+              "--val-fraction", "0.3", "--batch-size", "2", "--json")
+    assert_ok(r)
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    epochs = [x for x in records if "epoch" in x]
+    assert epochs and all("val_loss" in x and x["val_perplexity"] > 1 for x in epochs)
+    final = records[-1]
+    held = next(x for x in records if "held_out_exact_match" in x)
+    assert held["held_out_total"] >= 1 and final["total"] + held["held_out_total"] == len(CHAT)
+    assert "pretrain: 2 epochs, 3 steps" in r.stderr and "chat: 1 epochs, 2 steps" in r.stderr
+    assert "held-out prompts answered exactly" in r.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--pretrain-epochs", "1", "--pretrain-steps", "3"], ["--pretrain-epochs", "--pretrain-steps", "give one"]),
+    (["--val-fraction", "1"], ["val fraction", "[0, 1)"]),
+    (["--schedule", "cosine", "--min-lr", "1"], ["min lr", "above the learning rate"]),
+])
+def test_bad_budgets_and_schedules_fail_before_training(corpora, args, words):
+    r = train(*corpora, *args)
+    assert_error(r, 2, *words)
+    assert "epoch" not in r.stdout
+
+
+def test_the_chat_loop_prints_the_answer_word_by_word(monkeypatch):
+    from llm import GPT, GPTConfig, chat
+    from llm.cli_train import Output, interactive
+    from llm.tokenizer import WordTokenizer
+    from tests.conftest import require_backend
+
+    tok = WordTokenizer.from_texts(PRETRAIN + CHAT)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=40),
+                require_backend("numpy"), seed=1)
+    sampling = dict(temperature=0.0, top_k=None, top_p=None, seed=0, max_new_tokens=8)
+    writes: list[tuple[str, bool]] = []  # (text written, flushed right after)
+
+    class Spy:
+        def write(self, text):
+            if text:  # print() may also write its empty `end`
+                writes.append((text, False))
+
+        def flush(self):
+            if writes:
+                writes[-1] = (writes[-1][0], True)
+
+    answers = iter(["How do mountains form?", "exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    monkeypatch.setattr(sys, "stdout", Spy())
+    interactive(model, tok, sampling, Output(False))
+    monkeypatch.undo()
+    words = [t for t, flushed in writes if flushed and t.strip() and "Type a question" not in t]
+    expected = chat(model, tok, "How do mountains form?", **sampling)
+    assert len(words) > 1 and "".join(words).strip() == expected  # several flushed pieces: word by word

@@ -355,13 +355,13 @@ def test_a_long_question_keeps_the_chat_markers_and_room_to_answer(monkeypatch):
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=24),
                 require_backend("numpy", "float64"), seed=3)
     seen = {}
-    real = generation.generate_ids
+    real = generation._ids_in_context  # the loop chat() feeds its prompt ids to
 
     def spy(model_, ids, *args, **kwargs):
         seen["ids"] = list(ids)
         return real(model_, ids, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_ids", spy)
+    monkeypatch.setattr(generation, "_ids_in_context", spy)
     with pytest.warns(LLMWarning, match="longer than the context"):
         generation.chat(model, tok, "why do rocks and rivers move " * 10, max_new_tokens=5)
     ids, ctx = seen["ids"], model.config.max_seq_len

@@ -88,10 +88,11 @@ def test_iterate_batches_covers_every_example_once(tok):
 def test_warmup_is_linear_then_constant(tok):
     be = require_backend("numpy")
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **TINY), be)
-    tr = Trainer(model, tok, FACTS, CHATS, Recipe(warmup_steps=4), progress=False)
-    assert [tr.lr_at(1.0, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    tr0 = Trainer(model, tok, FACTS, CHATS, Recipe(warmup_steps=0), progress=False)
-    assert tr0.lr_at(0.3, 0) == 0.3
+    tr = Trainer(model, tok, FACTS, CHATS, Recipe(warmup_steps=4, lr_pretrain=1.0), progress=False)
+    phase = tr.phases[0]
+    assert [phase.lr_at(s, 100) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    tr0 = Trainer(model, tok, FACTS, CHATS, Recipe(warmup_steps=0, lr_pretrain=0.3), progress=False)
+    assert tr0.phases[0].lr_at(0, 100) == 0.3
 
 
 def _history(seed: int, **recipe) -> list[float]:
@@ -216,9 +217,9 @@ def test_every_step_is_recorded_with_loss_lr_grad_norm_and_speed():
     assert [r["step"] for r in steps] == list(range(1, st.step + 1)) and st.step == 3 * 2 + 2 * 2
     assert [r["phase"] for r in steps] == ["pretrain"] * 6 + ["chat"] * 4
     assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2, 1, 1, 2, 2]
-    base = {"pretrain": tr.recipe.lr_pretrain, "chat": tr.recipe.lr_chat}
+    phases = {p.name: p for p in tr.phases}
     phase_steps = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
-    assert [r["lr"] for r in steps] == [tr.lr_at(base[r["phase"]], k) for r, k in zip(steps, phase_steps)]
+    assert [r["lr"] for r in steps] == [phases[r["phase"]].lr_at(k, 100) for r, k in zip(steps, phase_steps)]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in steps)
     assert steps[-1]["loss"] == tr.last_loss  # what the trainer reported
     assert steps[-1]["grad_norm"] == float(tr.optimizer.last_grad_norm)

@@ -31,6 +31,9 @@ def serialize_training(model: GPT, trainer: Trainer, params: dict[str, np.ndarra
     be = model.backend
     if trainer.model is not model:
         raise CheckpointError("refusing to save: the trainer given trains another model than the one saved")
+    if trainer.custom_phases:
+        raise CheckpointError("refusing to save the training state of a Trainer built from phases=: checkpoints "
+                              "resume the two phases of a Recipe; save the model alone (trainer=None)")
     opt = trainer.optimizer.state_dict()
     moments = {}
     for key in ("m", "v"):
@@ -205,8 +208,11 @@ def _check_state(st: TrainState, recipe: Recipe | None = None) -> None:
     if recipe is not None and st.phase < len(PHASES):
         phase = PHASES[st.phase]
         epochs = recipe.pretrain_epochs if phase == "pretrain" else recipe.chat_epochs
-        if st.epoch > epochs:
+        if epochs is not None and st.epoch > epochs:
             raise ValueError(f"epoch {st.epoch} is beyond the recipe's {epochs} {phase} epochs")
+        steps = recipe.pretrain_steps if phase == "pretrain" else recipe.chat_steps
+        if epochs is None and st.phase_step > steps:
+            raise ValueError(f"step {st.phase_step} of the {phase} phase is beyond the recipe's {steps} steps")
     if not isinstance(st.epoch_loss_sum, (int, float)) or not math.isfinite(st.epoch_loss_sum):
         raise ValueError(f"epoch_loss_sum must be a finite number, got {st.epoch_loss_sum!r}")
     if not isinstance(st.history, list) or not all(isinstance(h, dict) for h in st.history):
