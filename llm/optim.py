@@ -76,7 +76,9 @@ class Adam:
         return int(float(self._t))
 
     def set_lr(self, lr: float) -> None:
-        """Write the learning rate of the next step into its device scalar (no device -> host transfer)."""
+        """Write the learning rate of the next step into its device scalar (no device -> host transfer).
+
+        0 is accepted (a schedule's value: a cosine ending at min lr 0); a negative or non-finite lr is not."""
         self._lr[...] = _check_lr(lr, allow_zero=True)  # a schedule may reach 0 (a cosine to min lr 0)
 
     def step(self, grads: Any = None, lr: float | None = None) -> None:
@@ -90,53 +92,85 @@ class Adam:
                 not isinstance(grads, dict) or any(grads.get(k) is not g for k, g in self.flat.grads.items())):
             raise ConfigError("Adam.step updates from the model's flat gradient buffer; pass no grads")
         if lr is not None:
-            self.set_lr(lr)
+            self.set_lr(_check_lr(lr))  # a learning rate given by hand must be positive; a schedule may reach 0
         self.step_device()
 
     def step_device(self) -> None:
         """The update itself: whole-buffer array operations only, every changing number a device scalar."""
         xp = self.flat.backend.xp
-        b1, b2 = self.betas
-        g, p, m, v = self.flat.grad_buffer, self.flat.param_buffer, self.m_buffer, self.v_buffer
+        g = self.flat.grad_buffer
         norm = xp.sqrt(g @ g)  # 0-d
+        fused = fast_path("adam_update", g)
+        if fused is not None:  # everything below as one kernel (backends.fused), from the same device scalars
+            self._record(norm)
+            b1, b2 = self.betas
+            fused(self.flat.param_buffer, g, self.m_buffer, self.v_buffer, norm, self._lr, self._t,
+                  clip=self.clip_norm, b1=b1, b2=b2, eps=self.eps, weight_decay=self.weight_decay,
+                  n_decay=self.flat.n_decay)
+            return
+        self.update_slice(self.begin_step(norm), 0, self.flat.size)
+
+    def _record(self, norm: Any) -> Any:
+        # the step's bookkeeping on the device: -> ok, 1.0 for a step taken, 0.0 for one skipped
+        xp = self.flat.backend.xp
         self.last_grad_norm[...] = norm
-        ok = xp.astype(xp.isfinite(norm), g.dtype)  # 1.0, or 0.0 for a step to skip
+        ok = xp.astype(xp.isfinite(norm), norm.dtype)  # 1.0, or 0.0 for a step to skip
         self._calls += 1.0
         self.skipped += 1.0 - ok
         self.first_skipped[...] = xp.where((self.first_skipped < 0) & (ok == 0), self._calls, self.first_skipped)
         self._t += ok
-        fused = fast_path("adam_update", g)
-        if fused is not None:  # everything below as one kernel (backends.fused), from the same device scalars
-            fused(p, g, m, v, norm, self._lr, self._t, clip=self.clip_norm, b1=b1, b2=b2, eps=self.eps,
-                  weight_decay=self.weight_decay, n_decay=self.flat.n_decay)
-            return
+        return ok
+
+    def begin_step(self, norm: Any) -> tuple:
+        """Record a step whose global gradient norm (a 0-d device array) is `norm`; -> the step's coefficients.
+
+        Then :meth:`update_slice` applies the update to any partition of the buffers, in any order or at the same
+        time from several threads (llm.parallel does); ``step_device`` is the two on the whole buffer.
+        """
+        xp = self.flat.backend.xp
+        b1, b2 = self.betas
+        g = self.flat.grad_buffer
+        ok = self._record(norm)
         # Only operators and `where` on device arrays here: xp.clip of array-api-compat masks with a boolean index
         # on NumPy and CuPy (a data-dependent shape, so a device sync) and builds arrays from Python floats.
         scale = ok
         if self.clip_norm is not None:
             raw = self.clip_norm / (norm + 1e-6)
             scale = ok * xp.where(raw < 1.0, raw, constant(xp, "one", (), 1.0, g))
-        # A skipped step must not let NaN into the moments: zero the gradient where the norm is not finite.
-        g = xp.where(ok > 0, g * scale, constant(xp, "zero", (), 0.0, g))
         t = self._t + (1.0 - ok)  # the bias correction of a skipped step (t may be 0): any finite value will do
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         # lr * m_hat / (sqrt(v_hat) + eps) == (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):
         # the same update with the bias corrections folded into two scalars.
         step_size = self._lr * ok * xp.sqrt(bc2) / bc1
         eps_hat = self.eps * xp.sqrt(bc2)
+        keep_v = 1.0 - (1.0 - b2) * ok  # b2 for a real step, 1 (unchanged) for a skipped one
+        keep_m = 1.0 - (1.0 - b1) * ok
+        keep_p = 1.0 - self._lr * ok * self.weight_decay if self.weight_decay else None
+        return ok, scale, step_size, eps_hat, keep_v, keep_m, keep_p
+
+    def update_slice(self, coeffs: tuple, lo: int, hi: int) -> None:
+        """Update values ``[lo, hi)`` of the parameters and moments with the coefficients of :meth:`begin_step`."""
+        xp = self.flat.backend.xp
+        b1, b2 = self.betas
+        ok, scale, step_size, eps_hat, keep_v, keep_m, keep_p = coeffs
+        whole = lo == 0 and hi == self.flat.size
+        g, p, m, v = ((b if whole else b[lo:hi]) for b in (self.flat.grad_buffer, self.flat.param_buffer,
+                                                            self.m_buffer, self.v_buffer))
+        # A skipped step must not let NaN into the moments: zero the gradient where the norm is not finite.
+        g = xp.where(ok > 0, g * scale, constant(xp, "zero", (), 0.0, g))
         # In place where it can be: at GPT-2's size every temporary here is a 650 MB buffer.
-        v *= 1.0 - (1.0 - b2) * ok  # b2 for a real step, 1 (unchanged) for a skipped one
+        v *= keep_v
         sq = g * g
         sq *= 1.0 - b2
         v += sq
         del sq
-        m *= 1.0 - (1.0 - b1) * ok
+        m *= keep_m
         g *= 1.0 - b1
         m += g
         del g
-        if self.weight_decay:
-            decay = p[:self.flat.n_decay]
-            decay *= 1.0 - self._lr * ok * self.weight_decay
+        if keep_p is not None and lo < self.flat.n_decay:  # decoupled weight decay: matrices only
+            decay = p[:min(hi, self.flat.n_decay) - lo]
+            decay *= keep_p
         update = xp.sqrt(v)
         update += eps_hat
         update = m / update

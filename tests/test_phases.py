@@ -180,7 +180,7 @@ def test_evaluate_is_the_masked_cross_entropy_and_exact_match():
     assert llm.evaluate is evaluate
 
 
-def test_each_epoch_records_the_validation_loss_of_the_held_out_texts():
+def test_each_epoch_records_the_validation_loss_of_the_held_out_texts(tmp_path):
     be = require_backend("numpy", "float64")
     facts = FACTS + [f"The number {i} is small. </s>" for i in range(5)]
     chats = CHATS + [f"User: Is {i} small? Assistant: Yes, {i} is small. </s>" for i in range(5)]
@@ -198,6 +198,14 @@ def test_each_epoch_records_the_validation_loss_of_the_held_out_texts():
     ev = evaluate(model, tok, list(tr.phases[1].val_texts), loss_on="answer", exact=False)
     assert math.isclose(last_chat["val_loss"], ev.loss, rel_tol=1e-12)  # what the model scores now
     assert [e["val_loss"] for e in events if e["event"] == "epoch"] == [h["val_loss"] for h in tr.state.history]
+    # the CSV beside the plot carries them on the steps that ended each epoch
+    import csv
+
+    from llm.plotting import write_history_csv
+
+    rows = list(csv.DictReader(open(write_history_csv(tr, tmp_path / "h.csv"), encoding="utf-8")))
+    assert [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]] == [
+        (h["step"], h["val_loss"]) for h in tr.state.history]
 
 
 # -- streaming chat --------------------------------------------------------------------------------------------------

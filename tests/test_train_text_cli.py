@@ -251,6 +251,33 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(resumed.opt.v_buffer, whole.opt.v_buffer)
     assert resumed.opt.t == whole.opt.t == 6
     assert resumed.evaluate() == whole.evaluate()
+    # the per-step history continues across the save, equal to the uninterrupted run's (tokens/s aside)
+    drop = lambda steps: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in steps]  # noqa: E731
+    assert [r["step"] for r in resumed.steps] == list(range(1, 7))
+    assert drop(resumed.steps) == drop(whole.steps)
+
+
+def test_a_cosine_down_to_min_lr_0_trains_to_the_end(text_file):
+    # was: "learning rate must be a positive finite number, got 0.0" at the last step, after the whole run
+    proc = _run(text_file, "--steps", "6", "--eval-every", "6", "--min-lr", "0", "--sample-chars", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "6 steps in" in proc.stdout
+
+
+def test_plot_draws_the_steps_and_the_validation_losses(text_file, tmp_path):
+    pytest.importorskip("matplotlib", reason="the [plot] extra is not installed")
+    import csv
+
+    png = tmp_path / "text.png"
+    proc = _run(text_file, "--steps", "8", "--eval-every", "4", "--log-every", "4", "--sample-chars", "0",
+                "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.stat().st_size > 10_000
+    rows = list(csv.DictReader(open(png.with_suffix(".csv"), encoding="utf-8")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [int(r["step"]) for r in rows if r["val_loss"]] == [4, 8]
+    vals = re.findall(r"^step \d+/8: val loss ([0-9.]+)", proc.stdout, re.M)
+    assert [round(float(r["val_loss"]), 4) for r in rows if r["val_loss"]] == [float(v) for v in vals]
 
 
 def test_evaluation_leaves_the_training_state_alone():
