@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="record each training step as a CUDA graph (torch:cuda only; auto: where supported)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI job: mpiexec -n N python examples/train_text.py "
+                        "--distributed ... (--batch-size is the global batch; rank 0 prints and saves; needs pip "
+                        "install -e \".[mpi]\")")
     p.add_argument("--plot", metavar="PATH.png",
                    help="after training, draw the history (training and validation loss, learning rate, gradient "
                         "norm) into PATH.png and its numbers into PATH.csv (needs matplotlib: pip install -e "
@@ -232,13 +236,19 @@ class TextRun:
     """
 
     def __init__(self, model: GPT, tokenizer: Any, train_ids: np.ndarray, val_ids: np.ndarray,
-                 settings: TextSettings, cuda_graphs: str = "auto", tf32: bool = False) -> None:
+                 settings: TextSettings, cuda_graphs: str = "auto", tf32: bool = False, comm: Any = None) -> None:
         settings.check()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.train_ids, self.val_ids = np.asarray(train_ids, np.int64), np.asarray(val_ids, np.int64)
         self.opt = Adam(model, lr=settings.lr, betas=BETAS, weight_decay=settings.weight_decay,
                         clip_norm=settings.grad_clip)
-        self.step_fn = TrainStep(model, self.opt, cuda_graphs=cuda_graphs, tf32=tf32)
+        if comm is not None:  # data-parallel: every rank draws the same windows and steps on its shard of them
+            from llm.distributed import DistributedStep
+
+            self.step_fn = DistributedStep(model, self.opt, comm)
+        else:
+            self.step_fn = TrainStep(model, self.opt, cuda_graphs=cuda_graphs, tf32=tf32)
+        self.comm = comm
         self.rng = np.random.default_rng(settings.seed)
         self.step = 0  # steps taken
         self.history: list[dict] = []  # {"step", "train_loss", "val_loss"} per evaluation
@@ -382,7 +392,7 @@ class TextRun:
 
 
 def _load_run(path: Any, device: Any, steps: int | None, cuda_graphs: str = "auto",
-              tf32: bool = False) -> tuple[TextRun, Any]:
+              tf32: bool = False, comm: Any = None) -> tuple[TextRun, Any]:
     """(the TextRun saved in `path`, its Checkpoint); every file checked."""
     import safetensors
 
@@ -415,7 +425,7 @@ def _load_run(path: Any, device: Any, steps: int | None, cuda_graphs: str = "aut
         settings.steps = steps
     model = ckpt.model
     run = TextRun(model, ckpt.tokenizer, np.zeros(0, np.int64), np.zeros(0, np.int64), settings,
-                  cuda_graphs=cuda_graphs, tf32=tf32)
+                  cuda_graphs=cuda_graphs, tf32=tf32, comm=comm)
     n = model.flat.param_buffer.shape[0]
     for key in ("m", "v"):
         arr = moments.get(key)
@@ -517,9 +527,18 @@ def _main(argv: list[str] | None) -> int:
     # A diverging run overflows before its loss turns NaN; the loop reports that (with the step), not NumPy.
     warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
     set_tf32(args.tf32)
+    comm = None
+    if args.distributed:  # first: on GPUs it gives each rank its own device before the backend is made
+        from backends.distributed import init_distributed
+
+        comm = init_distributed(args.device)
+        if not comm.is_root:  # rank 0 alone prints, plots, samples and saves
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")
+            warnings.simplefilter("ignore")
+    args.comm = comm
     ckpt = None
     if args.resume:
-        run, ckpt = _load_run(args.resume, args.device, args.steps, args.cuda_graphs, args.tf32)
+        run, ckpt = _load_run(args.resume, args.device, args.steps, args.cuda_graphs, args.tf32, comm)
         _check_resume_flags(args, explicit, run)
         settings, model, tok = run.settings, run.model, run.tokenizer
         text = read_text(args.text, settings.max_chars)
@@ -546,10 +565,18 @@ def _main(argv: list[str] | None) -> int:
         ids = np.asarray(tok.encode(text), np.int64)
         train_ids, val_ids = split_ids(ids, settings.val_fraction, size["max_seq_len"], args.text)
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size), backend, seed=settings.seed)
-        run = TextRun(model, tok, train_ids, val_ids, settings, cuda_graphs=args.cuda_graphs, tf32=args.tf32)
+        run = TextRun(model, tok, train_ids, val_ids, settings, cuda_graphs=args.cuda_graphs, tf32=args.tf32,
+                      comm=comm)
         args.run_id = secrets.token_hex(8)
     run.text_info = {"sha256": text_sha256(text), "chars": len(text)}
-    if args.out:
+    if comm is not None:  # every rank trains the same run on the same text, from the same weights
+        from llm.distributed import check_run
+
+        check_run(comm, {"the settings": asdict(run.settings), "the model configuration": model.config.to_dict(),
+                         "the text": run.text_info, "the step": run.step})
+        run.step_fn.check_in_sync()
+    args.root = comm is None or comm.is_root
+    if args.out and args.root:
         _check_out(args, ckpt)
     try:
         return _train(args, run, text, len(train_ids), len(val_ids))
@@ -567,7 +594,7 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
           f"{s.final_lr:g} (cosine)" + (f"; resumed at step {run.step}" if args.resume else ""), flush=True)
 
     def save(why: str) -> None:
-        if args.out:
+        if args.out and args.root:
             path = run.save(args.out, run_id=args.run_id)
             print(f"saved checkpoint {path} ({why}, step {run.step})", flush=True)
 
@@ -588,7 +615,7 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
     restore = _stop_signals(stop)
     seconds_before, steps_before = run.train_seconds, run.step
     try:
-        while run.step < s.steps and not stop:
+        while run.step < s.steps and not _agreed(args, run, stop):
             lr = cosine_lr(run.step, s)
             run.train_step()
             if run.step % args.log_every == 0:
@@ -608,11 +635,15 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
     if stop:
         why = "terminated (SIGTERM)" if stop[0] == signal.SIGTERM else "interrupted"
         run.read()
-        if args.out:
+        if not args.root:
+            pass
+        elif args.out:
             save(why.split(" ")[0])
             print(f"{why} after {run.step} steps; continue with --resume {args.out}", file=sys.stderr, flush=True)
         else:
             print(f"{why} after {run.step} steps (no --out given, nothing saved)", file=sys.stderr, flush=True)
+        if args.comm is not None:
+            args.comm.barrier()  # the other ranks wait for rank 0's save
         return EXIT_TERMINATED if stop[0] == signal.SIGTERM else EXIT_INTERRUPTED
     steps = run.step - steps_before
     if steps:
@@ -628,9 +659,23 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
                                      title=f"{os.path.basename(args.text)}: {model.config.n_layers} layers, "
                                            f"d_model {model.config.d_model}")
         print(f"wrote {png} and {csv_path}", flush=True)
-    if args.sample_chars:
+    if args.sample_chars and args.root:
         _sample(args, run, text)
+    if args.comm is not None:
+        args.comm.barrier()  # the other ranks wait for rank 0's last save
     return EXIT_OK
+
+
+def _agreed(args: argparse.Namespace, run: TextRun, stop: list) -> bool:
+    """Whether to stop before the next step. The ranks of a distributed run decide together, at the steps where the
+    loss is read anyway (every --log-every), so that none stops alone and leaves the others in a reduction."""
+    if args.comm is None:
+        return bool(stop)
+    if run.step % args.log_every == 0 and args.comm.any_true(bool(stop)):
+        if not stop:  # another rank was stopped: this one stops the same way
+            stop.append(signal.SIGINT)
+        return True
+    return False
 
 
 def _sample(args: argparse.Namespace, run: TextRun, text: str) -> None:

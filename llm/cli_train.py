@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
                         "supported)")
     f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
+    f.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI job: mpiexec -n N python examples/train.py "
+                        "--distributed ... (each rank takes a shard of every --batch-size batch; rank 0 prints and "
+                        "saves; needs pip install -e \".[mpi]\")")
+    f.add_argument("--dist-timeout", type=positive_float, metavar="SECONDS",
+                   help="with --distributed: end the job when a rank waits longer than this in a reduction "
+                        "(default: wait)")
     f.add_argument("--log-every", type=int_at_least(1), default=25, metavar="N",
                    help="read the loss back from the device every N steps (default 25; also at every epoch end)")
     h = p.add_argument_group("history (every step's loss, learning rate, gradient norm and tokens/s is recorded and "
@@ -140,16 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Output:
-    """Human text to stdout, or (--json) JSON objects to stdout and human text to stderr."""
+    """Human text to stdout, or (--json) JSON objects to stdout and human text to stderr; nothing when `quiet` (the
+    ranks other than 0 of a distributed run)."""
 
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
+    def __init__(self, as_json: bool, quiet: bool = False) -> None:
+        self.as_json, self.quiet = as_json, quiet
 
     def say(self, text: str = "") -> None:
-        print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+        if not self.quiet:
+            print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
 
     def record(self, obj: dict) -> None:
-        if self.as_json:
+        if self.as_json and not self.quiet:
             print(json.dumps(obj), flush=True)
 
 
@@ -301,7 +310,17 @@ def _exact_match(model, tok, dialogues) -> tuple[ExactMatch, int]:
 
 
 def run(args) -> int:
-    out = Output(args.json)
+    comm = None
+    if args.dist_timeout is not None and not args.distributed:
+        raise ConfigError("--dist-timeout needs --distributed")
+    if args.distributed:  # first: on GPUs it gives each rank its own device before the backend is made
+        from backends.distributed import init_distributed
+
+        comm = init_distributed(args.device, timeout=args.dist_timeout)
+        if not comm.is_root:  # rank 0 alone prints, plots and saves
+            warnings.simplefilter("ignore")
+    root = comm is None or comm.is_root
+    out = Output(args.json, quiet=not root)
     for flag in ("out", "resume"):
         if getattr(args, flag) is not None and not getattr(args, flag).strip():
             raise ConfigError(f"--{flag} is empty: give a directory (is a shell variable unset?)")
@@ -330,7 +349,7 @@ def run(args) -> int:
         backend = get_backend(args.device, args.dtype or "float32")
     use_graphs(backend, args.cuda_graphs)  # "on" where unsupported: fail now, not after loading the corpora
     speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every,
-                 log_grad_norms=args.log_grad_norms)
+                 log_grad_norms=args.log_grad_norms, comm=comm)
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
     log_epoch = lambda event: _log_event(out, event)  # noqa: E731
@@ -342,7 +361,7 @@ def run(args) -> int:
             _check_resume_flags(args, ckpt)
         model, tok = ckpt.model, ckpt.tokenizer
         trainer = restore_trainer(ckpt, pretrain, dialogues, allow_other_corpus=args.allow_other_corpus,
-                                  progress=not args.no_progress, log=log_epoch, **speed)
+                                  progress=not args.no_progress and root, log=log_epoch, **speed)
         if args.seed is None:  # the run's own seed (sampling too)
             args.seed = trainer.seed if trainer.seed is not None else 0
         st = trainer.state
@@ -361,23 +380,24 @@ def run(args) -> int:
                     backend, seed=args.seed)
         recipe = _recipe_from_args(args, RECIPES[args.recipe or "default"])
         trainer = Trainer(model, tok, pretrain, dialogues, recipe, seed=args.seed,
-                          progress=not args.no_progress, log=log_epoch, **speed)
+                          progress=not args.no_progress and root, log=log_epoch, **speed)
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
     _check_memory(trainer)
-    if args.out:
+    if args.out and root:
         _check_out(args, ckpt)
         trainer.on_phase_end = lambda tr, summary: _save(args, out, model, tok, tr, f"end of {summary.phase}")
         if args.save_every:
             trainer.on_epoch = lambda tr: (tr.state.epoch % args.save_every == 0
                                            and _save(args, out, model, tok, tr, f"epoch {tr.state.epoch}"))
-    out.say(f"ArrayGPT on {backend}")
+    out.say(f"ArrayGPT on {backend}" + (f", data-parallel over {comm.size} ranks ({comm!r})" if comm else ""))
     out.say(f"{model!r}")
     out.say(f"vocabulary {tok.vocab_size} words; {len(pretrain)} facts, {len(dialogues)} dialogues; "
             f"recipe {trainer.recipe}")
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                     max_new_tokens=args.max_new_tokens)
-    out.say(f"\nbefore training  > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
+    if root:
+        out.say(f"\nbefore training  > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
 
     terminated = []
     restore_sigterm = _sigterm_like_ctrl_c(terminated)
@@ -385,7 +405,9 @@ def run(args) -> int:
         summaries = trainer.train()
     except TrainingInterrupted:
         why = "terminated (SIGTERM)" if terminated else "interrupted"
-        if args.out:
+        if not root:
+            pass
+        elif args.out:
             _save(args, out, model, tok, trainer, why.split(" ")[0])
             print(f"{why}; the run is saved: continue it with --resume {args.out}", file=sys.stderr)
         else:
@@ -406,6 +428,9 @@ def run(args) -> int:
     finally:
         restore_sigterm()
         _release_lock(args)
+    if not root:  # the other ranks' part ends with training; they wait for rank 0 to finish (its last save)
+        comm.barrier()
+        return EXIT_OK
     for s in summaries:
         if s.steps:
             out.say(f"{s.phase}: {s.epochs} epochs, {s.steps} steps, {s.seconds:.2f} s, "
@@ -440,7 +465,13 @@ def run(args) -> int:
         out.record({"prompt": prompt, "answer": answer})
     out.record({"exact_match": em.correct, "total": em.total, "seconds": round(time.perf_counter() - _START, 3)})
     if not args.prompt and not args.no_chat:
-        interactive(model, tok, sampling, out)
+        if comm is not None:  # the launcher gives stdin to rank 0 only, and the other ranks would wait for it
+            out.say("no interactive chat in a distributed run: chat with the saved model (arraygpt chat "
+                    "--checkpoint DIR)")
+        else:
+            interactive(model, tok, sampling, out)
+    if comm is not None:
+        comm.barrier()
     return EXIT_OK
 
 

@@ -265,12 +265,13 @@ class Trainer:
                  log: Callable[[dict], None] | None = None, on_epoch: Callable[["Trainer"], None] | None = None,
                  on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
                  cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16,
-                 log_grad_norms: bool = False, phases: list[Phase] | None = None) -> None:
+                 log_grad_norms: bool = False, phases: list[Phase] | None = None, comm: Any = None) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
         self.progress, self.log = progress, log or (lambda event: None)
         self.log_every, self.cuda_graphs, self.tf32, self.pad_multiple = log_every, cuda_graphs, tf32, pad_multiple
+        self.comm = comm  # a backends.distributed.Communicator: data-parallel over its ranks (None: one process)
         if not isinstance(log_grad_norms, bool):
             raise ConfigError(f"log_grad_norms must be True or False, got {log_grad_norms!r}")
         self.log_grad_norms = log_grad_norms
@@ -297,8 +298,18 @@ class Trainer:
 
         self.examples: dict[str, list[Example]] = {p.name: encode(p.texts, p.loss_on) for p in self.phases}
         self.val_examples: dict[str, list[Example]] = {p.name: encode(p.val_texts, p.loss_on) for p in self.phases}
+        if comm is not None:  # every rank must train the same run: say which part differs, on every rank
+            from .distributed import check_run
+
+            check_run(comm, {"the model configuration": model.config.to_dict(), "the tokenizer": tokenizer.to_dict(),
+                             "the recipe": recipe.to_dict(), "the seed": seed,
+                             "the corpora": {n: [e.ids for e in ex] for n, ex in self.examples.items()},
+                             "the phases": [{k: v for k, v in asdict(p).items() if k not in ("texts", "val_texts")}
+                                            for p in self.phases]})
         self.state = TrainState(rng_state=new_shuffle_state(seed))
         self.optimizer = self._new_optimizer()
+        if comm is not None:
+            self.step_fn.check_in_sync()  # the same weights on every rank (a resumed run: the same checkpoint)
         self.last_loss: float | None = None  # the last loss read back
         self.summaries: list[PhaseSummary] = []
         self._stop_requested = False
@@ -313,8 +324,13 @@ class Trainer:
         # starts at 0, and the host counts the same calls, which is how a skipped step is named later.
         self.read()
         self._optimizer = opt
-        self.step_fn = TrainStep(self.model, opt, cuda_graphs=self.cuda_graphs, tf32=self.tf32,
-                                 pad_multiple=self.pad_multiple)
+        if self.comm is not None:  # each rank steps on its shard of every global batch; one all-reduce joins them
+            from .distributed import DistributedStep
+
+            self.step_fn = DistributedStep(self.model, opt, self.comm)
+        else:
+            self.step_fn = TrainStep(self.model, opt, cuda_graphs=self.cuda_graphs, tf32=self.tf32,
+                                     pad_multiple=self.pad_multiple)
         self._optimizer_calls = 0
 
     def _new_optimizer(self) -> Adam:
@@ -337,11 +353,25 @@ class Trainer:
         try:
             while not self.finished:
                 self._run_phase(self.phases[self.state.phase])
-            if self._stop_requested:  # Ctrl-C during the very last step: still report it
+            if self._stop_now():  # Ctrl-C during the very last step: still report it
                 raise TrainingInterrupted("interrupted after the last step")
         finally:
             restore()
         return self.summaries
+
+    def _stop_now(self) -> bool:
+        """Whether to stop here. Ranks decide together (a tiny all-reduce): a rank that stopped alone would leave
+        the others waiting in the next step's all-reduce."""
+        if self.comm is None:
+            return self._stop_requested
+        return self.comm.any_true(self._stop_requested)
+
+    def _stop_requested_at_boundary(self) -> bool:
+        # One process looks at every batch boundary; ranks only where they read anyway (every log_every steps),
+        # so that the agreement costs no extra sync in between.
+        if self.comm is None:
+            return self._stop_requested
+        return self.state.step % self.log_every == 0 and self._stop_now()
 
     def _install_sigint(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -373,7 +403,7 @@ class Trainer:
                 for batch in iterate_batches(examples, r.batch_size, self.tokenizer.pad_id, order, start=st.batch):
                     if st.phase_step >= total:  # a budget in steps can end inside an epoch
                         break
-                    if self._stop_requested:
+                    if self._stop_requested_at_boundary():
                         self.read()  # before anything is saved: a diverged run must raise, not be saved
                         raise TrainingInterrupted(f"interrupted in phase {phase.name}, epoch {st.epoch + 1}")
                     if not self._pending:
