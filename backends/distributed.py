@@ -410,6 +410,14 @@ class MPICommunicator(Communicator):
         return True
 
     def _abort_engine(self, code: int) -> None:
+        # MPI_Abort tears the job down at once, and the launcher may not yet have forwarded the error line this
+        # rank just printed (seen: 2 runs in 8 lost it): give it a moment first.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        time.sleep(0.5)
         self.world.Abort(code)
         os._exit(code)  # not reached
 

@@ -65,6 +65,25 @@ def add_at_columns(target: Any, cols: Any, values: Any) -> None:
         target += xpx.one_hot(cols, target.shape[1], dtype=target.dtype, xp=xp) * values[:, None]
 
 
+def exp_(x: Any) -> Any:
+    """``exp(x)`` written over `x` where the library can (the standard has no ``out=``); returns the result.
+
+    NumPy, CuPy and torch compute in place (one pass, no new array); other namespaces return ``xp.exp(x)``, so
+    callers must use the returned array and treat `x` as consumed.
+    """
+    if compat.is_numpy_array(x):
+        import numpy as np
+
+        return np.exp(x, out=x)
+    if compat.is_cupy_array(x):
+        import cupy
+
+        return cupy.exp(x, out=x)
+    if compat.is_torch_array(x):
+        return x.exp_()
+    return compat.array_namespace(x).exp(x)
+
+
 def flat_views(buffer: Any, shapes: list[tuple[int, ...]]) -> list[Any]:
     """Views of consecutive slices of the 1-D `buffer`, each reshaped to its shape (llm.c's parameter layout).
 

@@ -1,6 +1,6 @@
 """Training-step throughput and peak memory: ArrayGPT's own step on each backend against PyTorch autograd.
 
-    python benchmarks/train_bench.py --device cpu                     # reference, baby, large; 4 contenders
+    python benchmarks/train_bench.py --device cpu                     # reference, baby, large; 5 contenders
     python benchmarks/train_bench.py --device cuda --json cuda.json   # + gpt2-small; 5 contenders
     python benchmarks/train_bench.py --device cpu --configs reference --contenders ours-numpy,torch-eager --rounds 5
 
@@ -8,7 +8,9 @@ A step is forward + backward + global-norm clipping (5.0) + Adam (lr 1e-3) in fl
 cross-entropy) on every position of a (B, T) batch of random tokens handed over as host NumPy int64 arrays.
 Contenders:
 
-    ours-numpy, ours-torch           --device cpu:  llm.TrainStep on the numpy / torch (CPU) backend
+    ours-numpy, ours-torch           --device cpu:  llm.TrainStep on the numpy / torch (CPU) backend (workers=1)
+    ours-numpy-auto                  --device cpu:  llm.TrainStep(workers="auto") on numpy: the batch split across
+                                     one thread per CPU (llm.parallel; the table names the number)
     ours-cupy, ours-torch:cuda       --device cuda: llm.TrainStep on cupy / torch:cuda, CUDA graphs off
     ours-torch:cuda+graphs           --device cuda: llm.TrainStep on torch:cuda, CUDA graphs on
     torch-eager                      PyTorch autograd, attention written out: scores, causal mask, softmax, matmul
@@ -29,6 +31,17 @@ synchronize, divided by --steps. On Linux the worker also reads /proc/stat aroun
 processes kept more than 0.1 core busy is flagged, and left out of the median when a quiet round exists (a shared
 2-core machine otherwise turns PyTorch's spinning thread pool into 10-40x slower steps). A library or device that
 is missing is reported as skipped, never a crash.
+
+On the CPU every round also runs a float32 GEMM probe in its own process (NumPy's BLAS, 1 thread and 2 threads,
+best of a few n x n x n products): a 2-thread rate near the 1-thread one says the two vCPUs were sharing one core
+during that round. The highest 2-thread rate of the run is the peak that MFU is measured against:
+
+    model FLOPs per step = (6 * N_mm + 12 * L * C * T) * B * T
+
+with N_mm the weights that take part in a matmul (L * (3C^2 + C^2 + 2 C d_ff) + C V: the blocks' projections
+and the output head; embeddings are lookups), 6 = 2 (multiply-add) x 3 (forward, and backward to inputs and to
+weights), and 12 L C T the attention scores and their weighted sum over every (query, key) pair, forward and
+backward (nanoGPT's estimate_mfu; the causal half that is masked is counted too, as it is computed).
 """
 
 from __future__ import annotations
@@ -57,19 +70,23 @@ CONFIGS: dict[str, tuple[int, int, int, int, int, int, int]] = {
 }
 CUDA_ONLY_CONFIGS = ("gpt2-small",)
 
-# ours-* contender -> (backend name, cuda_graphs)
+# ours-* contender -> (backend name, cuda_graphs, workers)
 OURS = {
-    "ours-numpy": ("numpy", "off"),
-    "ours-torch": ("torch", "off"),
-    "ours-cupy": ("cupy", "off"),
-    "ours-torch:cuda": ("torch:cuda", "off"),
-    "ours-torch:cuda+graphs": ("torch:cuda", "on"),
+    "ours-numpy": ("numpy", "off", 1),
+    "ours-numpy-auto": ("numpy", "off", "auto"),
+    "ours-torch": ("torch", "off", 1),
+    "ours-cupy": ("cupy", "off", 1),
+    "ours-torch:cuda": ("torch:cuda", "off", 1),
+    "ours-torch:cuda+graphs": ("torch:cuda", "on", 1),
 }
+PROBE = "gemm-probe"  # the CPU matmul probe's worker
+RUSTGPT_TOKENS_PER_S = 7066  # RustGPT's release build on this machine, batch 1 (issue 9)
 CONTENDERS = {
-    "cpu": ["ours-numpy", "ours-torch", "torch-eager", "torch-sdpa"],
+    "cpu": ["ours-numpy", "ours-numpy-auto", "ours-torch", "torch-eager", "torch-sdpa"],
     "cuda": ["ours-cupy", "ours-torch:cuda", "ours-torch:cuda+graphs", "torch-eager", "torch-sdpa"],
 }
 BASELINE = "torch-eager"
+SDPA = "torch-sdpa"
 
 # (warmup, steps) when not given: the default CPU run (3 configs x 4 contenders x 3 rounds) takes a few minutes on
 # 2 cores; on a GPU process start and CUDA set-up dominate anyway.
@@ -92,6 +109,13 @@ def num_parameters(config: str) -> int:
     C, H, L, F, T, V, B = CONFIGS[config]
     block = 4 * C + 3 * C * C + C * C + C + C * F + F + F * C + C  # 2 norms, qkv, proj + b, fc1 + b, fc2 + b
     return V * C + T * C + L * block + 2 * C + V * C + V
+
+
+def step_flops(config: str) -> int:
+    """Model FLOPs of one training step (see the module docstring): (6 N_mm + 12 L C T) * B * T."""
+    C, H, L, F, T, V, B = CONFIGS[config]
+    n_mm = L * (3 * C * C + C * C + 2 * C * F) + C * V
+    return (6 * n_mm + 12 * L * C * T) * B * T
 
 
 # ------------------------------------------------------------------------------------------------- worker side
@@ -179,7 +203,7 @@ def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     import llm
     from backends import get_backend
 
-    backend_name, graphs = OURS[spec["contender"]]
+    backend_name, graphs, workers = OURS[spec["contender"]]
     d, device, tf32 = spec["dims"], spec["device"], spec["tf32"]
     try:
         be = get_backend(backend_name, "float32")
@@ -203,7 +227,8 @@ def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
                         d_ff=d["d_ff"], max_seq_len=d["seq_len"])
     model = llm.GPT(cfg, be, seed=0)
     opt = llm.Adam(model, lr=LR, clip_norm=CLIP)
-    train_step = llm.TrainStep(model, opt, cuda_graphs=graphs, tf32=tf32)
+    train_step = llm.TrainStep(model, opt, cuda_graphs=graphs, tf32=tf32, workers=workers)
+    info["workers"] = train_step.workers
 
     def step(tokens: Any, targets: Any) -> Any:
         return train_step(tokens, targets, None, lr=LR)
@@ -351,9 +376,32 @@ def _oom(exc: BaseException) -> bool:
     return "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()
 
 
+def _run_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """float32 GEMM rates (GFLOP/s) of NumPy's BLAS at 1 and 2 threads: the best of a few n^3 products each."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    n = spec.get("n", 1024)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    out: dict[str, Any] = {"n": n}
+    for threads in (1, 2, 1, 2):  # alternated, so a burst of load hits both
+        with threadpool_limits(limits=threads, user_api="blas"):
+            a @ b
+            best = math.inf
+            for _ in range(5):
+                t0 = time.perf_counter()
+                a @ b
+                best = min(best, time.perf_counter() - t0)
+        rate = 2 * n ** 3 / best / 1e9
+        key = f"gflops_{threads}t"
+        out[key] = max(out.get(key, 0.0), rate)
+    return out
+
+
 def worker(spec: dict[str, Any]) -> None:
     """Run one (config, contender) and print its result as one tagged JSON line on stdout."""
-    run = _run_ours if spec["contender"] in OURS else _run_torch
+    run = _run_probe if spec["contender"] == PROBE else _run_ours if spec["contender"] in OURS else _run_torch
     try:
         result = {"status": "ok"} | run(spec)
     except Skip as exc:
@@ -443,8 +491,15 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def _label(name: str, r: dict[str, Any]) -> str:
+    workers = {run.get("workers") for run in r.get("runs", [])} - {None, 1}
+    return name + (f" (workers={'/'.join(str(w) for w in sorted(workers))})" if workers else "")
+
+
 def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], contenders: list[str],
-           rows: dict[tuple[str, str], dict[str, Any]]) -> str:
+           rows: dict[tuple[str, str], dict[str, Any]], probes: list[dict[str, Any]] | None = None) -> str:
+    probes = probes or []
+    peak = max((p["gflops_2t"] for p in probes), default=None)
     v = mach["versions"]
     lines = [f"## Training step: {args.device}, float32, TF32 {'on' if args.tf32 else 'off'}", "",
              f"- machine: {mach['platform']}; {mach['cpu']}; {mach['cpu_count']} CPUs "
@@ -465,32 +520,55 @@ def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], c
         lines.append(f"- {c}: d_model {d['d_model']}, {d['n_heads']} heads, {d['n_layers']} layers, d_ff {d['d_ff']}, "
                      f"T {d['seq_len']}, V {d['vocab']}, batch {d['batch']} ({d['batch'] * d['seq_len']:,} tokens a "
                      f"step, {num_parameters(c):,} parameters); {w} warm-up + {s} timed steps")
-    lines += ["", "| config | contender | ms/step | min–max ms | tokens/s | speed vs torch-eager | peak memory | "
-              "final loss |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    if probes:
+        lines.append("- float32 GEMM probe (NumPy BLAS, " + str(probes[0]["n"]) + "^3, best of 5), per round, 1 thread / "
+                     "2 threads GFLOP/s: " + "; ".join(f"{p['gflops_1t']:.0f} / {p['gflops_2t']:.0f} "
+                                                       f"({p['gflops_2t'] / p['gflops_1t']:.2f}x)" for p in probes)
+                     + f"; peak (the highest 2-thread rate) {peak:.0f} GFLOP/s")
+    lines += ["", "| config | contender | ms/step | min–max ms | tokens/s | vs torch-eager | vs torch-sdpa | MFU | "
+              "peak memory | final loss |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     notes = []
     for c in configs:
         tokens = dims(c)["batch"] * dims(c)["seq_len"]
         base = rows.get((c, BASELINE), {})
         base_ms = base.get("median_ms")
+        sdpa_ms = rows.get((c, SDPA), {}).get("median_ms")
         for name in contenders:
             r = rows.get((c, name), {})
             if r.get("status") != "ok":
                 reason = r.get("reason", "not run")
-                lines.append(f"| {c} | {name} | {r.get('status', 'not run')} | | | | | |")
+                lines.append(f"| {c} | {name} | {r.get('status', 'not run')} | | | | | | | |")
                 note = f"{name}: {r.get('status', 'not run')}: {reason}"
                 if note not in notes:
                     notes.append(note)
                 continue
             ratio = f"{base_ms / r['median_ms']:.2f}x" if base_ms else "—"
+            ratio_sdpa = f"{sdpa_ms / r['median_ms']:.2f}x" if sdpa_ms else "—"
+            mfu = f"{step_flops(c) / (r['median_ms'] / 1e3) / (peak * 1e9):.0%}" if peak and args.device == "cpu" \
+                else "—"
             mem = _mib(r["peak_bytes"])
             if r.get("rss_base_bytes") is not None:
                 mem += f" (+{r['peak_bytes'] / 2**20 - r['rss_base_bytes'] / 2**20:,.0f})"
             busy = " (busy)" if r["all_busy"] else f" ({r['busy_rounds']} busy dropped)" if r["busy_rounds"] else ""
-            lines.append(f"| {c} | {name} | {r['median_ms']:.2f} | {min(r['ms']):.2f}–{max(r['ms']):.2f}{busy} | "
-                         f"{tokens / (r['median_ms'] / 1e3):,.0f} | {ratio} | {mem} | {r['loss']:.3f} |")
+            lines.append(f"| {c} | {_label(name, r)} | {r['median_ms']:.2f} | {min(r['ms']):.2f}–{max(r['ms']):.2f}"
+                         f"{busy} | {tokens / (r['median_ms'] / 1e3):,.0f} | {ratio} | {ratio_sdpa} | {mfu} | {mem} | "
+                         f"{r['loss']:.3f} |")
     lines += ["", "- ms/step: perf_counter around the timed loop, after the warm-up steps and a device synchronize, "
               "with a synchronize at its end, divided by the step count; tokens/s = batch × T / median step time; "
-              "speed vs torch-eager = torch-eager's median step time / this contender's (> 1: faster)."]
+              "vs torch-eager / vs torch-sdpa = that contender's median step time / this contender's (> 1: faster)."]
+    if peak and args.device == "cpu":
+        lines.append(f"- MFU: model FLOPs per step (6 N_mm + 12 L C T) B T / median step time / {peak:.0f} GFLOP/s, "
+                     "the float32 GEMM peak measured in this run; FLOPs per step: " +
+                     ", ".join(f"{c} {step_flops(c) / 1e9:.1f} G" for c in configs))
+    if "reference" in configs:
+        ref_tokens = dims("reference")["batch"] * dims("reference")["seq_len"]
+        best = [(rows[("reference", n)]["median_ms"], n) for n in contenders
+                if n.startswith("ours") and rows.get(("reference", n), {}).get("status") == "ok"]
+        if best:
+            ms, n = min(best)
+            tps = ref_tokens / (ms / 1e3)
+            lines.append(f"- reference, {n}: {tps:,.0f} training tokens/s = {tps / RUSTGPT_TOKENS_PER_S:.1f}x "
+                         f"RustGPT's {RUSTGPT_TOKENS_PER_S:,} (its release build on this machine, batch 1)")
     if args.device == "cpu":
         lines.append("- peak memory: peak RSS of the whole worker process (getrusage ru_maxrss), interpreter and "
                      "libraries included (importing PyTorch adds a couple of hundred MiB by itself); in parentheses "
@@ -536,6 +614,7 @@ def main() -> None:
                                                         "for TrainStep); off by default")
     ap.add_argument("--json", metavar="PATH", help="also write every run's numbers here")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process (default 1800)")
+    ap.add_argument("--no-probe", action="store_true", help="cpu: skip the 1- vs 2-thread GEMM probe (and MFU)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -560,7 +639,17 @@ def main() -> None:
     rows: dict[tuple[str, str], dict[str, Any]] = {(c, n): {"runs": []} for c in configs for n in contenders}
     dead: dict[str, dict[str, Any]] = {}  # contender -> skip result (its library or device is missing)
     t_start = time.perf_counter()
+    probes: list[dict[str, Any]] = []
     for rnd in range(args.rounds):
+        if args.device == "cpu" and not args.no_probe:
+            result = run_worker({"contender": PROBE, "device": "cpu", "tf32": False}, args.timeout)
+            if result["status"] == "ok":
+                probes.append(result)
+                msg = f"1 thread {result['gflops_1t']:.0f} GFLOP/s, 2 threads {result['gflops_2t']:.0f} GFLOP/s"
+            else:
+                msg = f"{result['status']}: {result.get('reason', '')}"
+            print(f"[round {rnd + 1}/{args.rounds}, {time.perf_counter() - t_start:6.0f} s] {'probe':>10} "
+                  f"{'float32 GEMM ' + str(result.get('n', '')) + '^3':<22} {msg}", file=sys.stderr, flush=True)
         for c in configs:
             warm, steps = steps_for(args, c)
             for n in contenders:
@@ -601,9 +690,10 @@ def main() -> None:
             if base:
                 row["rss_base_bytes"] = statistics.median(base)
     mach = machine()
-    print(report(mach, args, configs, contenders, rows))
+    print(report(mach, args, configs, contenders, rows, probes))
     if args.json:
-        out = {"machine": mach, "args": {k: val for k, val in vars(args).items() if k != "worker"}, "results": []}
+        out = {"machine": mach, "args": {k: val for k, val in vars(args).items() if k != "worker"}, "results": [],
+               "gemm_probes": probes}
         for (c, n), row in rows.items():
             tokens = dims(c)["batch"] * dims(c)["seq_len"]
             base = rows.get((c, BASELINE), {}).get("median_ms")

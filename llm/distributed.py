@@ -28,18 +28,10 @@ import numpy as np
 
 from backends.distributed import fingerprint
 
-from .batch import _as_ids, _check_range, batch_shape, check_ids, check_mask, is_host
+from .batch import _as_ids, _check_range, batch_shape, check_ids, check_mask, is_host, shard_bounds  # noqa: F401
 from .errors import ConfigError
 
 __all__ = ["DistributedStep", "shard_bounds", "run_fingerprints", "check_run", "fingerprint"]
-
-
-def shard_bounds(batch: int, rank: int, size: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of a global batch that `rank` of `size` takes: contiguous, sizes differ by at most one
-    (the first ``batch % size`` ranks take one more); empty when ``batch < size`` leaves none for this rank."""
-    base, extra = divmod(batch, size)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
 
 
 def run_fingerprints(**parts: Any) -> dict[str, str]:

@@ -50,6 +50,18 @@ class FlatParameters:
         xp = self.backend.xp
         return xp.zeros((self.size,), dtype=self.backend.dtype, device=self.backend.device)
 
+    def with_own_grads(self) -> "FlatParameters":
+        """A twin that shares this one's parameter buffer (and its views) but has its own zeroed gradient buffer.
+
+        A data-parallel worker adds its shard's gradients into the twin's buffer (see :mod:`llm.parallel`); the
+        layout, names and ``n_decay`` are the same, so the buffers sum element by element.
+        """
+        twin = object.__new__(FlatParameters)
+        twin.__dict__.update(self.__dict__)
+        twin.grad_buffer = self.new_buffer()
+        twin.grads = twin.views(twin.grad_buffer)
+        return twin
+
     def zero_grads(self) -> None:
         self.grad_buffer[...] = 0
 

@@ -8,6 +8,7 @@ from typing import Any
 from ..namespace import array_namespace, device
 
 from backends.fused import fast_path
+from backends.ops import exp_
 
 from .base import Layer
 from .linear import Linear
@@ -123,19 +124,20 @@ class CausalSelfAttention(Layer):
     @staticmethod
     def _softmax(xp: Any, s: Any) -> Any:
         # s: (..., T_k) -> probabilities over the last axis, max-subtracted for stability; `s` is overwritten
+        # and becomes the result: every pass over the (B, H, T, T) scores runs in place
         s -= xp.max(s, axis=-1, keepdims=True)
-        e = xp.exp(s)
-        e /= sum_last(e)  # the row sum as a matmul with a ones column: faster than a short last-axis reduction
+        e = exp_(s)
+        e *= 1.0 / sum_last(e)  # the row sum as a matmul with a ones column: faster than a last-axis reduction
         return e
 
     def _attend(self, xp: Any, q: Any, k: Any, v: Any, bias: Any) -> tuple[Any, Any]:
-        # q: (B, H, T_q, D), k, v: (B, H, T_k, D) -> p: (B, H, T_q, T_k), y: (B, H, T_q, D)
+        # q: (B, H, T_q, D) already scaled by 1/sqrt(D) (a pass over q, T/D times cheaper than one over the scores),
+        # k, v: (B, H, T_k, D) -> p: (B, H, T_q, T_k), y: (B, H, T_q, D)
         scores = q @ xp.matrix_transpose(k)
         fused = fast_path("softmax_rows", scores) if bias.ndim == 2 else None
-        if fused is not None:  # the five steps below as one kernel (backends.fused)
-            p = fused(scores, bias, self.scale)
+        if fused is not None:  # the steps below as one kernel (backends.fused)
+            p = fused(scores, bias, 1.0)
         else:
-            scores *= self.scale
             scores += bias
             p = self._softmax(xp, scores)
         return p, p @ v
@@ -146,13 +148,15 @@ class CausalSelfAttention(Layer):
 
     def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
         # x: (B*T, C) rows of B sequences of length T; key_mask: (B, T) bool, True for real tokens, or None
-        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged); q and k rotated when rope
+        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged); q and k rotated when rope, q scaled by
+        # 1/sqrt(D) (the scores' backward needs exactly those)
         xp = array_namespace(x)
         qkv, _ = self.qkv.forward(x)
         q, k, v = self._split_heads(xp, qkv, T)
-        if self.rope:  # the cache keeps the rotated q and k: the scores' backward needs exactly those
+        if self.rope:
             cos, sin = self._rope(xp, 0, T, x)
             q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
+        q = q * self.scale
         p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, T, key_mask, x))
         merged = self._merge_heads(xp, y)
         out, _ = self.proj.forward(merged)
@@ -175,13 +179,15 @@ class CausalSelfAttention(Layer):
             ds *= p
         dq = ds @ k
         dq *= self.scale
-        dk = xp.matrix_transpose(ds) @ q
-        dk *= self.scale
+        dk = xp.matrix_transpose(ds) @ q  # q is the scaled one: the scale is already in
         if self.rope:  # gradients of the rotated q and k -> of the projected ones: the inverse rotation
             cos, sin = self._rope(xp, 0, T, dout)
             dq, dk = rope_unrotate(xp, dq, cos, sin), rope_unrotate(xp, dk, cos, sin)
-        dqkv = xp.reshape(xp.permute_dims(xp.stack((dq, dk, dv), axis=0), (1, 3, 0, 2, 4)), (B * T, 3 * self.d_model))
-        return self.qkv.backward(dqkv, x)
+        # (B, T, 3, H, D) laid out as the QKV projection's output: each gradient written once into its slot
+        dqkv = xp.empty((B, T, 3, H, D), dtype=dq.dtype, device=device(dq))
+        for i, g in enumerate((dq, dk, dv)):
+            dqkv[:, :, i, ...] = xp.permute_dims(g, (0, 2, 1, 3))
+        return self.qkv.backward(xp.reshape(dqkv, (B * T, 3 * self.d_model)), x)
 
     def forward_cached(self, x: Any, T: int, kv: dict) -> Any:
         # x: (B*T_new, C), kv: {"k", "v": (B, H, T_past, D)} or empty -> (B*T_new, C). Inference only: no cache
@@ -191,6 +197,7 @@ class CausalSelfAttention(Layer):
         if self.rope:  # the new queries and keys at their absolute positions; the cache holds rotated keys
             cos, sin = self._rope(xp, kv["k"].shape[2] if kv else 0, T, x)
             q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
+        q = q * self.scale
         if kv:
             k = xp.concat((kv["k"], k), axis=2)
             v = xp.concat((kv["v"], v), axis=2)

@@ -10,6 +10,7 @@ flat buffers (see :mod:`llm.params`), updated in place and never rebound.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator
 
 from ..namespace import array_namespace
@@ -36,6 +37,41 @@ class Layer:
         if cached is None or cached[0] is not w:
             cached = self._transposed[name] = (w, array_namespace(w).matrix_transpose(w))
         return cached[1]
+
+    def replicate(self, grads: dict[str, Any], prefix: str = "", memo: dict[int, "Layer"] | None = None) -> "Layer":
+        """A twin of this layer tree that shares every parameter but adds its gradients into `grads`.
+
+        `grads` maps dotted names (as :meth:`named_slots` spells them, under `prefix`) to arrays of the gradients'
+        shapes, e.g. the views of a second flat gradient buffer. Each layer is copied shallowly: parameters and the
+        constant caches (causal masks, transposed views) are the same objects; ``grads`` and ``children`` are the
+        twin's own, and attributes that name a sub-layer (``self.qkv``, ``self.blocks[i]``, a tied head's
+        ``tied_to``) name its twin. Twins let several threads run forward and backward on one set of weights,
+        each accumulating into its own gradient buffer, since nothing of a pass is stored on a layer.
+        """
+        memo = {} if memo is None else memo
+        twin = memo.get(id(self))
+        if twin is not None:
+            return twin
+        twin = copy.copy(self)
+        memo[id(self)] = twin
+        twin.grads = {key: grads[prefix + key] for key in self.grads}
+        twin.children = {name: child.replicate(grads, f"{prefix}{name}.", memo)
+                         for name, child in self.children.items()}
+
+        def relink(value: Any) -> Any:
+            if isinstance(value, Layer):
+                if id(value) not in memo:
+                    raise ValueError(f"{type(self).__name__} refers to a {type(value).__name__} that is not among "
+                                     "its children (or an earlier sibling's): cannot replicate it")
+                return memo[id(value)]
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
+                return type(value)(relink(v) for v in value)
+            return value
+
+        for attr, value in list(vars(twin).items()):
+            if attr not in ("children", "grads"):
+                setattr(twin, attr, relink(value))
+        return twin
 
     def named_slots(self, prefix: str = "") -> Iterator[tuple[str, "Layer", str]]:
         """Yield ``(dotted name, owning layer, key)`` for this layer's parameters and its children's, in order."""

@@ -25,9 +25,9 @@ class LayerNorm(Layer):
         if fused is not None:  # the lines below as one kernel (backends.fused)
             y, xhat, rstd = fused(x, self.params["gamma"], self.params["beta"], self.eps)
             return y, (xhat, rstd)
-        xc = x - mean_last(x)
-        rstd = (mean_last(xc * xc) + self.eps) ** -0.5
-        xhat = xc * rstd
+        xhat = x - mean_last(x)
+        rstd = (mean_last(xhat * xhat) + self.eps) ** -0.5
+        xhat *= rstd  # x - mean, normalized in place
         y = xhat * self.params["gamma"]
         y += self.params["beta"]
         return y, (xhat, rstd)
@@ -40,9 +40,10 @@ class LayerNorm(Layer):
         fused = fast_path("layernorm_backward", dout)
         if fused is not None:  # the lines below as one kernel (backends.fused)
             return fused(dout, xhat, rstd, self.params["gamma"])
-        dxhat = dout * self.params["gamma"]
+        dx = dout * self.params["gamma"]  # dxhat, turned into dx in place
         # d/dx of the normalization: remove the mean of dxhat and its projection on xhat.
-        dx = dxhat - mean_last(dxhat)
-        dx -= xhat * mean_last(dxhat * xhat)
+        proj = mean_last(dx * xhat)
+        dx -= mean_last(dx)
+        dx -= xhat * proj
         dx *= rstd
         return dx
