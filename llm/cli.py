@@ -208,3 +208,21 @@ def print_stream(pieces: Iterable[str], file=None) -> str:
         print(piece, end="", file=file, flush=True)
     print(file=file, flush=True)
     return "".join(shown).strip()
+
+
+def workers_flag(text: str) -> int | str:
+    """An argparse type for --workers: "auto" or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = _parse_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
+    return value
+
+
+WORKERS_HELP = ("threads per training step on the CPU (numpy backend): each takes a share of the batch's sequences "
+                "with one BLAS thread; auto (default): one per CPU, at most 4; 1: the single-thread step")
+

@@ -61,7 +61,8 @@ from backends import get_backend  # noqa: E402
 from backends.capture import set_tf32  # noqa: E402
 from llm import GPT, Adam, CharTokenizer, GPTConfig, TrainStep, cross_entropy  # noqa: E402
 from llm.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, nonnegative_float, nonnegative_int,  # noqa: E402
-                     flag_name, number, one_line_warnings, positive_float, positive_int, run_cli)
+                     flag_name, number, one_line_warnings, positive_float, positive_int, run_cli, WORKERS_HELP,
+                     workers_flag)
 from llm.data import random_windows, spread_offsets, windows_at  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError  # noqa: E402
 from llm.generation import check_sampling, generate_stream  # noqa: E402
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="record each training step as a CUDA graph (torch:cuda only; auto: where supported)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs")
+    p.add_argument("--workers", type=workers_flag, default="auto", metavar="N|auto", help=WORKERS_HELP)
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of an MPI job: mpiexec -n N python examples/train_text.py "
                         "--distributed ... (--batch-size is the global batch; rank 0 prints and saves; needs pip "
@@ -236,7 +238,8 @@ class TextRun:
     """
 
     def __init__(self, model: GPT, tokenizer: Any, train_ids: np.ndarray, val_ids: np.ndarray,
-                 settings: TextSettings, cuda_graphs: str = "auto", tf32: bool = False, comm: Any = None) -> None:
+                 settings: TextSettings, cuda_graphs: str = "auto", tf32: bool = False, comm: Any = None,
+                 workers: int | str = "auto") -> None:
         settings.check()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.train_ids, self.val_ids = np.asarray(train_ids, np.int64), np.asarray(val_ids, np.int64)
@@ -247,7 +250,7 @@ class TextRun:
 
             self.step_fn = DistributedStep(model, self.opt, comm)
         else:
-            self.step_fn = TrainStep(model, self.opt, cuda_graphs=cuda_graphs, tf32=tf32)
+            self.step_fn = TrainStep(model, self.opt, cuda_graphs=cuda_graphs, tf32=tf32, workers=workers)
         self.comm = comm
         self.rng = np.random.default_rng(settings.seed)
         self.step = 0  # steps taken
@@ -392,7 +395,7 @@ class TextRun:
 
 
 def _load_run(path: Any, device: Any, steps: int | None, cuda_graphs: str = "auto",
-              tf32: bool = False, comm: Any = None) -> tuple[TextRun, Any]:
+              tf32: bool = False, comm: Any = None, workers: int | str = "auto") -> tuple[TextRun, Any]:
     """(the TextRun saved in `path`, its Checkpoint); every file checked."""
     import safetensors
 
@@ -425,7 +428,7 @@ def _load_run(path: Any, device: Any, steps: int | None, cuda_graphs: str = "aut
         settings.steps = steps
     model = ckpt.model
     run = TextRun(model, ckpt.tokenizer, np.zeros(0, np.int64), np.zeros(0, np.int64), settings,
-                  cuda_graphs=cuda_graphs, tf32=tf32, comm=comm)
+                  cuda_graphs=cuda_graphs, tf32=tf32, comm=comm, workers=workers)
     n = model.flat.param_buffer.shape[0]
     for key in ("m", "v"):
         arr = moments.get(key)
@@ -538,7 +541,7 @@ def _main(argv: list[str] | None) -> int:
     args.comm = comm
     ckpt = None
     if args.resume:
-        run, ckpt = _load_run(args.resume, args.device, args.steps, args.cuda_graphs, args.tf32, comm)
+        run, ckpt = _load_run(args.resume, args.device, args.steps, args.cuda_graphs, args.tf32, comm, args.workers)
         _check_resume_flags(args, explicit, run)
         settings, model, tok = run.settings, run.model, run.tokenizer
         text = read_text(args.text, settings.max_chars)
@@ -566,7 +569,7 @@ def _main(argv: list[str] | None) -> int:
         train_ids, val_ids = split_ids(ids, settings.val_fraction, size["max_seq_len"], args.text)
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size), backend, seed=settings.seed)
         run = TextRun(model, tok, train_ids, val_ids, settings, cuda_graphs=args.cuda_graphs, tf32=args.tf32,
-                      comm=comm)
+                      comm=comm, workers=args.workers)
         args.run_id = secrets.token_hex(8)
     run.text_info = {"sha256": text_sha256(text), "chars": len(text)}
     if comm is not None:  # every rank trains the same run on the same text, from the same weights

@@ -46,7 +46,7 @@ from llm import GPT, GPTConfig  # noqa: E402
 from llm.config import POS_ENCODINGS  # noqa: E402
 from llm.cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, error, int_at_least,  # noqa: E402
                      flag_name, nonnegative_float, number, one_line_warnings, positive_float, print_stream,
-                     run_cli)
+                     run_cli, WORKERS_HELP, workers_flag)
 from llm.data import load_corpus, split_dialogue  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, PromptError, TrainingDivergedError  # noqa: E402
 from llm.generation import chat, chat_stream, check_prompt, check_sampling  # noqa: E402
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
                         "supported)")
     f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
+    f.add_argument("--workers", type=workers_flag, default="auto", metavar="N|auto", help=WORKERS_HELP)
     f.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of an MPI job: mpiexec -n N python examples/train.py "
                         "--distributed ... (each rank takes a shard of every --batch-size batch; rank 0 prints and "
@@ -349,7 +350,7 @@ def run(args) -> int:
         backend = get_backend(args.device, args.dtype or "float32")
     use_graphs(backend, args.cuda_graphs)  # "on" where unsupported: fail now, not after loading the corpora
     speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every,
-                 log_grad_norms=args.log_grad_norms, comm=comm)
+                 log_grad_norms=args.log_grad_norms, comm=comm, workers=args.workers)
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
     log_epoch = lambda event: _log_event(out, event)  # noqa: E731

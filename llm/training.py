@@ -250,7 +250,9 @@ class Trainer:
     `on_epoch(trainer)` is called after every epoch and `on_phase_end(trainer, summary)` after each phase (the CLI
     saves checkpoints there); `log(event: dict)` receives epoch losses and phase summaries. Losses stay on the device
     until :meth:`read` (every `log_every` steps, at every epoch end, before anything is saved). `cuda_graphs`,
-    `tf32` and `pad_multiple` go to :class:`llm.TrainStep`.
+    `tf32`, `pad_multiple` and `workers` go to :class:`llm.TrainStep` (`workers="auto"`: the batch split across
+    threads on the NumPy backend, one thread elsewhere). `comm` (a :mod:`backends.distributed` communicator) makes
+    the run data-parallel across its ranks.
 
     Each step is recorded in ``state.steps`` when it is read (see :class:`TrainState`). tokens/s is measured over
     the steps between two reads (the device runs ahead of the host, so only a read tells when the steps are done):
@@ -265,13 +267,15 @@ class Trainer:
                  log: Callable[[dict], None] | None = None, on_epoch: Callable[["Trainer"], None] | None = None,
                  on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
                  cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16,
-                 log_grad_norms: bool = False, phases: list[Phase] | None = None, comm: Any = None) -> None:
+                 log_grad_norms: bool = False, phases: list[Phase] | None = None, comm: Any = None,
+                 workers: int | str = "auto") -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
         self.progress, self.log = progress, log or (lambda event: None)
         self.log_every, self.cuda_graphs, self.tf32, self.pad_multiple = log_every, cuda_graphs, tf32, pad_multiple
         self.comm = comm  # a backends.distributed.Communicator: data-parallel over its ranks (None: one process)
+        self.workers = workers  # threads per step on CPU backends (TrainStep's; "auto": what pays off here)
         if not isinstance(log_grad_norms, bool):
             raise ConfigError(f"log_grad_norms must be True or False, got {log_grad_norms!r}")
         self.log_grad_norms = log_grad_norms
@@ -330,7 +334,7 @@ class Trainer:
             self.step_fn = DistributedStep(self.model, opt, self.comm)
         else:
             self.step_fn = TrainStep(self.model, opt, cuda_graphs=self.cuda_graphs, tf32=self.tf32,
-                                     pad_multiple=self.pad_multiple)
+                                     pad_multiple=self.pad_multiple, workers=self.workers)
         self._optimizer_calls = 0
 
     def _new_optimizer(self) -> Adam:

@@ -142,9 +142,9 @@ def _history(trainer):
     return [(h["phase"], h["epoch"], h["loss"]) for h in trainer.state.history]
 
 
-def _full_run(be, recipe=RECIPE):
+def _full_run(be, recipe=RECIPE, workers="auto"):
     model = _model(be, seed=11)
-    trainer = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False)
+    trainer = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False, workers=workers)
     trainer.train()
     return trainer
 
@@ -206,9 +206,10 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(backend, dtype, tol,
 def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop_after, reset_optimizer, tmp_path):
     be = require_backend(backend, dtype)
     recipe = Recipe(**{**RECIPE.to_dict(), "reset_optimizer": reset_optimizer})
-    full = _full_run(be, recipe)
+    full = _full_run(be, recipe, workers=1)
     model = _model(be, seed=11)
-    stopped = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False)
+    # one thread per step: the spy below counts one model call per step (with workers, each shard makes one)
+    stopped = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False, workers=1)
     calls = []
     real_step = model.loss_and_grads_device
 
@@ -227,7 +228,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop
     assert saved["state"]["step"] == stop_after and saved["optimizer_t"] == stopped.optimizer.t
     if stop_after != 11:
         assert saved["state"]["batch"] > 0  # really mid-epoch
-    resumed = restore_trainer(load_checkpoint(tmp_path / "ck", be), PRETRAIN, CHAT, progress=False)
+    resumed = restore_trainer(load_checkpoint(tmp_path / "ck", be), PRETRAIN, CHAT, progress=False, workers=1)
     resumed.train()
     _assert_same_run(resumed, full, be, tol)
 

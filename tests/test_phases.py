@@ -248,3 +248,22 @@ def test_the_checks_of_chat_stream_come_before_the_first_word():
         chat_stream(model, TOK, "   ")  # raised by the call, not on iteration
     with pytest.raises(ConfigError):
         chat_stream(model, TOK, "hi", temperature=-1.0)
+
+
+# -- workers: the Trainer's steps split across threads (llm.parallel) -------------------------------------------------
+def test_the_trainer_with_two_workers_trains_like_one():
+    be = require_backend("numpy", "float64")
+    recipe = Recipe(batch_size=3, pretrain_steps=4, chat_steps=3, warmup_steps=1)
+    runs = []
+    for workers in (1, 2):
+        tr = Trainer(_model(be), TOK, FACTS, CHATS, recipe, seed=2, progress=False, workers=workers)
+        tr.train()
+        assert tr.step_fn.workers == workers
+        runs.append(tr)
+    one, two = runs
+    np.testing.assert_allclose([r["loss"] for r in two.state.steps], [r["loss"] for r in one.state.steps],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(be.to_numpy(two.model.flat.param_buffer), be.to_numpy(one.model.flat.param_buffer),
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ConfigError, match="workers"):
+        Trainer(_model(be), TOK, FACTS, CHATS, recipe, progress=False, workers=0)
