@@ -196,6 +196,7 @@ def main(argv=None) -> int:
 
     print(f"Tiny Shakespeare ({os.path.getsize(args.text):,} bytes), {args.steps} steps; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(_probe_line("before"), flush=True)
     results = []
     for name in (args.only,) if args.only else CONTENDERS:
         if name == "torch" and importlib.util.find_spec("torch") is None:
@@ -222,7 +223,19 @@ def main(argv=None) -> int:
         print(f"ArrayGPT / PyTorch training wall time: {a['train_seconds'] / b['train_seconds']:.2f}x "
               f"(speed {b['train_seconds'] / a['train_seconds']:.2f}x); val loss {a['val_loss']:.4f} vs "
               f"{b['val_loss']:.4f} (nanoGPT's published CPU figure: 1.88 at 2000 steps)")
+    print(_probe_line("after"), flush=True)
     return 0
+
+
+def _probe_line(when: str) -> str:
+    """A 1- vs 2-thread float32 GEMM probe: when 2 threads are not near twice 1, the two CPUs were sharing a core
+    (or busy), and the timings above are not trustworthy."""
+    from distributed_bench import probe  # benchmarks/: the same probe as the data-parallel benchmark
+
+    g = probe()
+    return (f"GEMM probe {when} (1024^3 float32, GFLOP/s): 1 thread {g['1 thread']:.0f}, 2 threads "
+            f"{g['2 threads']:.0f} ({g['2 threads'] / g['1 thread']:.2f}x), two 1-thread processes at once "
+            f"{g['2 x 1 thread, each']:.0f} each")
 
 
 if __name__ == "__main__":
