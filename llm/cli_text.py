@@ -66,7 +66,7 @@ from llm.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, nonnegative_flo
 from llm.data import random_windows, spread_offsets, windows_at  # noqa: E402
 from llm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError  # noqa: E402
 from llm.generation import check_sampling, generate_stream  # noqa: E402
-from llm.training import scheduled_lr  # noqa: E402
+from llm.training import Phase  # noqa: E402
 
 SAMPLE_PROMPT_CHARS = 16  # the sample continues the text's first 16 characters
 MEMORY_HINT = "choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len) or a smaller --batch-size"
@@ -191,11 +191,17 @@ class TextSettings:
         return cls(**d)
 
 
+def text_phase(s: TextSettings) -> Phase:
+    """The book trainer's single phase, as the trainer's :class:`llm.training.Phase`: `s.steps` steps, warmup then
+    a cosine from `s.lr` to `s.final_lr`. Its batches are random windows of one token stream (drawn by TextRun), so
+    it holds no texts."""
+    return Phase("text", (), s.lr, steps=s.steps, warmup_steps=s.warmup, schedule="cosine", min_lr=s.final_lr)
+
+
 def cosine_lr(step: int, s: TextSettings) -> float:
     """The learning rate of step `step` (0-based): linear warmup over ``s.warmup`` steps to ``s.lr``, then a cosine
-    from ``s.lr`` down to ``s.final_lr``, reached at the last step (``s.steps - 1``); the trainer's own schedule
-    (:func:`llm.training.scheduled_lr`)."""
-    return scheduled_lr(s.lr, step, s.steps, s.warmup, "cosine", s.final_lr)
+    from ``s.lr`` down to ``s.final_lr``, reached at the last step (``s.steps - 1``): :func:`text_phase`'s."""
+    return text_phase(s).lr_at(step, s.steps)
 
 
 # -- the data ------------------------------------------------------------------------------------------------------

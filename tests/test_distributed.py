@@ -329,3 +329,13 @@ def test_the_book_trainer_with_distributed_matches_one_process(mpi, tmp_path):
     drop = lambda out: [ln for ln in out.splitlines() if "tokens/s" not in ln and "saved" not in ln]  # noqa: E731
     assert drop(two.stdout) == drop(one.stdout)  # losses, validation and the sample, printed once
     assert two.stdout.count("val loss") == 2 and (tmp_path / "run" / "text_run.safetensors").exists()
+
+
+def test_distributed_without_a_launcher_is_one_line_naming_mpiexec():
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    env = {k: v for k, v in _env().items() if k not in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE")}
+    p = subprocess.run([sys.executable, CLI, "--distributed", "--no-chat"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=TIMEOUT)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1 and "mpiexec" in errors[0], p.stderr
+    assert "Traceback" not in p.stderr and "epoch" not in p.stdout

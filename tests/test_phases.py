@@ -267,3 +267,13 @@ def test_the_trainer_with_two_workers_trains_like_one():
                                rtol=0, atol=1e-12)
     with pytest.raises(ConfigError, match="workers"):
         Trainer(_model(be), TOK, FACTS, CHATS, recipe, progress=False, workers=0)
+
+
+def test_the_book_trainers_phase_is_a_phase_with_its_schedule():
+    from llm.cli_text import TextSettings, cosine_lr, text_phase
+
+    s = TextSettings(steps=50, lr=1e-3, min_lr=1e-4, warmup_steps=5)
+    phase = text_phase(s)
+    assert isinstance(phase, Phase) and phase.steps == 50 and phase.schedule == "cosine"
+    assert [cosine_lr(k, s) for k in range(50)] == [phase.lr_at(k, 50) for k in range(50)]
+    assert math.isclose(cosine_lr(49, s), 1e-4) and cosine_lr(4, s) == 1e-3
