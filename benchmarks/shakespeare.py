@@ -10,8 +10,8 @@ cosine-decayed to 1e-4 at the last step, AdamW betas (0.9, 0.99), weight decay 0
 at 1.0, no dropout; the first 90% of the characters train, the last 10% validate (the loss averaged over 20 batches).
 
 Both contenders get exactly the same data: the same vocabulary (llm.CharTokenizer), the same random training windows
-(one NumPy generator, seeded), the same learning rate per step (llm.cli_text.cosine_lr) and the same validation
-windows (spread evenly over the validation part). ArrayGPT runs the loop of ``arraygpt text`` (llm.cli_text.TextRun)
+(one NumPy generator, seeded), the same learning rate per step (llm.text_run.cosine_lr) and the same validation
+windows (spread evenly over the validation part). ArrayGPT runs the loop of ``arraygpt text`` (llm.text_run.TextRun)
 on its NumPy backend, float32; PyTorch runs the same architecture (pre-LN, learned positions, ReLU, no QKV bias,
 untied output projection with a bias) written below, float32, eager, with autograd and torch.optim.AdamW. Each runs in
 a process of its own, one after the other; the wall time is that of the training steps (the data drawn on the host
@@ -46,7 +46,7 @@ def _data(text_path: str, steps: int):
     import numpy as np
 
     from llm import CharTokenizer
-    from llm.cli_text import TextSettings, read_text, split_ids
+    from llm.text_run import TextSettings, read_text, split_ids
 
     text = read_text(text_path, None)
     tok = CharTokenizer.from_texts([text])
@@ -62,7 +62,7 @@ def _data(text_path: str, steps: int):
 def run_arraygpt(text_path: str, steps: int) -> dict:
     from backends import get_backend
     from llm import GPT, GPTConfig
-    from llm.cli_text import TextRun
+    from llm.text_run import TextRun
 
     tok, train, val, s = _data(text_path, steps)
     cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=RECIPE["d_model"], n_heads=RECIPE["n_heads"],
@@ -88,7 +88,7 @@ def run_torch(text_path: str, steps: int, attention: str = "explicit") -> dict:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from llm.cli_text import cosine_lr
+    from llm.text_run import cosine_lr
     from llm.data import random_windows, spread_offsets, windows_at
 
     tok, train, val, s = _data(text_path, steps)

@@ -265,7 +265,7 @@ def num_batches(n_examples: int, batch_size: int) -> int:
     return -(-n_examples // batch_size)
 
 
-# -- windows into one long token stream (llm/cli_text.py: a book, nanoGPT's way) -------------------------------------
+# -- windows into one long token stream (llm/text_run.py: a book, nanoGPT's way) -------------------------------------
 
 def windows_at(data: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-token targets, each (len(offsets), seq_len) int64: ``data[o:o + seq_len]`` and

@@ -1,4 +1,4 @@
-"""Two-phase training: pre-training on facts, then instruction tuning on dialogues.
+"""Training as a list of phases; a Recipe's two are pre-training on facts, then instruction tuning on dialogues.
 
 The trainer keeps all of its progress in a :class:`TrainState` (phase, epoch, batch, step, the shuffling RNG's
 state at the start of the epoch, running loss sums), so a run stopped anywhere at a batch boundary resumes to the

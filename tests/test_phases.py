@@ -270,7 +270,7 @@ def test_the_trainer_with_two_workers_trains_like_one():
 
 
 def test_the_book_trainers_phase_is_a_phase_with_its_schedule():
-    from llm.cli_text import TextSettings, cosine_lr, text_phase
+    from llm.text_run import TextSettings, cosine_lr, text_phase
 
     s = TextSettings(steps=50, lr=1e-3, min_lr=1e-4, warmup_steps=5)
     phase = text_phase(s)

@@ -122,7 +122,7 @@ import numpy as np  # noqa: E402
 
 from backends import get_backend  # noqa: E402
 from llm import GPT, CharTokenizer, GPTConfig  # noqa: E402
-from llm.cli_text import TextRun, TextSettings, cosine_lr, split_ids  # noqa: E402
+from llm.text_run import TextRun, TextSettings, cosine_lr, split_ids  # noqa: E402
 from llm.data import random_windows, spread_offsets, windows_at  # noqa: E402
 
 
