@@ -24,7 +24,8 @@ Exit codes:
     1    the run failed: backend unavailable, checkpoint unreadable, out of memory, output closed
     2    bad input: a flag, file, setting or prompt (every ``ValueError``-derived ``LLMError``; argparse's own too)
     130  interrupted (Ctrl-C)
-    143  terminated (SIGTERM; `arraygpt train` handles it like Ctrl-C during training)
+    143  terminated (SIGTERM; `arraygpt train` and `arraygpt text` handle it like Ctrl-C during training: the
+         step finishes, the run is saved with --out; both through llm.stopping.StopSignals)
 """
 
 from __future__ import annotations

@@ -46,7 +46,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import warnings
 from dataclasses import asdict, fields
 from typing import Any
@@ -62,6 +61,7 @@ from llm.cli import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, nonnegative_flo
                      workers_flag)
 from llm.errors import ConfigError  # noqa: E402
 from llm.generation import check_sampling, generate_stream  # noqa: E402
+from llm.stopping import StopSignals  # noqa: E402
 from llm.text_run import (TextRun, TextSettings, _load_run, cosine_lr, read_text, split_ids,  # noqa: E402
                           text_sha256)
 
@@ -202,20 +202,6 @@ def _check_out(args: argparse.Namespace, resumed: Any) -> None:
                       f"--resume {args.out}, choose another --out, or pass --overwrite to replace it")
 
 
-def _stop_signals(stop: list) -> Any:
-    """Ctrl-C and SIGTERM during training: finish the step, then stop (a second one stops at once)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(s, h) for s, h in previous.items()]
-
-
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     explicit = _explicit(argv)
@@ -308,29 +294,27 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
             line += f", train loss {train_loss:.4f}"
         print(line, flush=True)
 
-    stop: list = []
-    restore = _stop_signals(stop)
+    stop = StopSignals((signal.SIGINT, signal.SIGTERM))  # finish the step, then stop (a second one: at once)
     seconds_before, steps_before = run.train_seconds, run.step
     try:
-        while run.step < s.steps and not _agreed(args, run, stop):
-            lr = cosine_lr(run.step, s)
-            run.train_step()
-            if run.step % args.log_every == 0:
-                loss = run.read()
-                done = (run.step - steps_before) * s.batch_size * model.config.max_seq_len
-                speed = done / max(run.train_seconds - seconds_before, 1e-9)
-                print(f"step {run.step}/{s.steps}: loss {loss:.4f}, lr {lr:.2e}, {speed:,.0f} tokens/s", flush=True)
-            if run.step % args.eval_every == 0 or run.step == s.steps:
-                evaluate()
-                save("evaluation")
-    except KeyboardInterrupt:
-        stop.append(signal.SIGINT)  # a second Ctrl-C: the last saved checkpoint stands
+        with stop:
+            while run.step < s.steps and not _agreed(args, run, stop):
+                lr = cosine_lr(run.step, s)
+                run.train_step()
+                if run.step % args.log_every == 0:
+                    loss = run.read()
+                    done = (run.step - steps_before) * s.batch_size * model.config.max_seq_len
+                    speed = done / max(run.train_seconds - seconds_before, 1e-9)
+                    print(f"step {run.step}/{s.steps}: loss {loss:.4f}, lr {lr:.2e}, {speed:,.0f} tokens/s",
+                          flush=True)
+                if run.step % args.eval_every == 0 or run.step == s.steps:
+                    evaluate()
+                    save("evaluation")
+    except KeyboardInterrupt:  # a second signal: the last saved checkpoint stands
         print("\ninterrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    finally:
-        restore()
-    if stop:
-        why = "terminated (SIGTERM)" if stop[0] == signal.SIGTERM else "interrupted"
+    if stop.requested:
+        why = "terminated (SIGTERM)" if stop.received[0] == signal.SIGTERM else "interrupted"
         run.read()
         if not args.root:
             pass
@@ -341,7 +325,7 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
             print(f"{why} after {run.step} steps (no --out given, nothing saved)", file=sys.stderr, flush=True)
         if args.comm is not None:
             args.comm.barrier()  # the other ranks wait for rank 0's save
-        return EXIT_TERMINATED if stop[0] == signal.SIGTERM else EXIT_INTERRUPTED
+        return EXIT_TERMINATED if stop.received[0] == signal.SIGTERM else EXIT_INTERRUPTED
     steps = run.step - steps_before
     if steps:
         seconds = run.train_seconds - seconds_before
@@ -363,14 +347,13 @@ def _train(args: argparse.Namespace, run: TextRun, text: str, n_train: int, n_va
     return EXIT_OK
 
 
-def _agreed(args: argparse.Namespace, run: TextRun, stop: list) -> bool:
+def _agreed(args: argparse.Namespace, run: TextRun, stop: StopSignals) -> bool:
     """Whether to stop before the next step. The ranks of a distributed run decide together, at the steps where the
     loss is read anyway (every --log-every), so that none stops alone and leaves the others in a reduction."""
     if args.comm is None:
-        return bool(stop)
-    if run.step % args.log_every == 0 and args.comm.any_true(bool(stop)):
-        if not stop:  # another rank was stopped: this one stops the same way
-            stop.append(signal.SIGINT)
+        return stop.requested
+    if run.step % args.log_every == 0 and args.comm.any_true(stop.requested):
+        stop.request()  # another rank was stopped: this one stops the same way
         return True
     return False
 

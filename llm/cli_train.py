@@ -350,7 +350,8 @@ def run(args) -> int:
         backend = get_backend(args.device, args.dtype or "float32")
     use_graphs(backend, args.cuda_graphs)  # "on" where unsupported: fail now, not after loading the corpora
     speed = dict(cuda_graphs=args.cuda_graphs, tf32=args.tf32, log_every=args.log_every,
-                 log_grad_norms=args.log_grad_norms, comm=comm, workers=args.workers)
+                 log_grad_norms=args.log_grad_norms, comm=comm, workers=args.workers,
+                 stop_signals=(signal.SIGINT, signal.SIGTERM))  # SIGTERM (a scheduler's stop) as Ctrl-C
     pretrain = load_corpus(args.pretrain_data, kind="pretrain")
     dialogues = load_corpus(args.chat_data, kind="chat")
     log_epoch = lambda event: _log_event(out, event)  # noqa: E731
@@ -400,11 +401,10 @@ def run(args) -> int:
     if root:
         out.say(f"\nbefore training  > {DEMO_QUESTION}\n  {chat(model, tok, DEMO_QUESTION, **sampling)}\n")
 
-    terminated = []
-    restore_sigterm = _sigterm_like_ctrl_c(terminated)
-    try:
+    try:  # Ctrl-C and SIGTERM stop at the next step (trainer.stop, installed by train())
         summaries = trainer.train()
     except TrainingInterrupted:
+        terminated = signal.SIGTERM in trainer.stop.received
         why = "terminated (SIGTERM)" if terminated else "interrupted"
         if not root:
             pass
@@ -415,7 +415,7 @@ def run(args) -> int:
             print(f"{why} (no --out given, nothing saved)", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        if terminated:  # a second SIGTERM (or one outside a step): stop now, the last saved checkpoint stands
+        if signal.SIGTERM in trainer.stop.received:  # a second signal: stop now, the last saved checkpoint stands
             print("\nterminated (SIGTERM)", file=sys.stderr)
             return EXIT_TERMINATED
         raise
@@ -427,7 +427,6 @@ def run(args) -> int:
                           f"; nothing was saved to {args.out}" if args.out else ""))
         return EXIT_FAILED
     finally:
-        restore_sigterm()
         _release_lock(args)
     if not root:  # the other ranks' part ends with training; they wait for rank 0 to finish (its last save)
         comm.barrier()
@@ -481,25 +480,6 @@ def _release_lock(args) -> None:
     if lock is not None:
         lock.release()
         args.lock = None
-
-
-def _sigterm_like_ctrl_c(terminated: list):
-    """During training SIGTERM (a scheduler's stop) does what Ctrl-C does: finish the step, save, exit (143)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        terminated.append(signum)
-        on_int = signal.getsignal(signal.SIGINT)  # the trainer's while it trains: stop at the next step
-        if callable(on_int):
-            on_int(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _log_event(out: Output, event: dict) -> None:

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import math
 import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
-from .data import (Example, encode_corpus, iterate_batches, new_shuffle_state, num_batches, shuffled_order,
-                   split_dialogue)
+from .data import Example, encode_corpus, iterate_batches, new_shuffle_state, num_batches, shuffled_order
 from .evaluation import ExactMatch, evaluate_examples, exact_match  # noqa: F401  (exact_match: re-exported)
 from .errors import ConfigError, TrainingDivergedError
 from .optim import Adam
 from .step import TrainStep
+from .stopping import StopSignals
 
 
 @dataclass(frozen=True)
@@ -268,7 +267,7 @@ class Trainer:
                  on_phase_end: Callable[["Trainer", PhaseSummary], None] | None = None, log_every: int = 25,
                  cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16,
                  log_grad_norms: bool = False, phases: list[Phase] | None = None, comm: Any = None,
-                 workers: int | str = "auto") -> None:
+                 workers: int | str = "auto", stop_signals: tuple[int, ...] = (signal.SIGINT,)) -> None:
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ConfigError(f"log_every must be an integer >= 1, got {log_every!r}")
         self.model, self.tokenizer, self.recipe, self.seed = model, tokenizer, recipe, seed
@@ -316,7 +315,8 @@ class Trainer:
             self.step_fn.check_in_sync()  # the same weights on every rank (a resumed run: the same checkpoint)
         self.last_loss: float | None = None  # the last loss read back
         self.summaries: list[PhaseSummary] = []
-        self._stop_requested = False
+        # Ctrl-C (and whatever else `stop_signals` names) stops at the next batch boundary; stop.request() too
+        self.stop = StopSignals(stop_signals)
 
     @property
     def optimizer(self) -> Adam:
@@ -353,42 +353,29 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------------------------
     def train(self) -> list[PhaseSummary]:
         """Run (or continue) both phases. Ctrl-C stops at the next batch boundary and raises TrainingInterrupted."""
-        restore = self._install_sigint()
-        try:
+        with self.stop:
             while not self.finished:
                 self._run_phase(self.phases[self.state.phase])
             if self._stop_now():  # Ctrl-C during the very last step: still report it
                 raise TrainingInterrupted("interrupted after the last step")
-        finally:
-            restore()
         return self.summaries
 
     def _stop_now(self) -> bool:
         """Whether to stop here. Ranks decide together (a tiny all-reduce): a rank that stopped alone would leave
         the others waiting in the next step's all-reduce."""
         if self.comm is None:
-            return self._stop_requested
-        return self.comm.any_true(self._stop_requested)
+            return self.stop.requested
+        if self.comm.any_true(self.stop.requested):
+            self.stop.request()  # another rank was stopped: this one stops the same way
+            return True
+        return False
 
     def _stop_requested_at_boundary(self) -> bool:
         # One process looks at every batch boundary; ranks only where they read anyway (every log_every steps),
         # so that the agreement costs no extra sync in between.
         if self.comm is None:
-            return self._stop_requested
+            return self.stop.requested
         return self.state.step % self.log_every == 0 and self._stop_now()
-
-    def _install_sigint(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):  # finish the current step, then stop with a consistent state
-            if self._stop_requested:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self._stop_requested = True
-
-        signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
 
     def _run_phase(self, phase: Phase) -> None:
         st, model, r = self.state, self.model, self.recipe

@@ -216,7 +216,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop
     def counting_step(*args, **kwargs):  # asks for a stop (as Ctrl-C would) after `stop_after` batches
         calls.append(1)
         if len(calls) == stop_after:
-            stopped._stop_requested = True
+            stopped.stop.request()
         return real_step(*args, **kwargs)
 
     model.loss_and_grads_device = counting_step
