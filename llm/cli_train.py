@@ -486,7 +486,7 @@ def _log_event(out: Output, event: dict) -> None:
     if event["event"] == "epoch":
         val = {k: event[k] for k in ("val_loss", "val_perplexity") if k in event}
         out.record({"phase": event["phase"], "epoch": event["epoch"], "loss": event["loss"], **val})
-        if not out.as_json:
+        if not out.as_json and not out.quiet:
             from tqdm.auto import tqdm
 
             line = f"{event['phase']} epoch {event['epoch']}: loss {event['loss']:.4f}"

@@ -339,3 +339,31 @@ def test_distributed_without_a_launcher_is_one_line_naming_mpiexec():
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert p.returncode == 2 and len(errors) == 1 and "mpiexec" in errors[0], p.stderr
     assert "Traceback" not in p.stderr and "epoch" not in p.stdout
+
+
+def test_the_cli_on_two_ranks_prints_each_epoch_once_and_ctrl_c_saves_once(mpi, tmp_path):
+    import signal as _signal
+
+    args = [CLI, "--pretrain-steps", "100000", "--chat-steps", "0", "--batch-size", "4", "--no-progress",
+            "--no-chat", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--log-every", "2",
+            "--distributed", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen([mpi, "-n", "2", sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=ROOT)
+    lines = []
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        for line in proc.stdout:  # wait until training runs: the second epoch's line
+            lines.append(line)
+            if line.startswith("pretrain epoch 2:") or time.monotonic() > deadline:
+                break
+        proc.send_signal(_signal.SIGINT)  # mpiexec passes it to every rank
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, err
+    assert out.count("pretrain epoch 1:") == 1 and out.count("pretrain epoch 2:") == 1, out  # rank 0 alone
+    assert err.count("the run is saved: continue it with --resume") == 1, err
+    saved = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert saved["state"]["step"] >= 2 and saved["state"]["step"] % 2 == 0  # the ranks stopped together at a read
