@@ -235,6 +235,22 @@ class PhaseSummary:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class PendingStep:
+    """A step taken and not read back yet: its device numbers, and where it stands (for the history and errors)."""
+
+    loss: Any  # 0-d device array
+    grad_norm: Any  # 0-d device array: a copy of the optimizer's, which the next step overwrites
+    tensor_norms: Any  # (n_tensors,) device array at the steps that end a log window with log_grad_norms, or None
+    step: int  # the trainer's step number
+    phase: str
+    epoch: int
+    call: int  # the optimizer's call number (how the device names a skipped step)
+    lr: float
+    n_tokens: int  # positions that count in the loss
+    n_inputs: int  # real input tokens (tokens/s)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C arrived; training stopped at the next batch boundary, so its state is consistent and resumable."""
 
@@ -278,9 +294,7 @@ class Trainer:
         if not isinstance(log_grad_norms, bool):
             raise ConfigError(f"log_grad_norms must be True or False, got {log_grad_norms!r}")
         self.log_grad_norms = log_grad_norms
-        # Steps not read yet: (device loss, counted tokens, trainer step, phase, epoch, optimizer call number,
-        # device gradient norm (a copy), learning rate, input tokens, device per-tensor norms (H,) or None)
-        self._pending: list[tuple[Any, int, int, str, int, int, Any, float, int, Any]] = []
+        self._pending: list[PendingStep] = []  # steps taken and not read back yet
         self._window_start: float | None = None  # host clock at the first step after a read (tokens/s)
         self.on_epoch, self.on_phase_end = on_epoch, on_phase_end
         max_len = model.config.max_seq_len
@@ -407,8 +421,8 @@ class Trainer:
                     norm = model.backend.xp.asarray(self.optimizer.last_grad_norm, copy=True)
                     per_tensor = (self._tensor_grad_norms() if self.log_grad_norms
                                   and st.step % self.log_every == 0 else None)
-                    self._pending.append((loss, batch.n_tokens, st.step, phase.name, st.epoch + 1,
-                                          self._optimizer_calls, norm, lr, batch.n_inputs, per_tensor))
+                    self._pending.append(PendingStep(loss, norm, per_tensor, st.step, phase.name, st.epoch + 1,
+                                                     self._optimizer_calls, lr, batch.n_tokens, batch.n_inputs))
                     st.batch += 1
                     st.phase_step += 1
                     steps += 1
@@ -470,27 +484,27 @@ class Trainer:
         xp, opt = self.model.backend.xp, self.optimizer
         pending, self._pending = self._pending, []
         n = len(pending)
-        scalars = xp.stack([p[0] for p in pending] + [p[6] for p in pending] + [opt.first_skipped])
-        vectors = [p[9] for p in pending if p[9] is not None]
+        scalars = xp.stack([p.loss for p in pending] + [p.grad_norm for p in pending] + [opt.first_skipped])
+        vectors = [p.tensor_norms for p in pending if p.tensor_norms is not None]
         device = xp.concat([scalars, *[xp.astype(v, scalars.dtype) for v in vectors]]) if vectors else scalars
         host = self.model.backend.to_numpy(device)  # the one transfer
         seconds = time.perf_counter() - (self._window_start or time.perf_counter())
         losses, norms, first_skipped = host[:n], host[n:2 * n], int(host[2 * n])
         tensor_norms = host[2 * n + 1:]
-        for value, (_, _, step_no, phase, epoch, call, *_) in zip(losses, pending):
+        for value, p in zip(losses, pending):
             if not math.isfinite(float(value)):
-                raise self._diverged(f"loss is {float(value)}", step_no, phase, epoch)
-            if call == first_skipped:
-                raise self._diverged("the gradient is not finite", step_no, phase, epoch)
+                raise self._diverged(f"loss is {float(value)}", p.step, p.phase, p.epoch)
+            if p.call == first_skipped:
+                raise self._diverged("the gradient is not finite", p.step, p.phase, p.epoch)
         st = self.state
-        rate = sum(p[8] for p in pending) / seconds if seconds > 0 else 0.0
+        rate = sum(p.n_inputs for p in pending) / seconds if seconds > 0 else 0.0
         names, offset = list(self.model.grads), 0
-        for value, norm, (_, n_tok, step_no, phase, epoch, _, _, lr, _, per_tensor) in zip(losses, norms, pending):
-            st.epoch_loss_sum += float(value) * n_tok
-            st.epoch_tokens += n_tok
-            record = {"step": step_no, "phase": phase, "epoch": epoch, "loss": float(value), "lr": float(lr),
+        for value, norm, p in zip(losses, norms, pending):
+            st.epoch_loss_sum += float(value) * p.n_tokens
+            st.epoch_tokens += p.n_tokens
+            record = {"step": p.step, "phase": p.phase, "epoch": p.epoch, "loss": float(value), "lr": float(p.lr),
                       "grad_norm": float(norm), "tokens_per_s": rate}
-            if per_tensor is not None:
+            if p.tensor_norms is not None:
                 values = tensor_norms[offset:offset + len(names)]
                 offset += len(names)
                 record["grad_norms"] = {name: float(v) for name, v in zip(names, values)}
