@@ -147,6 +147,10 @@ class TextRun:
         if comm is not None:  # data-parallel: every rank draws the same windows and steps on its shard of them
             from llm.distributed import DistributedStep
 
+            if workers not in ("auto", 1):
+                raise ConfigError(f"workers={workers!r} splits a batch across threads, but a distributed run steps "
+                                  "each rank on one thread: launch more ranks instead (mpiexec -n N)")
+
             self.step_fn = DistributedStep(model, self.opt, comm)
         else:
             self.step_fn = TrainStep(model, self.opt, cuda_graphs=cuda_graphs, tf32=tf32, workers=workers)

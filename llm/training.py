@@ -291,6 +291,9 @@ class Trainer:
         self.log_every, self.cuda_graphs, self.tf32, self.pad_multiple = log_every, cuda_graphs, tf32, pad_multiple
         self.comm = comm  # a backends.distributed.Communicator: data-parallel over its ranks (None: one process)
         self.workers = workers  # threads per step on CPU backends (TrainStep's; "auto": what pays off here)
+        if comm is not None and workers not in ("auto", 1):
+            raise ConfigError(f"workers={workers!r} splits a batch across threads, but a distributed run steps each "
+                              "rank on one thread: launch more ranks instead (mpiexec -n N), or leave workers out")
         if not isinstance(log_grad_norms, bool):
             raise ConfigError(f"log_grad_norms must be True or False, got {log_grad_norms!r}")
         self.log_grad_norms = log_grad_norms

@@ -367,3 +367,19 @@ def test_the_cli_on_two_ranks_prints_each_epoch_once_and_ctrl_c_saves_once(mpi, 
     assert err.count("the run is saved: continue it with --resume") == 1, err
     saved = json.loads((tmp_path / "run" / "training.json").read_text())
     assert saved["state"]["step"] >= 2 and saved["state"]["step"] % 2 == 0  # the ranks stopped together at a read
+
+
+def test_workers_with_a_communicator_is_refused():
+    from llm import GPT, GPTConfig
+    from llm.tokenizer import WordTokenizer
+    from llm.training import Recipe, Trainer
+    from tests.conftest import require_backend
+
+    class OneRank:  # no collective is reached: the check comes first
+        rank, size, is_root = 0, 1, True
+
+    tok = WordTokenizer.from_texts(["a b </s>", "User: a? Assistant: b </s>"])
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=8, n_heads=2, n_layers=1, d_ff=16, max_seq_len=8),
+                require_backend("numpy"))
+    with pytest.raises(ConfigError, match="launch more ranks"):
+        Trainer(model, tok, ["a b </s>"], ["User: a? Assistant: b </s>"], Recipe(), comm=OneRank(), workers=2)
