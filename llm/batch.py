@@ -150,15 +150,16 @@ def shard_bounds(batch: int, index: int, n: int) -> tuple[int, int]:
     return lo, lo + base + (1 if index < extra else 0)
 
 
-def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
-    """Check a batch on the host and split it by sequences into at most `n_shards` shards for data parallelism.
+def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
+    """Check a batch on the host and split it by sequences into at most `n_shards` shards for data parallelism
+    (threads in one process, or the ranks of a distributed run: each takes shard ``i``).
 
     -> (shards, count): `count` is the number of positions that count in the whole batch (B*T without a mask);
-    each shard is ``(tokens (b, T), targets (n,), rows (n,) or None, weights (n,))`` as :func:`prepare_batch` lays
-    it out for the shard's own b sequences, with every counted position weighted ``1 / count``, so the shards'
-    losses and gradients sum to the mean over the whole batch. Sequences with no counted position are left out
-    (they add exactly zero to the loss and every gradient); the others are dealt out in contiguous blocks whose
-    sizes differ by at most one sequence. A batch with nothing counted gives ``([], 0)``.
+    each shard is ``(tokens (b, T), targets (n,), rows (n,) or None, weights (n,))`` on the host, as
+    :func:`prepare_batch` lays it out for the shard's own b sequences, with every counted position weighted
+    ``1 / count``, so the shards' losses and gradients sum to the mean over the whole batch. Sequences with no
+    counted position are left out (they add exactly zero to the loss and every gradient); the others are dealt out
+    in contiguous blocks whose sizes differ by at most one sequence. A batch with nothing counted gives ``([], 0)``.
     """
     tok = check_ids(backend, tokens, config, "tokens")
     if not isinstance(tok, np.ndarray):
@@ -184,8 +185,6 @@ def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: A
         return [], 0
     if keep is not None:
         tok, tgt, m = tok[keep], tgt[keep], m[keep]
-    xp = backend.xp
-    send = lambda a: backend.asarray(a, dtype=xp.int64)  # noqa: E731
     shards = []
     for i in range(n_shards):
         lo, hi = shard_bounds(tok.shape[0], i, n_shards)
@@ -198,6 +197,18 @@ def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: A
                 rows = np.flatnonzero(m_s)
                 y_s = y_s[rows]
         weights = np.full(y_s.shape[0], 1.0 / count)  # float64 here; the backend's dtype once sent
-        shards.append((send(np.ascontiguousarray(t_s)), send(y_s), None if rows is None else send(rows),
-                       backend.asarray(weights)))
+        shards.append((np.ascontiguousarray(t_s), y_s, rows, weights))
     return shards, count
+
+
+def send_shard(backend: Any, shard: tuple) -> tuple:
+    """A host shard of :func:`host_shards` on the device: (tokens, targets, rows or None, weights)."""
+    t_s, y_s, rows, weights = shard
+    send = lambda a: backend.asarray(a, dtype=backend.xp.int64)  # noqa: E731
+    return send(t_s), send(y_s), None if rows is None else send(rows), backend.asarray(weights)
+
+
+def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
+    """:func:`host_shards`, every shard sent to the device: -> (shards, count)."""
+    shards, count = host_shards(backend, config, tokens, targets, mask, n_shards)
+    return [send_shard(backend, s) for s in shards], count

@@ -4,9 +4,10 @@
     step = DistributedStep(model, Adam(model, lr), comm)      # same call as TrainStep
     loss = step(tokens, targets, mask, lr=...)                # the GLOBAL batch, the same on every rank
 
-Every rank is given the same global batch (the same shuffled order, the same seed) and keeps a contiguous block of
-its rows: rank r of N takes rows ``[r*B//N ...)`` balanced to within one row, so a batch of 3 on 2 ranks is 2 + 1
-and a batch smaller than N leaves some ranks empty (they add zero gradients and still take part). Each position
+Every rank is given the same global batch (the same shuffled order, the same seed) and cuts it the way the threads
+of one process do (:func:`llm.batch.host_shards`): the sequences with a counted position, dealt out in contiguous
+blocks balanced to within one sequence, rank r taking block r, so a batch of 3 on 2 ranks is 2 + 1 and a batch
+smaller than N leaves some ranks empty (they add zero gradients and still take part). Each position
 that counts is weighted 1 / (the number of counted positions in the whole global batch), computed on the host, so
 the sum over ranks of the shards' losses and gradients is the single-process mean over the global batch, however
 the real tokens fall between ranks. One all-reduce of the flat gradient buffer (and one of the loss) makes the
@@ -28,7 +29,7 @@ import numpy as np
 
 from backends.distributed import fingerprint
 
-from .batch import _as_ids, _check_range, batch_shape, check_ids, check_mask, is_host, shard_bounds  # noqa: F401
+from .batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (shard_bounds: re-exported)
 from .errors import ConfigError
 
 __all__ = ["DistributedStep", "shard_bounds", "run_fingerprints", "check_run", "fingerprint"]
@@ -52,74 +53,31 @@ class DistributedStep:
         if optimizer.flat is not model.flat:
             raise ConfigError("the optimizer was built for another model: Adam(model) with this model")
         self.model, self.optimizer, self.comm = model, optimizer, comm
-        self.lo, self.hi = 0, 0  # this rank's rows of the last global batch
 
     @property
     def last_grad_norm(self) -> Any:
         return self.optimizer.last_grad_norm
 
-    # -- host side: check the global batch once, then cut this rank's shard ------------------------------------
-    def _host_batch(self, tokens: Any, targets: Any, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        be, cfg = self.model.backend, self.model.config
-        if not is_host(tokens):
-            tokens = be.to_numpy(tokens)
-        if not is_host(targets):
-            targets = be.to_numpy(targets)
-        tok = check_ids(be, tokens, cfg, "tokens")
-        shape = tuple(int(n) for n in tok.shape)
-        tgt = _as_ids(targets, "targets")
-        if tgt.shape != shape:
-            raise ConfigError(f"targets has shape {tgt.shape}, expected {shape} like the tokens")
-        m = None
-        if mask is not None:
-            m = check_mask(be, mask, shape)
-            if m.all():
-                m = None
-        # targets are checked where they count, on the whole global batch: every rank raises the same error
-        _check_range(tgt if m is None else tgt[m], cfg.vocab_size, "targets")
-        return tok, tgt, m
-
-    def _device_shard(self, tok: np.ndarray, tgt: np.ndarray, m: np.ndarray | None, count: int) -> tuple | None:
-        """This rank's (tokens, targets, rows, weights) on the device, or None when it holds no counted position."""
-        be = self.model.backend
-        xp = be.xp
-        lo, hi = self.lo, self.hi
-        if hi <= lo:
-            return None
-        t_s, y_s = tok[lo:hi], tgt[lo:hi].reshape(-1)
-        rows = None
-        if m is not None:
-            m_s = m[lo:hi]
-            if not m_s.any():
-                return None
-            if not m_s.all():
-                rows = np.flatnonzero(m_s)
-                y_s = y_s[rows]
-        weights = np.full(y_s.shape[0], 1.0 / count)  # float64 on the host; the backend's dtype on the device
-        send = lambda a: be.asarray(a, dtype=xp.int64)  # noqa: E731
-        return send(t_s), send(y_s), (None if rows is None else send(rows)), be.asarray(weights)
-
     # -- the step --------------------------------------------------------------------------------------------
     def __call__(self, tokens: Any, targets: Any, mask: Any = None, lr: float | None = None) -> Any:
-        """One step on the global batch; returns the global mean loss as a 0-d device array (nothing read back)."""
+        """One step on the global batch; returns the global mean loss as a 0-d device array (nothing read back).
+
+        Every rank checks and cuts the same global batch (llm.batch.host_shards, as the threads of one process
+        do) and sends only its own shard to its device."""
         model, opt, comm = self.model, self.optimizer, self.comm
         be = model.backend
         xp = be.xp
         shape = batch_shape(tokens)
         if len(shape) != 2:
             raise ConfigError(f"tokens must have shape (batch, time), got {shape}")
-        tok, tgt, m = self._host_batch(tokens, targets, mask)
-        B, T = tok.shape
-        count = B * T if m is None else int(m.sum())
-        self.lo, self.hi = shard_bounds(B, comm.rank, comm.size)
+        shards, _ = host_shards(be, model.config, tokens, targets, mask, comm.size)
         if lr is not None:
             opt.set_lr(lr)
-        shard = self._device_shard(tok, tgt, m, count) if count else None
-        if shard is None:  # nothing counted here: zero gradients and loss, still in every reduction
+        if comm.rank >= len(shards):  # nothing counted here: zero gradients and loss, still in every reduction
             model.flat.zero_grads()
             loss = xp.zeros((), dtype=be.dtype, device=be.device)
         else:
-            loss = model.loss_and_grads_device(*shard)
+            loss = model.loss_and_grads_device(*send_shard(be, shards[comm.rank]))
         total = xp.asarray(xp.reshape(loss, (1,)), copy=True)  # a buffer of its own for the in-place sum
         # both reductions in flight at once, then wait: every rank posts them in this order
         pending = [comm.iallreduce_sum_(model.flat.grad_buffer), comm.iallreduce_sum_(total)]

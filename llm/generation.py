@@ -106,12 +106,18 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
     vocab = model.config.vocab_size
     if any(not 0 <= i < vocab for i in ids):
         raise PromptError(f"prompt token ids must lie in [0, {vocab})")
-    if len(ids) >= ctx:
-        keep = max(ctx - 1, 1) if max_new_tokens else ctx
-        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({ctx}); keeping its last {keep}",
-                      LLMWarning, stacklevel=2)
-        ids = ids[-keep:]
+    ids = _fit_context(ids, ctx, max_new_tokens)
     return list(_ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache))
+
+
+def _fit_context(ids: list[int], ctx: int, max_new_tokens: int) -> list[int]:
+    # A prompt that fills the context keeps its last words (room for one new token), with a warning.
+    if len(ids) < ctx:
+        return ids
+    keep = max(ctx - 1, 1) if max_new_tokens else ctx
+    warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({ctx}); keeping its last {keep}",
+                  LLMWarning, stacklevel=3)
+    return ids[-keep:]
 
 
 def _ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache) -> Iterator[int]:
@@ -199,11 +205,7 @@ def chat_stream(model: Any, tokenizer: Any, text: str, max_new_tokens: int = 50,
     are checked when this is called, before the first piece."""
     settings = _decoding_settings(temperature, top_k, top_p, max_new_tokens, seed)
     ids = _chat_prompt_ids(model, tokenizer, text, settings[3])
-    if len(ids) >= model.config.max_seq_len:  # as generate_ids: keep the last words, with a warning
-        keep = max(model.config.max_seq_len - 1, 1) if settings[3] else model.config.max_seq_len
-        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({model.config.max_seq_len}); "
-                      f"keeping its last {keep}", LLMWarning, stacklevel=2)
-        ids = ids[-keep:]
+    ids = _fit_context(ids, model.config.max_seq_len, settings[3])  # as generate_ids
     new = _ids_in_context(model, ids, settings[3], *settings[:3], settings[4], tokenizer.eos_id, use_cache)
     return decode_stream(tokenizer, new)
 
