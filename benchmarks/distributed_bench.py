@@ -109,7 +109,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     comm = timed = None
     if spec["contender"] == "2x1":
         from backends.distributed import init_distributed
-        from llm.distributed import DistributedStep
+        from llm.training.ranks import DistributedStep
 
         comm = init_distributed("cpu", "mpi")
         timed = _TimedComm(comm)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from backends import get_backend  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.errors import LLMError  # noqa: E402
-from llm.generation import generate_ids  # noqa: E402
+from llm.infer.generation import generate_ids  # noqa: E402
 
 VOCAB = 1019
 

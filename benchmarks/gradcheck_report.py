@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backends import available_backends, get_backend  # noqa: E402
 from llm import GPT, GPTConfig, cross_entropy  # noqa: E402
-from llm.layers import (CausalSelfAttention, Embedding, FeedForward, LayerNorm, Linear,  # noqa: E402
+from llm.nn.layers import (CausalSelfAttention, Embedding, FeedForward, LayerNorm, Linear,  # noqa: E402
                         OutputProjection, TransformerBlock)
 from tests.gradcheck import check_array  # noqa: E402
 

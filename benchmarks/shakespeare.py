@@ -46,7 +46,7 @@ def _data(text_path: str, steps: int):
     import numpy as np
 
     from llm import CharTokenizer
-    from llm.text_run import TextSettings, read_text, split_ids
+    from llm.training.text_run import TextSettings, read_text, split_ids
 
     text = read_text(text_path, None)
     tok = CharTokenizer.from_texts([text])
@@ -62,7 +62,7 @@ def _data(text_path: str, steps: int):
 def run_arraygpt(text_path: str, steps: int) -> dict:
     from backends import get_backend
     from llm import GPT, GPTConfig
-    from llm.text_run import TextRun
+    from llm.training.text_run import TextRun
 
     tok, train, val, s = _data(text_path, steps)
     cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=RECIPE["d_model"], n_heads=RECIPE["n_heads"],
@@ -88,8 +88,8 @@ def run_torch(text_path: str, steps: int, attention: str = "explicit") -> dict:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from llm.text_run import cosine_lr
-    from llm.data import random_windows, spread_offsets, windows_at
+    from llm.training.text_run import cosine_lr
+    from llm.data.corpora import random_windows, spread_offsets, windows_at
 
     tok, train, val, s = _data(text_path, steps)
     C, H, L, FF, T = RECIPE["d_model"], RECIPE["n_heads"], RECIPE["n_layers"], RECIPE["d_ff"], RECIPE["max_seq_len"]

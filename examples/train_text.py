@@ -18,9 +18,9 @@ try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
         import os
 
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from llm.cli import run_script
+    from llm.cli.common import run_script
 except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr, flush=True)
     sys.exit(130)
 
-run_script("llm.cli_text", globals())
+run_script("llm.cli.cmd_text", globals())

@@ -1,21 +1,21 @@
 """ArrayGPT: a small GPT whose every layer and backward pass is hand-written on the Python array API."""
 
-from .errors import *  # noqa: F401,F403
-from .config import GPTConfig
-from .model import GPT
-from .optim import Adam
-from .step import TrainStep
-from .loss import cross_entropy
-from .tokenizer import CharTokenizer, WordTokenizer
-from .data import load_corpus
-from .generation import chat, generate
-from .training import RECIPES, Phase, Recipe, Trainer, exact_match, train
-from .evaluation import Evaluation, evaluate
+from llm.errors import *  # noqa: F401,F403
+from llm.nn.config import GPTConfig
+from llm.nn.model import GPT
+from llm.training.optim import Adam
+from llm.training.step import TrainStep
+from llm.nn.loss import cross_entropy
+from llm.data.tokenizers import CharTokenizer, WordTokenizer
+from llm.data.corpora import load_corpus
+from llm.infer.generation import chat, generate
+from llm.training.trainer import RECIPES, Phase, Recipe, Trainer, exact_match, train
+from llm.infer.evaluation import Evaluation, evaluate
 
 
 def load(path, backend):
     """Load a checkpoint directory onto `backend`: returns ``(model, tokenizer)`` (see llm.checkpoint)."""
-    from .checkpoint import load as _load
+    from llm.checkpoint import load as _load
 
     return _load(path, backend)
 

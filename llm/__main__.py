@@ -12,10 +12,10 @@ import sys
 from typing import Sequence
 
 COMMANDS = {  # command -> (module, what it does); a module is imported only when its command runs
-    "train": ("llm.cli_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
-    "chat": ("llm.cli_chat", "chat with a saved checkpoint"),
-    "text": ("llm.cli_text", "train a character-level model on any plain-text file, then sample from it"),
-    "attention": ("llm.cli_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
+    "train": ("llm.cli.cmd_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
+    "chat": ("llm.cli.cmd_chat", "chat with a saved checkpoint"),
+    "text": ("llm.cli.cmd_text", "train a character-level model on any plain-text file, then sample from it"),
+    "attention": ("llm.cli.cmd_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
 
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "arraygpt") -> int:
     """Run the command named by ``argv[0]`` with the rest of `argv`; return its exit code."""
     import importlib
 
-    from llm.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+    from llm.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import BackendUnavailableError, ConfigError, LLMError
+from llm.errors import BackendUnavailableError, ConfigError, LLMError
 
 INSTALL = 'pip install -e ".[plot]"'
 

@@ -13,7 +13,7 @@ import pytest
 
 from llm import GPT, GPTConfig
 from llm.checkpoint import save_checkpoint
-from llm.tokenizer import WordTokenizer
+from llm.data.tokenizers import WordTokenizer
 from tests.conftest import require_backend
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import llm.checkpoint.writer as ckpt_writer  # where the files are written: patc
 from llm import GPT, GPTConfig
 from llm.checkpoint import FORMAT_VERSION, load, load_checkpoint, restore_trainer, save_checkpoint
 from llm.errors import CheckpointError
-from llm.tokenizer import WordTokenizer
-from llm.training import Recipe, Trainer, TrainingInterrupted
+from llm.data.tokenizers import WordTokenizer
+from llm.training.trainer import Recipe, Trainer, TrainingInterrupted
 from tests.conftest import require_backend
 
 PRETRAIN = [
@@ -579,7 +579,7 @@ sys.path.insert(0, {root!r})
 import backends
 from llm import GPT, GPTConfig
 from llm.checkpoint import save_checkpoint
-from llm.tokenizer import WordTokenizer
+from llm.data.tokenizers import WordTokenizer
 tok = WordTokenizer.from_texts(["Ice floats on water. </s>"])
 cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16)
 be = backends.get_backend("cpu", "float64")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llm import cli
+from llm.cli import common as cli
 from llm.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, PromptError
 
 

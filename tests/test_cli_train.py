@@ -599,8 +599,8 @@ def _fresh_checkpoint(path: Path, dtype: str = "float64") -> Path:
     import backends
     from llm import GPT, GPTConfig
     from llm.checkpoint import save_checkpoint
-    from llm.tokenizer import WordTokenizer
-    from llm.training import Recipe, Trainer
+    from llm.data.tokenizers import WordTokenizer
+    from llm.training.trainer import Recipe, Trainer
 
     tok = WordTokenizer.from_texts(PRETRAIN + CHAT)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32),
@@ -861,8 +861,8 @@ def test_bad_budgets_and_schedules_fail_before_training(corpora, args, words):
 
 def test_the_chat_loop_prints_the_answer_word_by_word(monkeypatch):
     from llm import GPT, GPTConfig, chat
-    from llm.cli_train import Output, interactive
-    from llm.tokenizer import WordTokenizer
+    from llm.cli.cmd_train import Output, interactive
+    from llm.data.tokenizers import WordTokenizer
     from tests.conftest import require_backend
 
     tok = WordTokenizer.from_texts(PRETRAIN + CHAT)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llm.data import BUILTIN_CORPORA, load_corpus, split_dialogue
+from llm.data.corpora import BUILTIN_CORPORA, load_corpus, split_dialogue
 from llm.errors import DataError, LLMWarning
-from llm.tokenizer import WordTokenizer
+from llm.data.tokenizers import WordTokenizer
 
 MAX_TOKENS = 45
 
@@ -41,7 +41,7 @@ def test_builtin_paths_exist_and_are_pretty_printed():
     for kind, path in BUILTIN_CORPORA.items():
         path = Path(path)
         assert path.is_file(), kind
-        assert path.parent.name == "corpus" and path.parent.parent.name == "llm"
+        assert path.parent.name == "corpus" and path.parent.parent.name == "data" and path.parent.parent.parent.name == "llm"
         lines = path.read_text(encoding="utf-8").strip().splitlines()
         entries = json.loads(path.read_text(encoding="utf-8"))
         assert len(lines) == len(entries) + 2  # "[", one line per entry, "]"

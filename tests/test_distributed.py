@@ -213,7 +213,7 @@ def test_bad_settings_are_config_errors(monkeypatch, kwargs, says):
 
 # -- pieces that need no MPI -------------------------------------------------------------------------------------------
 def test_shard_bounds_cover_the_batch_once():
-    from llm.distributed import shard_bounds
+    from llm.training.ranks import shard_bounds
 
     for batch in range(0, 12):
         for size in range(1, 6):
@@ -226,7 +226,7 @@ def test_shard_bounds_cover_the_batch_once():
 
 
 def test_fingerprints_are_stable_and_name_their_parts():
-    from llm.distributed import run_fingerprints
+    from llm.training.ranks import run_fingerprints
 
     a = run_fingerprints(config={"d_model": 8, "vocab": 5}, corpus=["x", "y"], seed=np.int64(0))
     b = run_fingerprints(config={"vocab": 5, "d_model": 8}, corpus=["x", "y"], seed=0)
@@ -371,8 +371,8 @@ def test_the_cli_on_two_ranks_prints_each_epoch_once_and_ctrl_c_saves_once(mpi, 
 
 def test_workers_with_a_communicator_is_refused():
     from llm import GPT, GPTConfig
-    from llm.tokenizer import WordTokenizer
-    from llm.training import Recipe, Trainer
+    from llm.data.tokenizers import WordTokenizer
+    from llm.training.trainer import Recipe, Trainer
     from tests.conftest import require_backend
 
     class OneRank:  # no collective is reached: the check comes first

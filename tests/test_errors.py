@@ -21,12 +21,12 @@ import pytest
 import llm.errors as errors_module
 from backends import get_backend
 from llm import GPT, Adam, GPTConfig
-from llm.data import encode_corpus, iterate_batches, load_corpus, split_dialogue
+from llm.data.corpora import encode_corpus, iterate_batches, load_corpus, split_dialogue
 from llm.errors import (BackendUnavailableError, CheckpointError, ConfigError, DataError, LLMError, LLMWarning,
                         PromptError, TrainingDivergedError)
-from llm.generation import chat, check_sampling, generate, generate_ids
-from llm.tokenizer import WordTokenizer, tokenizer_from_dict
-from llm.training import Recipe, Trainer, TrainingInterrupted, train
+from llm.infer.generation import chat, check_sampling, generate, generate_ids
+from llm.data.tokenizers import WordTokenizer, tokenizer_from_dict
+from llm.training.trainer import Recipe, Trainer, TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 
 from backends.fused import fast_path, fused_enabled, reference_only
 from llm import GPT, Adam, GPTConfig, TrainStep
-from llm.layers import CausalSelfAttention, LayerNorm
+from llm.nn.layers import CausalSelfAttention, LayerNorm
 from tests.conftest import require_backend
 
 RTOL = {"float32": 2e-5, "float64": 1e-12}

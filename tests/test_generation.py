@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from llm import GPT, GPTConfig
 from llm.errors import ConfigError, LLMWarning, PromptError
-from llm.generation import (check_sampling, chat, choose_token, format_chat_prompt, generate, generate_ids,
+from llm.infer.generation import (check_sampling, chat, choose_token, format_chat_prompt, generate, generate_ids,
                             greedy_batch)
-from llm.tokenizer import WordTokenizer
-from llm.training import Recipe, Trainer
+from llm.data.tokenizers import WordTokenizer
+from llm.training.trainer import Recipe, Trainer
 from tests.conftest import require_backend
 
 V, CTX = 23, 12
@@ -349,7 +349,7 @@ def test_a_tokenizer_larger_than_the_model_is_a_clear_error():
 
 def test_a_long_question_keeps_the_chat_markers_and_room_to_answer(monkeypatch):
     # Issue 11 item 15: the prompt was cut from the left, dropping "User:", leaving room for one answer token.
-    import llm.generation as generation
+    import llm.infer.generation as generation
 
     tok = WordTokenizer.from_texts(["User: why do rocks and rivers move ? Assistant: water pushes them . </s>"])
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=24),
@@ -372,8 +372,8 @@ def test_a_long_question_keeps_the_chat_markers_and_room_to_answer(monkeypatch):
 
 # -- generate_stream: a sliding window past the context (issue 9) -----------------------------------------------------
 
-from llm.generation import generate_long, generate_stream  # noqa: E402
-from llm.tokenizer import CharTokenizer  # noqa: E402
+from llm.infer.generation import generate_long, generate_stream  # noqa: E402
+from llm.data.tokenizers import CharTokenizer  # noqa: E402
 
 
 def _ctx8(seed=0):

@@ -16,8 +16,8 @@ import pytest
 from llm import GPT, GPTConfig
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint
 from llm.errors import ConfigError, LLMWarning
-from llm.tokenizer import WordTokenizer
-from llm.training import Recipe, Trainer
+from llm.data.tokenizers import WordTokenizer
+from llm.training.trainer import Recipe, Trainer
 from tests.conftest import require_backend
 from tests.test_step import count_host_reads
 from tests.test_training import CHATS, FACTS, TINY
@@ -164,7 +164,7 @@ def test_bad_plot_paths_are_refused(tmp_path, name, words):
 
 
 def _train_cli(argv, capsys):
-    from llm.cli_train import main
+    from llm.cli.cmd_train import main
 
     code = main(argv)
     return code, capsys.readouterr()

@@ -4,7 +4,7 @@ backend. Layers take the residual stream as (B*T, C) rows; attention and blocks 
 import numpy as np
 import pytest
 
-from llm.layers import (CausalSelfAttention, Embedding, FeedForward, LayerNorm, Linear, OutputProjection,
+from llm.nn.layers import (CausalSelfAttention, Embedding, FeedForward, LayerNorm, Linear, OutputProjection,
                         TransformerBlock)
 from tests.conftest import require_backend
 from tests.gradcheck import check_array
@@ -169,7 +169,7 @@ def _rope_reference(x, start=0, base=10000.0):
 
 
 def test_rope_rotation_matches_the_formula_and_is_inverted_by_its_backward(backend_name):
-    from llm.layers.attention import rope_rotate, rope_tables, rope_unrotate
+    from llm.nn.layers.attention import rope_rotate, rope_tables, rope_unrotate
 
     be = require_backend(backend_name, "float64")
     xp = be.xp

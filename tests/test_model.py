@@ -160,7 +160,7 @@ def _reference_adam(p, grads, steps, lr, clip, wd=0.0, b1=0.9, b2=0.999, eps=1e-
 
 
 def _flat(be, host):
-    from llm.params import FlatParameters
+    from llm.nn.params import FlatParameters
 
     return FlatParameters(be, [(k, be.asarray(v.copy())) for k, v in host.items()])
 
@@ -217,7 +217,7 @@ def test_training_steps_reduce_the_loss():
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cross_entropy_in_blocks_equals_one_block(backend_name, weighted, monkeypatch):
     # A large (N, V) loss runs block by block to keep its peak memory down; the result must not change.
-    import llm.loss as loss_module
+    import llm.nn.loss as loss_module
 
     be = require_backend(backend_name, "float64")
     rng = np.random.default_rng(12)

@@ -7,9 +7,9 @@ import pytest
 
 from backends import get_backend
 from llm import GPT, Adam, GPTConfig, TrainStep
-from llm.batch import prepare_shards, shard_bounds
+from llm.training.batch import prepare_shards, shard_bounds
 from llm.errors import ConfigError
-from llm.parallel import DataParallel, resolve_workers
+from llm.training.threads import DataParallel, resolve_workers
 from tests.conftest import require_backend
 from tests.gradcheck import check_array
 

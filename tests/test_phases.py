@@ -14,13 +14,13 @@ import pytest
 import llm
 from llm import GPT, GPTConfig
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint
-from llm.cli import print_stream
+from llm.cli.common import print_stream
 from llm.errors import CheckpointError, ConfigError
-from llm.evaluation import evaluate, evaluate_examples
-from llm.generation import chat, chat_stream, decode_stream
-from llm.loss import cross_entropy
-from llm.tokenizer import CharTokenizer, WordTokenizer
-from llm.training import Phase, Recipe, Trainer, scheduled_lr, split_validation
+from llm.infer.evaluation import evaluate, evaluate_examples
+from llm.infer.generation import chat, chat_stream, decode_stream
+from llm.nn.loss import cross_entropy
+from llm.data.tokenizers import CharTokenizer, WordTokenizer
+from llm.training.trainer import Phase, Recipe, Trainer, scheduled_lr, split_validation
 from tests.conftest import require_backend
 from tests.test_training import CHATS, FACTS, TINY
 
@@ -160,7 +160,7 @@ def test_evaluate_is_the_masked_cross_entropy_and_exact_match():
     model = _model(be, seed=2)
     ev = evaluate(model, TOK, CHATS)
     # by hand: the answer tokens of each dialogue, one batch
-    from llm.data import collate, encode_corpus
+    from llm.data.corpora import collate, encode_corpus
 
     batch = collate(encode_corpus(CHATS, TOK, model.config.max_seq_len, "answer"), TOK.pad_id)
     want, _ = cross_entropy(model.predict(batch.tokens), be.asarray(batch.targets), be.asarray(batch.mask))
@@ -270,7 +270,7 @@ def test_the_trainer_with_two_workers_trains_like_one():
 
 
 def test_the_book_trainers_phase_is_a_phase_with_its_schedule():
-    from llm.text_run import TextSettings, cosine_lr, text_phase
+    from llm.training.text_run import TextSettings, cosine_lr, text_phase
 
     s = TextSettings(steps=50, lr=1e-3, min_lr=1e-4, warmup_steps=5)
     phase = text_phase(s)

@@ -14,11 +14,11 @@ import llm
 from backends import Backend
 from backends.ops import flat_views
 from llm import GPT, Adam, GPTConfig, TrainStep, cross_entropy
-from llm.batch import prepare_padded_batch
+from llm.training.batch import prepare_padded_batch
 from llm.errors import BackendUnavailableError, ConfigError, TrainingDivergedError
-from llm.generation import generate_ids
-from llm.tokenizer import WordTokenizer
-from llm.training import Recipe, Trainer
+from llm.infer.generation import generate_ids
+from llm.data.tokenizers import WordTokenizer
+from llm.training.trainer import Recipe, Trainer
 from tests.conftest import require_backend
 from tests.test_training import CHATS, FACTS  # the same tiny corpus
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from llm.stopping import StopSignals
+from llm.training.stopping import StopSignals
 
 
 def test_the_first_signal_asks_the_second_stops_now_and_handlers_come_back():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm.errors import ConfigError, DataError
-from llm.tokenizer import CharTokenizer, WordTokenizer, tokenizer_from_dict
+from llm.data.tokenizers import CharTokenizer, WordTokenizer, tokenizer_from_dict
 
 SPECIALS = ["<pad>", "<unk>", "</s>"]
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from llm import GPT, GPTConfig, cross_entropy
-from llm.data import collate, encode_corpus, iterate_batches, split_dialogue
+from llm.data.corpora import collate, encode_corpus, iterate_batches, split_dialogue
 from llm.errors import ConfigError
-from llm.generation import generate_ids, greedy_batch
-from llm.tokenizer import WordTokenizer
-from llm.training import RECIPES, Recipe, Trainer, exact_match, train
+from llm.infer.generation import generate_ids, greedy_batch
+from llm.data.tokenizers import WordTokenizer
+from llm.training.trainer import RECIPES, Recipe, Trainer, exact_match, train
 from tests.conftest import require_backend
 
 ROOT = Path(__file__).resolve().parent.parent

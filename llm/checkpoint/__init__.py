@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, LLMWarning
-from ..model import GPT
-from ..training import Recipe, Trainer, TrainState
-from ._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE,
+from llm.errors import CheckpointError, LLMWarning
+from llm.nn.model import GPT
+from llm.training.trainer import Recipe, Trainer, TrainState
+from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE,
                       OPTIMIZER_FILE, TOKENIZER_FILE, TRAINING_FILE, _RESAVE)
-from .files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
-from .state import read_state, restore_trainer, serialize_training
-from .writer import (CheckpointLock, SavedCheckpoint, _read_manifest, _target, _verify, check_destination,
+from llm.checkpoint.files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
+from llm.checkpoint.state import read_state, restore_trainer, serialize_training
+from llm.checkpoint.writer import (CheckpointLock, SavedCheckpoint, _read_manifest, _target, _verify, check_destination,
                      find_checkpoint, lock_destination, write_checkpoint)
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError
+from llm.errors import CheckpointError
 
 FORMAT_VERSION = 1
 

@@ -10,11 +10,11 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from ..config import GPTConfig
-from ..errors import CheckpointError, ConfigError, DataError
-from ..model import GPT
-from ..tokenizer import tokenizer_from_dict
-from ._common import (CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, _RESAVE, _json_bytes, _names,
+from llm.nn.config import GPTConfig
+from llm.errors import CheckpointError, ConfigError, DataError
+from llm.nn.model import GPT
+from llm.data.tokenizers import tokenizer_from_dict
+from llm.checkpoint._common import (CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, _RESAVE, _json_bytes, _names,
                       _one_line, _read_bytes, _read_json)
 
 

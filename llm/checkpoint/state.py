@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import safetensors.numpy
 
-from ..data import num_batches
-from ..errors import CheckpointError, ConfigError
-from ..model import GPT
-from ..training import PHASES, Recipe, Trainer, TrainState
-from ._common import OPTIMIZER_FILE, TRAINING_FILE, _RESAVE, _json_bytes, _one_line, _read_json
-from .files import _read_tensors
+from llm.data.corpora import num_batches
+from llm.errors import CheckpointError, ConfigError
+from llm.nn.model import GPT
+from llm.training.trainer import PHASES, Recipe, Trainer, TrainState
+from llm.checkpoint._common import OPTIMIZER_FILE, TRAINING_FILE, _RESAVE, _json_bytes, _one_line, _read_json
+from llm.checkpoint.files import _read_tensors
 
 if TYPE_CHECKING:
-    from . import Checkpoint
+    from llm.checkpoint import Checkpoint
 
 
 def serialize_training(model: GPT, trainer: Trainer, params: dict[str, np.ndarray]) -> dict[str, bytes]:

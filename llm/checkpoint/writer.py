@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, LLMWarning
-from ._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, _RESAVE, _json_bytes,
+from llm.errors import CheckpointError, LLMWarning
+from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, _RESAVE, _json_bytes,
                       _names, _os_reason, _read_bytes, _read_json)
 
 

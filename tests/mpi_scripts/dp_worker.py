@@ -57,7 +57,7 @@ def main() -> None:
     comm = None
     if spec["mode"] == "dp":
         from backends.distributed import init_distributed
-        from llm.distributed import DistributedStep, run_fingerprints
+        from llm.training.ranks import DistributedStep, run_fingerprints
 
         comm = init_distributed(spec.get("backend", "numpy"), spec.get("engine", "mpi"), timeout=spec.get("timeout"),
                                 exit_timeout=spec.get("exit_timeout", 60.0))

@@ -22,8 +22,8 @@ from backends import get_backend  # noqa: E402
 from backends.distributed import init_distributed  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint  # noqa: E402
-from llm.tokenizer import WordTokenizer  # noqa: E402
-from llm.training import Recipe, Trainer  # noqa: E402
+from llm.data.tokenizers import WordTokenizer  # noqa: E402
+from llm.training.trainer import Recipe, Trainer  # noqa: E402
 
 FACTS = [f"Fact {i}: the {w} is {c}. </s>" for i, (w, c) in
          enumerate(zip(["sky", "sea", "grass", "sun", "snow", "coal", "rose"],

@@ -1,0 +1,83 @@
+"""Chat with a trained ArrayGPT checkpoint: ``arraygpt chat`` (``python examples/chat.py``).
+
+    python examples/chat.py --checkpoint runs/default                      # interactive
+    python examples/chat.py --checkpoint runs/default --prompt "How do mountains form?"
+    python examples/chat.py --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
+
+Type ``exit`` or ``quit`` (or press Ctrl-D) to leave. Every mistake or fault ends in one ``error:`` line (see
+``llm.cli``). Exit codes: 0 done, 1 error (or output closed), 2 bad option, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Absolute imports: examples/chat.py runs this module's code as its own (see llm.cli.run_script).
+from llm.cli.common import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, print_stream, run_cli
+from llm.errors import ConfigError, PromptError
+
+MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memory (see d_model, d_ff, n_layers and "
+               "vocab_size in its config.json): use a smaller checkpoint or a --device with more memory")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Chat with a trained ArrayGPT checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch", "torch:cuda", "strict"],
+                   help="where the model runs (default: cpu)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more varied")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set reaching probability p")
+    p.add_argument("--seed", type=nonnegative_int, default=None, help="seed for sampling (reproducible answers)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="longest answer in tokens (default: 50)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="answer this prompt and exit (repeatable); without it, chat interactively")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token (slower)")
+    return p.parse_args(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    from llm.checkpoint import load
+    from llm.infer.generation import chat_stream, check_sampling
+
+    check_sampling(args.temperature, args.top_k, args.top_p)  # bad input: exit 2 (run_cli), before loading
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    one_line_warnings()
+    model, tok = load(args.checkpoint, args.device)  # CheckpointError, BackendUnavailableError: exit 1
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                    max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
+
+    def answer(text: str) -> bool:
+        try:  # word by word as the model writes it (the prompt is checked before the first word)
+            print_stream(chat_stream(model, tok, text, **settings))
+            return True
+        except PromptError as exc:  # an empty prompt, for one: say so and carry on (anything else: run_cli)
+            error(exc)
+            return False
+
+    if args.prompt is not None:
+        ok = [answer(text) for text in args.prompt]
+        return EXIT_OK if all(ok) else EXIT_FAILED
+
+    print("Chat with the model; type 'exit' or 'quit' (or Ctrl-D) to leave.", file=sys.stderr, flush=True)
+    while True:
+        try:
+            text = input("Enter prompt: ")
+        except EOFError:
+            print(file=sys.stderr)
+            return EXIT_OK
+        if text.strip().lower() in ("exit", "quit"):
+            return EXIT_OK
+        answer(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`arraygpt chat`: the exit code; every fault ends in one line (llm.cli.run_cli)."""
+    return run_cli(_main, argv, memory_hint=MEMORY_HINT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

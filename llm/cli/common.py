@@ -1,0 +1,229 @@
+"""The command-line layer the ArrayGPT scripts share: exit codes, the ``error:`` line, streams, argument types.
+
+The CLIs are modules of the package: ``llm/cli_train.py``, ``llm/cli_chat.py``, ``llm/cli_text.py``, run as
+``arraygpt train|chat|text`` (``llm/__main__.py``) or as ``python examples/train.py`` etc., whose scripts run the
+module's code as their own (:func:`run_script`). Each one's ``_main(argv)`` does the work and raises;
+:func:`run_cli` turns what it raises into one line on stderr and an exit code, so no user ever sees a traceback for
+a mistake or a fault::
+
+    from llm.cli.common import EXIT_OK, nonnegative_int, run_cli
+
+    def _main(argv) -> int:
+        ...                                  # raise llm.errors.* on bad input
+        return EXIT_OK
+
+    def main(argv=None) -> int:              # what `arraygpt COMMAND` calls
+        return run_cli(_main, argv)
+
+    if __name__ == "__main__":
+        sys.exit(main())
+
+Exit codes:
+
+    0    done
+    1    the run failed: backend unavailable, checkpoint unreadable, out of memory, output closed
+    2    bad input: a flag, file, setting or prompt (every ``ValueError``-derived ``LLMError``; argparse's own too)
+    130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM; `arraygpt train` and `arraygpt text` handle it like Ctrl-C during training: the
+         step finishes, the run is saved with --out; both through llm.stopping.StopSignals)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from typing import Callable, Iterable, Sequence
+
+from llm.errors import LLMError, LLMWarning
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+MEMORY_HINT = "choose a smaller model, a smaller batch, or a device with more memory"
+
+
+def error(message: object) -> None:
+    """The one line a failure ends in, always on stderr: ``error: <what was wrong and what to do>``."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an exception a CLI reports: 2 for bad input (ValueError), 1 for a run that failed."""
+    return EXIT_BAD_INPUT if isinstance(exc, ValueError) else EXIT_FAILED
+
+
+def setup_streams() -> None:
+    """Text the terminal's encoding cannot show is escaped (``\\xe9``), not a crash; input bytes that are not text
+    in its encoding become U+FFFD (an unknown word), not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")
+
+
+def one_line_warnings() -> None:
+    """Library warnings as one ``warning: <message>`` line each (every time, not once per call site)."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    warnings.simplefilter("always", LLMWarning)
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout is gone (``| head``): point stdout at /dev/null so the exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (an in-process test's stdout)
+        pass
+
+
+def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+            memory_hint: str = MEMORY_HINT) -> int:
+    """Run ``main_fn(argv)`` and return its exit code; whatever it raises that a user can meet ends in one line.
+
+    * an :class:`~llm.errors.LLMError`: ``error: <its message>``, exit 2 for bad input, 1 otherwise;
+    * ``MemoryError``: ``error: out of memory: <memory_hint>``, exit 1;
+    * ``KeyboardInterrupt`` (Ctrl-C): ``interrupted``, exit 130;
+    * ``BrokenPipeError`` (stdout piped into ``head``, which has quit): nothing more is said, exit 1.
+
+    argparse's own ``SystemExit`` (``--help``, a malformed flag) passes through unchanged.
+    """
+    setup_streams()
+    try:
+        code = main_fn(argv)
+    except LLMError as exc:
+        error(exc)
+        return exit_code(exc)
+    except MemoryError:
+        error(f"out of memory: {memory_hint}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader is gone: saying so would only go to a terminal that did nothing wrong
+        _silence_stdout()
+        return EXIT_FAILED
+    try:
+        sys.stdout.flush()  # a broken pipe found by the final flush is the same case as above
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_FAILED
+    return EXIT_OK if code is None else code
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a settings field: ``lr_pretrain`` -> ``--lr-pretrain``."""
+    return "--" + name.replace("_", "-")
+
+
+def run_script(module: str, namespace: dict) -> None:
+    """Run the CLI module `module` (``"llm.cli.cmd_train"``) as the script whose globals are `namespace`.
+
+    ``examples/train.py`` is a thin wrapper around ``llm/cli_train.py`` (which ``arraygpt train`` runs too), yet it
+    stays that CLI as a module: the module's code runs in the wrapper's own namespace (as ``runpy`` does), so
+    loading ``examples/train.py`` gives its ``main``, ``chat``, ... and patching one of them affects the run. Run as
+    a script (``__name__ == "__main__"``), the module's own ``if __name__ == "__main__"`` block starts the CLI.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    code = spec.loader.get_code(module)
+    try:
+        exec(code, namespace)
+    except KeyboardInterrupt:  # Ctrl-C while the CLI's imports load: no traceback (later ones: run_cli's)
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+# -- argparse types: a malformed value is argparse's usage + `error:` line, exit 2, before anything runs ---------------
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def number(text: str) -> float:
+    """An argparse type: any number (range checks, if any, come later with a message of their own)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+_parse_float = number
+
+
+def int_at_least(min_value: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `min_value`."""
+    def parse(text: str) -> int:
+        value = _parse_int(text)
+        if value < min_value:
+            raise argparse.ArgumentTypeError(f"must be >= {min_value}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {min_value}"  # what argparse calls the type in its messages
+    return parse
+
+
+nonnegative_int = int_at_least(0)
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _parse_float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    value = _parse_float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "MEMORY_HINT", "error", "exit_code",
+           "setup_streams", "one_line_warnings", "run_cli", "int_at_least", "nonnegative_int", "positive_int",
+           "positive_float", "nonnegative_float", "number", "run_script"]
+
+
+def print_stream(pieces: Iterable[str], file=None) -> str:
+    """Print text as it arrives (each piece flushed: a chat answer word by word), then a newline; return it all.
+
+    Leading spaces of the answer are not printed, so the line reads like the one :func:`llm.chat` returns."""
+    file = sys.stdout if file is None else file
+    shown: list[str] = []
+    for piece in pieces:
+        if not shown:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+        shown.append(piece)
+        print(piece, end="", file=file, flush=True)
+    print(file=file, flush=True)
+    return "".join(shown).strip()
+
+
+def workers_flag(text: str) -> int | str:
+    """An argparse type for --workers: "auto" or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = _parse_int(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
+    return value
+
+
+WORKERS_HELP = ("threads per training step on the CPU (numpy backend): each takes a share of the batch's sequences "
+                "with one BLAS thread; auto (default): one per CPU, at most 4; 1: the single-thread step")
+

@@ -1,0 +1,206 @@
+"""Causal multi-head self-attention with a fused QKV projection, optionally with rotary position embeddings."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from llm.nn.namespace import array_namespace, device
+
+from backends.fused import fast_path
+from backends.ops import exp_
+
+from llm.nn.layers.base import Layer
+from llm.nn.layers.linear import Linear
+from llm.nn.layers.reductions import array_key, sum_last
+
+ROPE_BASE = 10000.0
+
+
+def rope_tables(xp: Any, n: int, head_dim: int, like: Any, base: float = ROPE_BASE) -> tuple[Any, Any]:
+    """RoPE's constants for positions 0 .. n-1: ``cos`` and ``sin_signed``, (n, head_dim) each, in `like`'s dtype.
+
+    Channel i of a head is paired with channel i + head_dim/2 (the GPT-NeoX / LLaMA layout: two half-width slices
+    instead of strided pairs), and the pair is rotated by the angle ``t * base**(-2i / head_dim)`` at position t.
+    ``cos`` repeats cos(angle) over both halves; ``sin_signed`` is (-sin, +sin), so that
+    ``rotate(x) = x * cos + swap_halves(x) * sin_signed``. Computed in float64, then cast.
+    """
+    f64, half = xp.float64, head_dim // 2
+    t = xp.arange(n, dtype=f64, device=device(like))[:, None]
+    i = xp.arange(half, dtype=f64, device=device(like))[None, :]
+    angle = t * xp.exp(i * (-2.0 * math.log(base) / head_dim))  # (n, D/2)
+    cos, sin = xp.cos(angle), xp.sin(angle)
+    return (xp.astype(xp.concat((cos, cos), axis=1), like.dtype),
+            xp.astype(xp.concat((-sin, sin), axis=1), like.dtype))
+
+
+def _swap_halves(xp: Any, x: Any) -> Any:
+    # x: (..., D) -> (..., D) with its two halves exchanged
+    half = x.shape[-1] // 2
+    return xp.concat((x[..., half:], x[..., :half]), axis=-1)
+
+
+def rope_rotate(xp: Any, x: Any, cos: Any, sin_signed: Any) -> Any:
+    """x: (..., T, D) -> each channel pair (i, i + D/2) rotated by its angle at its position; cos, sin: (T, D)."""
+    y = x * cos
+    y += _swap_halves(xp, x) * sin_signed
+    return y
+
+
+def rope_unrotate(xp: Any, dy: Any, cos: Any, sin_signed: Any) -> Any:
+    """The backward of :func:`rope_rotate`: the inverse rotation (a rotation's transpose is its inverse)."""
+    dx = dy * cos
+    dx -= _swap_halves(xp, dy) * sin_signed
+    return dx
+
+
+# Added to the scores of forbidden keys. Finite, so a row with every key masked (a padding query) gives a uniform
+# softmax instead of NaN; exp() of it underflows to exactly 0 in float32 and float64.
+MASK_VALUE = -1e9
+
+
+class CausalSelfAttention(Layer):
+    """Multi-head attention where position t attends to positions <= t (and, optionally, only to real tokens).
+
+    ``head_dim = d_model // n_heads``; scores are scaled by ``1/sqrt(head_dim)`` in forward and, unlike the seed,
+    in backward too. Backward reuses the cached q, k, v and probabilities; it never recomputes the forward pass.
+
+    ``rope=True`` rotates each head's queries and keys by their positions (:func:`rope_rotate`) before the scores,
+    so a score depends on how far apart two positions are; the cache then holds the rotated q and k, and backward
+    un-rotates their gradients. ``max_seq_len`` sizes the rotation table (built once per device and dtype).
+    """
+
+    def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, out_std: float = 0.02,
+                 rope: bool = False, max_seq_len: int | None = None) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            from llm.errors import ConfigError
+
+            raise ConfigError(f"d_model {d_model} is not divisible by n_heads {n_heads}: pick n_heads dividing it")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        # No QKV bias: the key bias has an identically zero gradient (softmax ignores a per-row shift), so Adam
+        # would only turn its rounding noise into lr-sized steps; the value bias duplicates the output bias.
+        self.qkv = Linear(backend, rng, d_model, 3 * d_model, bias=False)
+        self.proj = Linear(backend, rng, d_model, d_model, std=out_std)
+        self.children = {"qkv": self.qkv, "proj": self.proj}
+        self._causal_cache: dict[tuple, Any] = {}  # a constant per shape, not an activation
+        self.rope, self.max_seq_len = rope, max_seq_len
+        if rope and self.head_dim % 2:
+            from llm.errors import ConfigError
+
+            raise ConfigError(f"rope rotates pairs of channels: the head size {self.head_dim} must be even")
+        self._rope_cache: dict[tuple, Any] = {}  # RoPE's cos / sin tables, constants like the causal masks
+
+    def _rope(self, xp: Any, start: int, T: int, like: Any) -> tuple[Any, Any]:
+        # -> cos, sin_signed: (T, D) for positions start .. start+T-1, slices of one table per device and dtype
+        n = self.max_seq_len if self.max_seq_len is not None else start + T
+        key = (n, *array_key(like))
+        tables = self._rope_cache.get(key)
+        if tables is None:
+            tables = self._rope_cache[key] = rope_tables(xp, n, self.head_dim, like)
+        cos, sin = tables
+        return cos[start:start + T, :], sin[start:start + T, :]
+
+    def _mask_bias(self, xp: Any, T_q: int, T_k: int, key_mask: Any, like: Any) -> Any:
+        # -> (T_q, T_k) or (B, 1, T_q, T_k): 0 where allowed, MASK_VALUE where not. Queries are the last T_q
+        # positions of the T_k keys (T_q < T_k only when decoding with a KV cache).
+        key = (T_q, T_k, *array_key(like))
+        bias = self._causal_cache.get(key)
+        if bias is None:  # built once per shape: training sees only a few distinct lengths
+            rows = xp.arange(T_k - T_q, T_k, device=device(like))[:, None]
+            cols = xp.arange(T_k, device=device(like))[None, :]
+            bias = self._causal_cache[key] = xp.astype(cols > rows, like.dtype) * MASK_VALUE
+        if key_mask is not None:
+            pad = (1.0 - xp.astype(key_mask, like.dtype)) * MASK_VALUE  # (B, T_k)
+            bias = bias + pad[:, None, None, :]
+        return bias
+
+    def _split_heads(self, xp: Any, qkv: Any, T: int) -> tuple[Any, Any, Any]:
+        # qkv: (B*T, 3C) -> q, k, v: (B, H, T, D) each, views of one permuted array
+        qkv = xp.permute_dims(xp.reshape(qkv, (-1, T, 3, self.n_heads, self.head_dim)), (2, 0, 3, 1, 4))
+        return qkv[0, ...], qkv[1, ...], qkv[2, ...]
+
+    @staticmethod
+    def _softmax(xp: Any, s: Any) -> Any:
+        # s: (..., T_k) -> probabilities over the last axis, max-subtracted for stability; `s` is overwritten
+        # and becomes the result: every pass over the (B, H, T, T) scores runs in place
+        s -= xp.max(s, axis=-1, keepdims=True)
+        e = exp_(s)
+        e *= 1.0 / sum_last(e)  # the row sum as a matmul with a ones column: faster than a last-axis reduction
+        return e
+
+    def _attend(self, xp: Any, q: Any, k: Any, v: Any, bias: Any) -> tuple[Any, Any]:
+        # q: (B, H, T_q, D) already scaled by 1/sqrt(D) (a pass over q, T/D times cheaper than one over the scores),
+        # k, v: (B, H, T_k, D) -> p: (B, H, T_q, T_k), y: (B, H, T_q, D)
+        scores = q @ xp.matrix_transpose(k)
+        fused = fast_path("softmax_rows", scores) if bias.ndim == 2 else None
+        if fused is not None:  # the steps below as one kernel (backends.fused)
+            p = fused(scores, bias, 1.0)
+        else:
+            scores += bias
+            p = self._softmax(xp, scores)
+        return p, p @ v
+
+    def _merge_heads(self, xp: Any, y: Any) -> Any:
+        # y: (B, H, T, D) -> (B*T, C)
+        return xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (-1, self.d_model))
+
+    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
+        # x: (B*T, C) rows of B sequences of length T; key_mask: (B, T) bool, True for real tokens, or None
+        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged); q and k rotated when rope, q scaled by
+        # 1/sqrt(D) (the scores' backward needs exactly those)
+        xp = array_namespace(x)
+        qkv, _ = self.qkv.forward(x)
+        q, k, v = self._split_heads(xp, qkv, T)
+        if self.rope:
+            cos, sin = self._rope(xp, 0, T, x)
+            q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
+        q = q * self.scale
+        p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, T, key_mask, x))
+        merged = self._merge_heads(xp, y)
+        out, _ = self.proj.forward(merged)
+        return out, (x, q, k, v, p, y, merged)
+
+    def backward(self, dout: Any, cache: Any) -> Any:
+        # dout: (B*T, C) -> dx: (B*T, C)
+        xp = array_namespace(dout)
+        x, q, k, v, p, y, merged = cache
+        B, H, T, D = q.shape
+        dy = xp.permute_dims(xp.reshape(self.proj.backward(dout, merged), (B, T, H, D)), (0, 2, 1, 3))
+        dv = xp.matrix_transpose(p) @ dy  # (B, H, T, D)
+        ds = dy @ xp.matrix_transpose(v)  # dp: (B, H, T, T)
+        # Softmax backward: ds = p * (dp - sum_j p*dp). That row sum equals sum_d dy*y, which is T/D times cheaper.
+        fused = fast_path("softmax_backward", ds)
+        if fused is not None:
+            fused(ds, p, sum_last(dy * y))
+        else:
+            ds -= sum_last(dy * y)
+            ds *= p
+        dq = ds @ k
+        dq *= self.scale
+        dk = xp.matrix_transpose(ds) @ q  # q is the scaled one: the scale is already in
+        if self.rope:  # gradients of the rotated q and k -> of the projected ones: the inverse rotation
+            cos, sin = self._rope(xp, 0, T, dout)
+            dq, dk = rope_unrotate(xp, dq, cos, sin), rope_unrotate(xp, dk, cos, sin)
+        # (B, T, 3, H, D) laid out as the QKV projection's output: each gradient written once into its slot
+        dqkv = xp.empty((B, T, 3, H, D), dtype=dq.dtype, device=device(dq))
+        for i, g in enumerate((dq, dk, dv)):
+            dqkv[:, :, i, ...] = xp.permute_dims(g, (0, 2, 1, 3))
+        return self.qkv.backward(xp.reshape(dqkv, (B * T, 3 * self.d_model)), x)
+
+    def forward_cached(self, x: Any, T: int, kv: dict) -> Any:
+        # x: (B*T_new, C), kv: {"k", "v": (B, H, T_past, D)} or empty -> (B*T_new, C). Inference only: no cache
+        # for backward; the new keys and values are appended to `kv`, so each new token costs one position.
+        xp = array_namespace(x)
+        q, k, v = self._split_heads(xp, x @ self.qkv.params["weight"], T)
+        if self.rope:  # the new queries and keys at their absolute positions; the cache holds rotated keys
+            cos, sin = self._rope(xp, kv["k"].shape[2] if kv else 0, T, x)
+            q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
+        q = q * self.scale
+        if kv:
+            k = xp.concat((kv["k"], k), axis=2)
+            v = xp.concat((kv["v"], v), axis=2)
+        kv["k"], kv["v"] = k, v
+        _, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, k.shape[2], None, x))
+        return self.proj.forward(self._merge_heads(xp, y))[0]

@@ -1,0 +1,223 @@
+"""GPT: embeddings, transformer blocks, final layer norm and the output projection."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+from llm.nn.config import GPTConfig
+from llm.errors import ConfigError
+from llm.nn.layers import Embedding, LayerNorm, OutputProjection, TransformerBlock
+from llm.nn.layers.base import Layer
+from backends.ops import index_add
+from llm.nn.loss import softmax_cross_entropy
+from llm.nn.params import FlatParameters
+from llm.nn.batch_checks import batch_shape, check_ids, prepare_batch
+
+
+class GPT(Layer):
+    """A decoder-only transformer with hand-written backward passes.
+
+    ``params`` and ``grads`` are flat dicts keyed like a state dict (``blocks.0.attn.qkv.weight``); their arrays
+    are the layers' own, updated in place by the optimizer. Weights are drawn on the host from ``seed``, so one
+    seed gives the same model on every backend.
+    """
+
+    def __init__(self, config: GPTConfig, backend: Any, seed: int = 0) -> None:
+        super().__init__()
+        self.config, self.backend = config, backend
+        c = config
+        rng = backend.rng(seed)
+        out_std = c.init_std / math.sqrt(2 * c.n_layers)  # residual projections: keep the residual stream's scale
+        self.embed = Embedding(backend, rng, c.vocab_size, c.max_seq_len, c.d_model, std=c.init_std,
+                               pos_encoding=c.pos_encoding)
+        self.blocks = [TransformerBlock(backend, rng, c.d_model, c.n_heads, c.d_ff, c.activation, c.norm,
+                                        c.ln_eps, out_std, rope=c.pos_encoding == "rope", max_seq_len=c.max_seq_len)
+                       for _ in range(c.n_layers)]
+        self.ln_f = LayerNorm(backend, c.d_model, c.ln_eps) if c.norm == "pre" else None
+        self.head = OutputProjection(backend, rng, c.d_model, c.vocab_size,
+                                     tied_to=self.embed if c.tie_weights else None, std=c.init_std)
+        self.children = {"embed": self.embed, **{f"blocks.{i}": b for i, b in enumerate(self.blocks)}}
+        if self.ln_f is not None:
+            self.children["ln_f"] = self.ln_f
+        self.children["head"] = self.head
+        # Parameters and gradients move into two flat buffers; every layer's dicts are rebound to views of them.
+        self.flat = FlatParameters(backend, [(name, p) for name, p, _ in self.named_arrays()])
+        for name, layer, key in self.named_slots():
+            layer.params[key], layer.grads[key] = self.flat.params[name], self.flat.grads[name]
+        self.params: dict[str, Any] = {name: self.flat.params[name] for name, _, _ in self.named_slots()}
+        self.grads: dict[str, Any] = {name: self.flat.grads[name] for name in self.params}
+        self._last_cache = None  # what the classic forward(tokens) -> backward(dlogits) pair hands over
+
+    # -- inputs: checked on the host, where they are cheap to check, then sent ---------------------------------------
+    def _tokens(self, tokens: Any, what: str = "tokens") -> Any:
+        """(B, T) token ids -> a device int64 array; ids given on the host are range-checked before they are sent."""
+        return self.backend.asarray(check_ids(self.backend, tokens, self.config, what), dtype=self.backend.xp.int64)
+
+    # -- training path ---------------------------------------------------------------------------------------------
+    def forward(self, tokens: Any, key_mask: Any = None, return_cache: bool = False) -> Any:
+        """tokens: (B, T) int (host or device) -> logits (B, T, V). `key_mask` (B, T) bool hides padding keys.
+
+        With ``return_cache=True`` returns ``(logits, cache)`` for :meth:`backward`; otherwise the cache is kept for
+        the next ``backward(dlogits)`` (only the last forward's: inference in between, such as ``generate``, does
+        not disturb it).
+        """
+        tokens = self._tokens(tokens)
+        if key_mask is not None:
+            key_mask = self.backend.asarray(key_mask, dtype=self.backend.xp.bool)
+        B, T = tokens.shape
+        x, trunk = self._trunk_forward(tokens, key_mask)
+        logits, head = self._head_forward(x)
+        logits = self.backend.xp.reshape(logits, (B, T, self.config.vocab_size))
+        cache = (trunk, head)
+        if return_cache:
+            return logits, cache
+        self._last_cache = cache
+        return logits
+
+    def predict(self, tokens: Any, key_mask: Any = None) -> Any:
+        """Inference: tokens (B, T) -> logits (B, T, V), keeping nothing for a backward pass."""
+        return self.forward(tokens, key_mask, return_cache=True)[0]
+
+    def backward(self, dlogits: Any, cache: Any = None) -> None:
+        """dlogits: (B, T, V). Adds every parameter's gradient into ``grads`` (call :meth:`zero_grads` first).
+
+        `cache` is what ``forward(..., return_cache=True)`` returned; None uses the last plain ``forward``'s.
+        """
+        if cache is None:
+            cache, self._last_cache = self._last_cache, None
+            if cache is None:
+                raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
+        trunk, head = cache
+        xp = self.backend.xp
+        dx = self._head_backward(xp.reshape(dlogits, (-1, self.config.vocab_size)), head)
+        self._trunk_backward(dx, trunk)
+
+    # The two halves of the network: embeddings + blocks ("trunk"), then final norm + output projection ("head").
+    # The residual stream is 2-D, (B*T, C): every GEMM is one 2-D GEMM and no layer reshapes it.
+    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> tuple[Any, Any]:
+        # tokens: (B, T) -> x: (B*T, C), cache
+        T = tokens.shape[1]
+        x, c_embed = self.embed.forward(tokens)
+        caches = []
+        for block in self.blocks:
+            x, c = block.forward(x, T, key_mask)
+            caches.append(c)
+        return x, (c_embed, caches)
+
+    def _trunk_backward(self, dx: Any, cache: Any) -> None:
+        # dx: (B*T, C)
+        c_embed, caches = cache
+        for block in reversed(self.blocks):
+            # pop: a block's activations are freed as soon as its backward is done (a cache is used once)
+            dx = block.backward(dx, caches.pop())
+        self.embed.backward(dx, c_embed)
+
+    def _head_forward(self, x: Any) -> tuple[Any, Any]:
+        # x: (N, C) -> logits (N, V), cache
+        c_ln = None
+        if self.ln_f is not None:
+            x, c_ln = self.ln_f.forward(x)
+        logits, c_head = self.head.forward(x)
+        return logits, (c_ln, c_head)
+
+    def _head_backward(self, dlogits: Any, cache: Any) -> Any:
+        # dlogits: (N, V) -> dx (N, C)
+        c_ln, c_head = cache
+        dx = self.head.backward(dlogits, c_head)
+        return self.ln_f.backward(dx, c_ln) if self.ln_f is not None else dx
+
+    def zero_grads(self) -> None:
+        """Zero every gradient: one write over the flat gradient buffer."""
+        self.flat.zero_grads()
+
+    def loss_and_grads(self, tokens: Any, targets: Any, mask: Any = None) -> Any:
+        """Mean cross-entropy over positions where `mask` (B, T) is True (all when None); zeroes, then fills grads.
+
+        Returns the loss as a 0-d device array (``float(loss)`` reads it; the step itself never reads back).
+        Padding is on the right, so the causal mask alone keeps real tokens from seeing it: no key mask is needed.
+        With a mask, the final norm, the output projection and the loss run only on the N positions that count
+        (the vocabulary-wide part of the step shrinks from B*T rows to N); those rows are chosen on the host, where
+        the mask is, so no device value decides a shape.
+        """
+        batch = prepare_batch(self.backend, self.config, tokens, targets, mask)
+        rows = batch[2]
+        if rows is not None and rows.shape[0] == 0:  # nothing to learn from: zero loss, zero gradients
+            self.flat.zero_grads()
+            return self.backend.xp.zeros((), dtype=self.backend.dtype, device=self.backend.device)
+        return self.loss_and_grads_device(*batch)
+
+    def loss_and_grads_device(self, tokens: Any, targets: Any, rows: Any = None, weights: Any = None) -> Any:
+        """The device half of :meth:`loss_and_grads`, on arrays already sent (see :func:`prepare_batch`).
+
+        tokens: (B, T) int; targets: (N,) int, one per counted row; rows: (N,) int indices into the B*T positions,
+        or None when every position counts (N = B*T); weights: (N,) float summing to 1, or None for the mean.
+        Returns the 0-d loss; shapes depend only on the arguments' shapes, so a backend may capture and replay it.
+        """
+        xp = self.backend.xp
+        self.flat.zero_grads()
+        x, trunk = self._trunk_forward(tokens)
+        if rows is not None:
+            x = xp.take(x, rows, axis=0)  # (N, C) the positions that count
+        logits, head = self._head_forward(x)
+        del x
+        loss, dlogits = softmax_cross_entropy(logits, targets, weights)
+        del logits
+        dx = self._head_backward(dlogits, head)
+        del dlogits, head  # the (N, V) arrays must not live on through the trunk's backward pass
+        if rows is not None:  # back to every position; the others get zero
+            full = xp.zeros((tokens.shape[0] * tokens.shape[1], dx.shape[1]), dtype=dx.dtype, device=self.backend.device)
+            index_add(full, rows, dx)  # rows are distinct: a plain scatter
+            dx = full
+        self._trunk_backward(dx, trunk)
+        return loss
+
+    # -- inference path with a KV cache -----------------------------------------------------------------------------
+    def new_kv_cache(self) -> list[dict]:
+        """An empty cache: one ``{"k", "v"}`` dict per block, filled by :meth:`forward_cached`."""
+        return [{} for _ in self.blocks]
+
+    def forward_cached(self, tokens: Any, kv_cache: list[dict]) -> Any:
+        """tokens: (B, T_new) following the cached positions -> logits (B, T_new, V). Appends to `kv_cache`."""
+        tokens = self._tokens(tokens)
+        past = kv_cache[0]["k"].shape[2] if kv_cache[0] else 0
+        if past + tokens.shape[1] > self.config.max_seq_len:
+            raise ConfigError(f"KV cache of {past} positions plus {tokens.shape[1]} new exceeds max_seq_len "
+                              f"{self.config.max_seq_len}")
+        B, T = tokens.shape
+        x, _ = self.embed.forward(tokens, start=past)
+        for block, kv in zip(self.blocks, kv_cache):
+            x = block.forward_cached(x, T, kv)
+        logits, _ = self._head_forward(x)
+        return self.backend.xp.reshape(logits, (B, T, self.config.vocab_size))
+
+    def attention_maps(self, tokens: Any) -> list:
+        """The attention probabilities of one sequence: a list (one per layer) of (H, T, T) host NumPy arrays.
+
+        `tokens`: T token ids, shape (T,) or (1, T), host or device. Runs the ordinary forward pass
+        (``return_cache=True``) and takes each block's probabilities from its cache, so these are exactly what the
+        forward pass used: row t is query t's distribution over keys 0..t (zero above the diagonal, each row sums
+        to 1). Everything stays on the device until one transfer at the end.
+        """
+        shape = batch_shape(tokens)
+        if len(shape) == 1:
+            tokens = tokens[None, ...] if hasattr(tokens, "shape") else [list(tokens)]
+        elif len(shape) != 2 or shape[0] != 1:
+            raise ConfigError(f"attention_maps takes one sequence, shape (T,) or (1, T); got {shape}")
+        if shape[-1] == 0:
+            raise ConfigError("attention_maps needs at least one token")
+        _, ((_, block_caches), _) = self.forward(tokens, return_cache=True)
+        xp = self.backend.xp
+        probs = xp.stack([c_attn[4][0, ...] for _, c_attn, _, _ in block_caches])  # (L, H, T, T)
+        host = self.backend.to_numpy(probs)  # a fresh stack: the host copy shares nothing with the model
+        return [host[i] for i in range(host.shape[0])]
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(p.shape) for p in self.params.values())
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"GPT(vocab={c.vocab_size}, d_model={c.d_model}, heads={c.n_heads}, layers={c.n_layers}, "
+                f"d_ff={c.d_ff}, max_seq_len={c.max_seq_len}, {c.norm}-LN, {c.activation}, {c.pos_encoding} positions, "
+                f"params={self.num_parameters():,}, backend={self.backend})")

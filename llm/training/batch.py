@@ -1,0 +1,113 @@
+"""The layout of one training batch before it is sent to the device: padded to a captured shape, or split by
+sequences into shards for threads and ranks (the checks themselves are :mod:`llm.nn.batch_checks`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llm.errors import ConfigError
+from llm.nn.batch_checks import _as_ids, _check_range, batch_shape, check_ids, check_mask, is_host, prepare_batch  # noqa: F401
+
+
+def prepare_padded_batch(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any,
+                         shape: tuple[int, int]) -> tuple:
+    """Like :func:`prepare_batch`, laid out for a captured step of fixed `shape` (B_pad, T_pad).
+
+    Every position is kept (rows is None) and the mask becomes per-position weights summing to 1, so batches of any
+    size and mask reuse one shape. Padded positions hold token 0 and weight 0: they change nothing, since padding
+    is on the right and attention is causal. -> (tokens (B_pad, T_pad), targets (B_pad*T_pad,), None, weights).
+    """
+    tok = check_ids(backend, tokens, config, "tokens")
+    if not isinstance(tok, np.ndarray):
+        tok = backend.to_numpy(tok)
+    B, T = tok.shape
+    Bp, Tp = shape
+    m = np.ones((B, T), dtype=bool) if mask is None else check_mask(backend, mask, (B, T))
+    tgt = _as_ids(targets if is_host(targets) else backend.to_numpy(targets), "targets")
+    if tgt.shape != (B, T):
+        raise ConfigError(f"targets has shape {tgt.shape}, expected {(B, T)} like the tokens")
+    tgt = np.where(m, tgt, 0)
+    _check_range(tgt, config.vocab_size, "targets")
+    t_pad = np.zeros((Bp, Tp), dtype=np.int64)
+    y_pad = np.zeros((Bp, Tp), dtype=np.int64)
+    w = np.zeros((Bp, Tp), dtype=np.float64)
+    t_pad[:B, :T] = tok
+    y_pad[:B, :T] = tgt
+    w[:B, :T] = m / max(int(m.sum()), 1)
+    xp = backend.xp
+    return (backend.asarray(t_pad, dtype=xp.int64), backend.asarray(y_pad.reshape(-1), dtype=xp.int64), None,
+            backend.asarray(w.reshape(-1)))
+
+
+def shard_bounds(batch: int, index: int, n: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of shard `index` of `n`: contiguous, sizes differing by at most one (the first
+    ``batch % n`` shards take one more); empty when ``batch < n`` leaves none for this shard."""
+    base, extra = divmod(batch, n)
+    lo = index * base + min(index, extra)
+    return lo, lo + base + (1 if index < extra else 0)
+
+
+def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
+    """Check a batch on the host and split it by sequences into at most `n_shards` shards for data parallelism
+    (threads in one process, or the ranks of a distributed run: each takes shard ``i``).
+
+    -> (shards, count): `count` is the number of positions that count in the whole batch (B*T without a mask);
+    each shard is ``(tokens (b, T), targets (n,), rows (n,) or None, weights (n,))`` on the host, as
+    :func:`prepare_batch` lays it out for the shard's own b sequences, with every counted position weighted
+    ``1 / count``, so the shards' losses and gradients sum to the mean over the whole batch. Sequences with no
+    counted position are left out (they add exactly zero to the loss and every gradient); the others are dealt out
+    in contiguous blocks whose sizes differ by at most one sequence. A batch with nothing counted gives ``([], 0)``.
+    """
+    tok = check_ids(backend, tokens, config, "tokens")
+    if not isinstance(tok, np.ndarray):
+        tok = backend.to_numpy(tok)
+    shape = tuple(int(n) for n in tok.shape)
+    tgt = _as_ids(targets if is_host(targets) else backend.to_numpy(targets), "targets")
+    if tgt.shape != shape:
+        raise ConfigError(f"targets has shape {tgt.shape}, expected {shape} like the tokens")
+    m = None if mask is None else check_mask(backend, mask, shape)
+    if m is not None and m.all():
+        m = None
+    if m is None:
+        keep = None
+        count = shape[0] * shape[1]
+        _check_range(tgt, config.vocab_size, "targets")
+    else:
+        count = int(m.sum())
+        _check_range(tgt[m], config.vocab_size, "targets")
+        keep = np.flatnonzero(m.any(axis=1))  # the sequences with at least one counted position
+        if keep.shape[0] == shape[0]:
+            keep = None
+    if count == 0:
+        return [], 0
+    if keep is not None:
+        tok, tgt, m = tok[keep], tgt[keep], m[keep]
+    shards = []
+    for i in range(n_shards):
+        lo, hi = shard_bounds(tok.shape[0], i, n_shards)
+        if hi <= lo:
+            break
+        t_s, y_s, rows = tok[lo:hi], tgt[lo:hi].reshape(-1), None
+        if m is not None:
+            m_s = m[lo:hi]
+            if not m_s.all():
+                rows = np.flatnonzero(m_s)
+                y_s = y_s[rows]
+        weights = np.full(y_s.shape[0], 1.0 / count)  # float64 here; the backend's dtype once sent
+        shards.append((np.ascontiguousarray(t_s), y_s, rows, weights))
+    return shards, count
+
+
+def send_shard(backend: Any, shard: tuple) -> tuple:
+    """A host shard of :func:`host_shards` on the device: (tokens, targets, rows or None, weights)."""
+    t_s, y_s, rows, weights = shard
+    send = lambda a: backend.asarray(a, dtype=backend.xp.int64)  # noqa: E731
+    return send(t_s), send(y_s), None if rows is None else send(rows), backend.asarray(weights)
+
+
+def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
+    """:func:`host_shards`, every shard sent to the device: -> (shards, count)."""
+    shards, count = host_shards(backend, config, tokens, targets, mask, n_shards)
+    return [send_shard(backend, s) for s in shards], count

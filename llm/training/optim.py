@@ -1,0 +1,189 @@
+"""Adam with global L2 gradient-norm clipping, optional decoupled weight decay, and a device-side finite guard.
+
+The update runs over the model's flat buffers (see :mod:`llm.params`): a few whole-buffer operations a step instead
+of a dozen per tensor. Nothing is read back to the host: the gradient norm, the learning rate, the step count and
+the record of skipped steps are 0-d device arrays, so a step can be queued, captured and replayed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from llm.errors import ConfigError
+from llm.nn.layers.reductions import constant
+
+from backends.fused import fast_path
+from llm.nn.params import FlatParameters
+
+
+def _check_lr(lr: Any, allow_zero: bool = False) -> float:
+    # allow_zero: a schedule's value (a cosine may end at 0); a base learning rate must be positive
+    low_ok = (lambda v: v >= 0) if allow_zero else (lambda v: v > 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and low_ok(lr)):
+        try:
+            lr = float(lr)  # numpy scalars
+        except (TypeError, ValueError):
+            raise ConfigError(f"learning rate must be a positive number, got {lr!r}") from None
+        if not (math.isfinite(lr) and low_ok(lr)):
+            raise ConfigError(f"learning rate must be a {'non-negative' if allow_zero else 'positive'} finite "
+                              f"number, got {lr!r}")
+    return float(lr)
+
+
+class Adam:
+    """Adam (bias-corrected) over a model's flat parameter buffer, updated in place on the parameters' device.
+
+    ``Adam(model)`` (or ``Adam(model.flat)``). Before each step the gradients are scaled so their global L2 norm is
+    at most ``clip_norm`` (None disables). ``weight_decay`` is decoupled (AdamW) and applies to matrices only (the
+    buffer's leading ``n_decay`` values), not biases or norm gains. A step whose gradient norm is not finite
+    changes nothing (parameters, moments, step count) and is recorded in ``skipped`` / ``first_skipped``.
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = 5.0) -> None:
+        flat = getattr(params, "flat", params)
+        if not isinstance(flat, FlatParameters):
+            raise ConfigError("Adam takes the model (or model.flat), whose parameters live in one flat buffer; "
+                              f"got {type(params).__name__}")
+        lr = _check_lr(lr)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ConfigError(f"Adam betas must lie in [0, 1), got {betas!r}")
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ConfigError(f"Adam eps must be a positive number, got {eps!r}")
+        if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm > 0):
+            raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        self.flat = flat
+        self.params = flat.params
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.weight_decay, self.clip_norm = weight_decay, clip_norm
+        self.m_buffer, self.v_buffer = flat.new_buffer(), flat.new_buffer()
+        self.m, self.v = flat.views(self.m_buffer), flat.views(self.v_buffer)
+        be = flat.backend
+        scalar = lambda value: be.xp.full((), value, dtype=be.dtype, device=be.device)  # noqa: E731
+        self._t = scalar(0.0)  # steps taken (skipped ones excluded): Adam's bias correction counts these
+        self._calls = scalar(0.0)  # steps asked for, taken or skipped
+        self._lr = scalar(lr)  # written from the host before each step; read on the device
+        self.skipped = scalar(0.0)  # how many steps had non-finite gradients
+        self.first_skipped = scalar(-1.0)  # the call number (1-based) of the first such step, -1 if none
+        self.last_grad_norm = scalar(0.0)  # the global gradient norm before clipping, at the last step
+
+    @property
+    def t(self) -> int:
+        """Adam's step count (reads a device scalar: not for use inside a step)."""
+        return int(float(self._t))
+
+    def set_lr(self, lr: float) -> None:
+        """Write the learning rate of the next step into its device scalar (no device -> host transfer).
+
+        0 is accepted (a schedule's value: a cosine ending at min lr 0); a negative or non-finite lr is not."""
+        self._lr[...] = _check_lr(lr, allow_zero=True)  # a schedule may reach 0 (a cosine to min lr 0)
+
+    def step(self, grads: Any = None, lr: float | None = None) -> None:
+        """Clip the flat gradient by global norm, then update every parameter in place.
+
+        `lr` (a host number) is written into the device learning rate first; None keeps the last one. `grads` is
+        accepted for compatibility and must be None or the model's own gradients (the flat buffer is used).
+        Reads nothing back: a non-finite gradient norm turns this step into a no-op, recorded on the device.
+        """
+        if grads is not None and grads is not self.flat.grads and (
+                not isinstance(grads, dict) or any(grads.get(k) is not g for k, g in self.flat.grads.items())):
+            raise ConfigError("Adam.step updates from the model's flat gradient buffer; pass no grads")
+        if lr is not None:
+            self.set_lr(_check_lr(lr))  # a learning rate given by hand must be positive; a schedule may reach 0
+        self.step_device()
+
+    def step_device(self) -> None:
+        """The update itself: whole-buffer array operations only, every changing number a device scalar."""
+        xp = self.flat.backend.xp
+        g = self.flat.grad_buffer
+        norm = xp.sqrt(g @ g)  # 0-d
+        fused = fast_path("adam_update", g)
+        if fused is not None:  # everything below as one kernel (backends.fused), from the same device scalars
+            self._record(norm)
+            b1, b2 = self.betas
+            fused(self.flat.param_buffer, g, self.m_buffer, self.v_buffer, norm, self._lr, self._t,
+                  clip=self.clip_norm, b1=b1, b2=b2, eps=self.eps, weight_decay=self.weight_decay,
+                  n_decay=self.flat.n_decay)
+            return
+        self.update_slice(self.begin_step(norm), 0, self.flat.size)
+
+    def _record(self, norm: Any) -> Any:
+        # the step's bookkeeping on the device: -> ok, 1.0 for a step taken, 0.0 for one skipped
+        xp = self.flat.backend.xp
+        self.last_grad_norm[...] = norm
+        ok = xp.astype(xp.isfinite(norm), norm.dtype)  # 1.0, or 0.0 for a step to skip
+        self._calls += 1.0
+        self.skipped += 1.0 - ok
+        self.first_skipped[...] = xp.where((self.first_skipped < 0) & (ok == 0), self._calls, self.first_skipped)
+        self._t += ok
+        return ok
+
+    def begin_step(self, norm: Any) -> tuple:
+        """Record a step whose global gradient norm (a 0-d device array) is `norm`; -> the step's coefficients.
+
+        Then :meth:`update_slice` applies the update to any partition of the buffers, in any order or at the same
+        time from several threads (llm.parallel does); ``step_device`` is the two on the whole buffer.
+        """
+        xp = self.flat.backend.xp
+        b1, b2 = self.betas
+        g = self.flat.grad_buffer
+        ok = self._record(norm)
+        # Only operators and `where` on device arrays here: xp.clip of array-api-compat masks with a boolean index
+        # on NumPy and CuPy (a data-dependent shape, so a device sync) and builds arrays from Python floats.
+        scale = ok
+        if self.clip_norm is not None:
+            raw = self.clip_norm / (norm + 1e-6)
+            scale = ok * xp.where(raw < 1.0, raw, constant(xp, "one", (), 1.0, g))
+        t = self._t + (1.0 - ok)  # the bias correction of a skipped step (t may be 0): any finite value will do
+        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        # lr * m_hat / (sqrt(v_hat) + eps) == (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):
+        # the same update with the bias corrections folded into two scalars.
+        step_size = self._lr * ok * xp.sqrt(bc2) / bc1
+        eps_hat = self.eps * xp.sqrt(bc2)
+        keep_v = 1.0 - (1.0 - b2) * ok  # b2 for a real step, 1 (unchanged) for a skipped one
+        keep_m = 1.0 - (1.0 - b1) * ok
+        keep_p = 1.0 - self._lr * ok * self.weight_decay if self.weight_decay else None
+        return ok, scale, step_size, eps_hat, keep_v, keep_m, keep_p
+
+    def update_slice(self, coeffs: tuple, lo: int, hi: int) -> None:
+        """Update values ``[lo, hi)`` of the parameters and moments with the coefficients of :meth:`begin_step`."""
+        xp = self.flat.backend.xp
+        b1, b2 = self.betas
+        ok, scale, step_size, eps_hat, keep_v, keep_m, keep_p = coeffs
+        whole = lo == 0 and hi == self.flat.size
+        g, p, m, v = ((b if whole else b[lo:hi]) for b in (self.flat.grad_buffer, self.flat.param_buffer,
+                                                            self.m_buffer, self.v_buffer))
+        # A skipped step must not let NaN into the moments: zero the gradient where the norm is not finite.
+        g = xp.where(ok > 0, g * scale, constant(xp, "zero", (), 0.0, g))
+        # In place where it can be: at GPT-2's size every temporary here is a 650 MB buffer.
+        v *= keep_v
+        sq = g * g
+        sq *= 1.0 - b2
+        v += sq
+        del sq
+        m *= keep_m
+        g *= 1.0 - b1
+        m += g
+        del g
+        if keep_p is not None and lo < self.flat.n_decay:  # decoupled weight decay: matrices only
+            decay = p[:min(hi, self.flat.n_decay) - lo]
+            decay *= keep_p
+        update = xp.sqrt(v)
+        update += eps_hat
+        update = m / update
+        update *= step_size
+        p -= update
+
+    def state_dict(self) -> dict[str, Any]:
+        """Moments (named device views) and the step count, for checkpoints."""
+        return {"t": self.t, "m": self.m, "v": self.v}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy saved moments into this optimizer's buffers in place (they may come from another backend)."""
+        for key in ("m", "v"):
+            for name, arr in getattr(self, key).items():
+                arr[...] = state[key][name]
+        self._t[...] = float(int(state["t"]))
