@@ -294,3 +294,16 @@ def spread_offsets(n_tokens: int, n_windows: int, seq_len: int) -> np.ndarray:
     if last < 0:
         raise ConfigError(f"{n_tokens} tokens hold no window of {seq_len + 1}")
     return np.linspace(0, last, n_windows).round().astype(np.int64)
+
+
+def split_validation(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training texts, validation texts): ``round(fraction * n)`` texts chosen at random with `seed` (at least one
+    when fraction > 0 and there are two or more), both in corpus order."""
+    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+        raise ConfigError(f"val fraction must be a number in [0, 1), got {fraction!r}")
+    n = len(texts)
+    k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
+    if k == 0:
+        return list(texts), []
+    held = set(np.random.default_rng([seed, n]).choice(n, size=k, replace=False).tolist())
+    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]

@@ -1,0 +1,165 @@
+"""Phases and schedules: what each phase of training trains on, for how long, at which learning rate.
+
+A :class:`Phase` is data: a name, its texts, a budget (epochs or optimizer steps), a learning rate with an optional
+linear warmup and a cosine decay, and which tokens the loss counts. A :class:`Recipe` is the run-wide settings of the
+facts-then-dialogues run and builds its two phases; :func:`scheduled_lr` is the one learning-rate schedule every
+trainer uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llm.data.corpora import num_batches, split_validation
+from llm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how the two-phase run goes (facts, then dialogues), apart from the model and the data.
+
+    A phase's budget is a number of optimizer steps (``pretrain_steps``, ``chat_steps``) or, when its ``*_epochs``
+    is given, a number of epochs. A budget in steps makes a small corpus train as long as a large one: it gets more
+    epochs (see README, "A budget in steps"). :meth:`phases` turns the recipe into the list of :class:`Phase` the
+    :class:`Trainer` runs.
+    """
+
+    batch_size: int = 16
+    pretrain_epochs: int | None = None  # when given, the phase runs this many epochs (and its *_steps is ignored)
+    chat_epochs: int | None = None
+    lr_pretrain: float = 5e-3
+    lr_chat: float = 5e-3
+    warmup_steps: int = 40  # linear warmup at the start of each phase
+    loss_on: str = "answer"  # phase 2: "answer" (only the assistant's tokens count) or "all"
+    clip_norm: float = 5.0
+    weight_decay: float = 0.0
+    reset_optimizer: bool = False  # fresh Adam moments for phase 2
+    pretrain_steps: int = 120  # the budget of each phase in optimizer steps (the built-in corpus: 15 and 20 epochs)
+    chat_steps: int = 160
+    schedule: str = "constant"  # after the warmup: "constant" or "cosine" (down to min_lr at the phase's last step)
+    min_lr: float = 0.0
+    val_fraction: float = 0.0  # held out of each corpus (chosen with the run's seed) for the validation loss
+
+    def __post_init__(self) -> None:
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError(f"batch size must be an integer >= 1, got {b!r}")
+        for name in ("warmup_steps", "pretrain_steps", "chat_steps", "pretrain_epochs", "chat_epochs"):
+            v = getattr(self, name)
+            if v is None and name.endswith("epochs"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be an integer >= 0, got {v!r}")
+        for name in ("lr_pretrain", "lr_chat", "clip_norm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a positive number, got {v!r}")
+        for name in ("weight_decay", "min_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {v!r}")
+        if self.loss_on not in ("answer", "all"):
+            raise ConfigError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        check_schedule(self.schedule, self.min_lr, min(self.lr_pretrain, self.lr_chat))
+        check_fraction(self.val_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def phases(self, pretrain_texts: list[str], chat_texts: list[str], seed: int = 0) -> list["Phase"]:
+        """The two phases of this recipe over these corpora; with ``val_fraction`` each corpus loses a part, chosen
+        with `seed`, to its phase's validation texts."""
+        out = []
+        for name, texts, epochs, steps, lr, loss_on in (
+                ("pretrain", pretrain_texts, self.pretrain_epochs, self.pretrain_steps, self.lr_pretrain, "all"),
+                ("chat", chat_texts, self.chat_epochs, self.chat_steps, self.lr_chat, self.loss_on)):
+            train_texts, val_texts = split_validation(list(texts), self.val_fraction, seed)
+            out.append(Phase(name, tuple(train_texts), lr, epochs=epochs, steps=None if epochs is not None else steps,
+                             loss_on=loss_on, warmup_steps=self.warmup_steps, schedule=self.schedule,
+                             min_lr=self.min_lr, val_texts=tuple(val_texts)))
+        return out
+
+
+def check_schedule(schedule: str, min_lr: float, lr: float) -> None:
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "cosine" and min_lr > lr:
+        raise ConfigError(f"min lr {min_lr:g} is above the learning rate {lr:g}: the cosine decays from the learning "
+                          "rate down to the min lr; give a smaller min lr")
+
+
+def check_fraction(fraction: float) -> None:
+    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+        raise ConfigError(f"val fraction must be a number in [0, 1), got {fraction!r}")
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "constant",
+                 min_lr: float = 0.0) -> float:
+    """The learning rate of step `step` (0-based) of `total_steps`: a linear warmup over `warmup_steps` up to `lr`,
+    then constant, or (``"cosine"``) a half cosine from `lr` down to `min_lr`, reached at the last step."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    span = total_steps - 1 - warmup_steps
+    ratio = min(1.0, (step - warmup_steps) / span) if span > 0 else 0.0  # one step after the warmup: at lr
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of training: its texts, its budget (``epochs``, or ``steps`` when epochs is None), its learning
+    rate schedule and which tokens the loss counts (``"all"``, or ``"answer"`` for dialogues). ``val_texts`` give
+    a validation loss at the end of every epoch."""
+
+    name: str
+    texts: tuple[str, ...]
+    lr: float
+    epochs: int | None = None
+    steps: int | None = None
+    loss_on: str = "all"
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr: float = 0.0
+    val_texts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a phase needs a name, got {self.name!r}")
+        if (self.epochs is None) == (self.steps is None):
+            raise ConfigError(f"phase {self.name!r}: give its budget as epochs or as steps (one of the two)")
+        for what in ("epochs", "steps", "warmup_steps"):
+            v = getattr(self, what)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"phase {self.name!r}: {what} must be an integer >= 0, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+                and self.lr > 0):
+            raise ConfigError(f"phase {self.name!r}: lr must be a positive number, got {self.lr!r}")
+        if self.loss_on not in ("answer", "all"):
+            raise ConfigError(f"phase {self.name!r}: loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        check_schedule(self.schedule, self.min_lr, self.lr)
+
+    def total_steps(self, n_examples: int, batch_size: int) -> int:
+        """Optimizer steps the phase takes over `n_examples` examples."""
+        if self.steps is not None:
+            return self.steps if n_examples else 0
+        return self.epochs * num_batches(n_examples, batch_size)
+
+    def lr_at(self, phase_step: int, total_steps: int) -> float:
+        return scheduled_lr(self.lr, phase_step, total_steps, self.warmup_steps, self.schedule, self.min_lr)
+
+
+RECIPES: dict[str, Recipe] = {
+    # Batched, chosen by measurement (see README): answer-only loss and a warmed-up higher lr.
+    "default": Recipe(),
+    # RustGPT's schedule exactly: one sequence per step, 100 + 100 epochs, lr 5e-4 then 1e-4, every token counts.
+    "seed": Recipe(batch_size=1, pretrain_epochs=100, chat_epochs=100, lr_pretrain=5e-4, lr_chat=1e-4,
+                   warmup_steps=0, loss_on="all"),
+}
+
+PHASES = ("pretrain", "chat")  # the phases a Recipe builds (and the CLI and checkpoints know)
