@@ -5,7 +5,15 @@ They live here, not in ``llm/``, so that ``backends`` imports nothing from ``llm
 
 
 class LLMError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose.
+
+    ``param`` names the library parameter the error is about (``"lr"``, ``"max_seq_len"``), so that a command line
+    can say it in its own words (its flag); None when the error is about no one parameter.
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class ConfigError(LLMError, ValueError):

@@ -89,7 +89,7 @@ def run_torch(text_path: str, steps: int, attention: str = "explicit") -> dict:
     import torch.nn.functional as F
 
     from llm.training.text_run import cosine_lr
-    from llm.data.corpora import random_windows, spread_offsets, windows_at
+    from llm.training.sources import random_windows, spread_offsets, windows_at
 
     tok, train, val, s = _data(text_path, steps)
     C, H, L, FF, T = RECIPE["d_model"], RECIPE["n_heads"], RECIPE["n_layers"], RECIPE["d_ff"], RECIPE["max_seq_len"]

@@ -21,6 +21,11 @@ class CheckpointError(LLMError):
     """A checkpoint that cannot be saved or loaded; the message names the file and the problem."""
 
 
+class SaveRefusedError(CheckpointError):
+    """A save refused because of what is being saved (non-finite weights, a trainer of another model), not because
+    of the disk: saving it anywhere else would be refused too."""
+
+
 class TrainingDivergedError(LLMError, ArithmeticError):
     """The loss became NaN or infinite; the message names the step and suggests a lower learning rate."""
 
@@ -30,6 +35,7 @@ __all__ = [
     "ConfigError",
     "BackendUnavailableError",
     "DataError",
+    "SaveRefusedError",
     "PromptError",
     "CheckpointError",
     "TrainingDivergedError",

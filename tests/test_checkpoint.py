@@ -18,6 +18,7 @@ from llm import GPT, GPTConfig
 from llm.checkpoint import FORMAT_VERSION, load, load_checkpoint, restore_trainer, save_checkpoint
 from llm.errors import CheckpointError
 from llm.data.tokenizers import WordTokenizer
+from llm.training.loop import build_step
 from llm.training.trainer import Recipe, Trainer, TrainingInterrupted
 from tests.conftest import require_backend
 
@@ -144,7 +145,8 @@ def _history(trainer):
 
 def _full_run(be, recipe=RECIPE, workers="auto"):
     model = _model(be, seed=11)
-    trainer = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False, workers=workers)
+    trainer = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False,
+                      step=build_step(model, recipe.adam(model), workers=workers))
     trainer.train()
     return trainer
 
@@ -209,7 +211,8 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop
     full = _full_run(be, recipe, workers=1)
     model = _model(be, seed=11)
     # one thread per step: the spy below counts one model call per step (with workers, each shard makes one)
-    stopped = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False, workers=1)
+    stopped = Trainer(model, TOK, PRETRAIN, CHAT, recipe, seed=4, progress=False,
+                      step=build_step(model, recipe.adam(model), workers=1))
     calls = []
     real_step = model.loss_and_grads_device
 
@@ -228,7 +231,8 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(backend, dtype, tol, stop
     assert saved["state"]["step"] == stop_after and saved["optimizer_t"] == stopped.optimizer.t
     if stop_after != 11:
         assert saved["state"]["batch"] > 0  # really mid-epoch
-    resumed = restore_trainer(load_checkpoint(tmp_path / "ck", be), PRETRAIN, CHAT, progress=False, workers=1)
+    ck = load_checkpoint(tmp_path / "ck", be)
+    resumed = restore_trainer(ck, PRETRAIN, CHAT, progress=False, step=build_step(ck.model, ck.recipe.adam(ck.model), workers=1))
     resumed.train()
     _assert_same_run(resumed, full, be, tol)
 
@@ -783,7 +787,7 @@ def test_resume_with_other_corpora_is_refused(tmp_path):
     msg = _error(restore_trainer, _load64(path), other_facts, CHAT)
     assert "pretrain corpus" in msg and "chat" not in msg.split("pretrain corpus")[0] and "allow_other_corpus" in msg
     msg = _error(restore_trainer, _load64(path), PRETRAIN, CHAT[::-1])  # the same dialogues in another order
-    assert "chat corpus" in msg and "--chat-data" in msg
+    assert "chat corpus" in msg and "`chat_texts`" in msg  # the library names its parameter; the CLI says --chat-data
     assert "pretrain corpus" in _error(restore_trainer, _load64(path), [], CHAT)  # a corpus left out
     resumed = restore_trainer(_load64(path), other_facts, CHAT, allow_other_corpus=True, progress=False)
     resumed.train()

@@ -21,7 +21,8 @@ import pytest
 import llm.errors as errors_module
 from backends import get_backend
 from llm import GPT, Adam, GPTConfig
-from llm.data.corpora import encode_corpus, iterate_batches, load_corpus, split_dialogue
+from llm.data.corpora import encode_corpus, load_corpus, split_dialogue
+from llm.training.sources import iterate_batches
 from llm.errors import (BackendUnavailableError, CheckpointError, ConfigError, DataError, LLMError, LLMWarning,
                         PromptError, TrainingDivergedError)
 from llm.infer.generation import chat, check_sampling, generate, generate_ids
@@ -379,7 +380,7 @@ def test_batching_settings_out_of_range(tiny):
     with pytest.raises(ConfigError, match="loss_on"):
         encode_corpus(CHAT, tok, 16, loss_on="question")
     examples = encode_corpus(PRETRAIN, tok, 16)
-    with pytest.raises(ConfigError, match="batch size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         next(iterate_batches(examples, 0, tok.pad_id))
 
 
@@ -396,7 +397,7 @@ def test_divergence_is_a_typed_error_naming_the_step_and_the_fix():
     msg = one_line(exc)
     # the losses are read back in groups, so the run may have gone on a few steps; the message names the first bad one
     step = int(re.search(r"at step (\d+) ", msg).group(1))
-    assert 1 <= step <= trainer.state.step and "lower the learning rate" in msg and "--lr-pretrain" in msg
+    assert 1 <= step <= trainer.state.step and "lower the learning rate" in msg and "lr_pretrain" in msg  # the parameter (the CLI says --lr-pretrain)
     assert isinstance(exc.value, ArithmeticError)
 
 

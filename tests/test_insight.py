@@ -93,14 +93,14 @@ def test_recording_the_history_adds_no_host_read(backend_name, log_grad_norms):
     be = require_backend(backend_name, "float64")
     tr = _trainer(be, log_every=3, log_grad_norms=log_grad_norms)
     reads_with_data = []
-    real_read = tr.read
+    real_read = tr.engine.read  # the one loop's read (llm.training.loop.Engine)
 
     def counted_read():
-        if tr._pending:
-            reads_with_data.append(len(tr._pending))
-        real_read()
+        if tr.engine._pending:
+            reads_with_data.append(len(tr.engine._pending))
+        return real_read()
 
-    tr.read = counted_read
+    tr.engine.read = counted_read
     with count_host_reads(be) as reads:
         tr.train()
     assert sum(reads_with_data) == tr.state.step == 10

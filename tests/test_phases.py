@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import llm
+from llm.training.loop import build_step
 from llm import GPT, GPTConfig
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint
 from llm.cli.common import print_stream
@@ -256,7 +257,9 @@ def test_the_trainer_with_two_workers_trains_like_one():
     recipe = Recipe(batch_size=3, pretrain_steps=4, chat_steps=3, warmup_steps=1)
     runs = []
     for workers in (1, 2):
-        tr = Trainer(_model(be), TOK, FACTS, CHATS, recipe, seed=2, progress=False, workers=workers)
+        model = _model(be)
+        tr = Trainer(model, TOK, FACTS, CHATS, recipe, seed=2, progress=False,
+                     step=build_step(model, recipe.adam(model), workers=workers))
         tr.train()
         assert tr.step_fn.workers == workers
         runs.append(tr)
@@ -266,7 +269,8 @@ def test_the_trainer_with_two_workers_trains_like_one():
     np.testing.assert_allclose(be.to_numpy(two.model.flat.param_buffer), be.to_numpy(one.model.flat.param_buffer),
                                rtol=0, atol=1e-12)
     with pytest.raises(ConfigError, match="workers"):
-        Trainer(_model(be), TOK, FACTS, CHATS, recipe, progress=False, workers=0)
+        model = _model(be)
+        Trainer(model, TOK, FACTS, CHATS, recipe, progress=False, step=build_step(model, recipe.adam(model), workers=0))
 
 
 def test_the_book_trainers_phase_is_a_phase_with_its_schedule():

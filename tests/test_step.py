@@ -341,7 +341,7 @@ def test_trainer_raises_at_the_bad_step_before_saving(bad_call, epochs_before):
     with pytest.raises(TrainingDivergedError) as info:
         tr.train()
     msg = str(info.value)
-    assert f"step {bad_call} " in msg and "--lr-pretrain" in msg and "not finite" in msg, msg
+    assert f"step {bad_call} " in msg and "lr_pretrain" in msg and "not finite" in msg, msg
     assert saved == [("epoch", 5 * k) for k in range(1, epochs_before + 1)]  # 5 facts, batch 1: 5 steps an epoch
     assert float(tr.optimizer.skipped) >= 1
 

@@ -123,7 +123,7 @@ import numpy as np  # noqa: E402
 from backends import get_backend  # noqa: E402
 from llm import GPT, CharTokenizer, GPTConfig  # noqa: E402
 from llm.training.text_run import TextRun, TextSettings, cosine_lr, split_ids  # noqa: E402
-from llm.data.corpora import random_windows, spread_offsets, windows_at  # noqa: E402
+from llm.training.sources import random_windows, spread_offsets, windows_at  # noqa: E402
 
 
 @pytest.mark.parametrize("flags, words, code", [

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from llm import GPT, GPTConfig, cross_entropy
-from llm.data.corpora import collate, encode_corpus, iterate_batches, split_dialogue
+from llm.data.corpora import collate, encode_corpus, split_dialogue
+from llm.training.sources import iterate_batches
 from llm.errors import ConfigError
 from llm.infer.generation import generate_ids, greedy_batch
 from llm.data.tokenizers import WordTokenizer

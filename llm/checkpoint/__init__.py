@@ -6,7 +6,8 @@ A checkpoint is a directory::
     config.json             {"format_version": 1, "dtype": "float32" | "float64", "model": GPTConfig.to_dict()}
     tokenizer.json          tokenizer.to_dict()
     optimizer.safetensors   (resumable checkpoints only) the Adam moments, keyed "m.<name>" and "v.<name>"
-    training.json           (resumable checkpoints only) {"recipe", "seed", "state", "optimizer_t"}
+    training.json           (resumable checkpoints only) which trainer, its settings, the seed, where the run
+                            stopped, Adam's counters, what it trained on (see llm.checkpoint.state)
     manifest.json           written last: {"format": "arraygpt-checkpoint", "format_version", "saved_ns", "run_id",
                             "files": {name: {"bytes", "sha256"}}}; the marker that makes a directory a checkpoint
 
@@ -24,7 +25,8 @@ with one line naming the file, the problem and the fix.
 
 The package has one module per concern: ``writer.py`` (the atomic directory writer: temporary directory, fsync,
 renames, manifest, lock, recovery of a killed save), ``files.py`` (the model, config and tokenizer files) and
-``state.py`` (the training state and :func:`restore_trainer`); this module puts them together.
+``state.py`` (the one training-state format of both trainers), ``resume.py`` (:func:`restore_trainer`) and
+``legacy.py`` (the book trainer's older state file); this module puts them together.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ from typing import Any
 
 from llm.errors import CheckpointError, LLMWarning
 from llm.nn.model import GPT
-from llm.training.trainer import Recipe, Trainer, TrainState
 from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE,
                       OPTIMIZER_FILE, TOKENIZER_FILE, TRAINING_FILE, _RESAVE)
 from llm.checkpoint.files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
-from llm.checkpoint.state import read_state, restore_trainer, serialize_training
+from llm.checkpoint.resume import restore_trainer
+from llm.checkpoint.state import SavedTraining, read_state, serialize_training
 from llm.checkpoint.writer import (CheckpointLock, SavedCheckpoint, _read_manifest, _target, _verify, check_destination,
                      find_checkpoint, lock_destination, write_checkpoint)
 
@@ -60,6 +62,7 @@ __all__ = [
     "load_checkpoint",
     "load",
     "restore_trainer",
+    "SavedTraining",
     "check_destination",
     "find_checkpoint",
     "lock_destination",
@@ -72,29 +75,46 @@ __all__ = [
 class Checkpoint:
     """Everything a checkpoint directory holds, loaded onto one backend.
 
-    ``recipe``, ``seed``, ``train_state`` and ``optimizer_state`` are None for a checkpoint saved without a trainer.
-    ``optimizer_state`` is ``{"t": int, "m": {name: array}, "v": {name: array}}`` with arrays on the model's backend.
+    ``training`` is the saved training state (:class:`~llm.checkpoint.state.SavedTraining`: which trainer, its
+    settings, seed, position and optimizer state), None for a checkpoint saved without a trainer.
     """
 
     model: GPT
     tokenizer: Any
-    recipe: Recipe | None
-    seed: int | None
-    train_state: TrainState | None
-    optimizer_state: dict | None
+    training: SavedTraining | None
     path: Path
     run_id: str | None = None  # the manifest's: which training run wrote it (None for library saves and old ones)
-    corpora: dict | None = None  # training.json's {phase: {"sha256", "examples"}}; None before fingerprints existed
 
     @property
     def resumable(self) -> bool:
-        return self.train_state is not None and self.optimizer_state is not None and self.recipe is not None
+        return self.training is not None
+
+    # the parts of the training state, as they were named before the two trainers shared one format
+    @property
+    def recipe(self) -> Any:
+        return self.training.settings if self.training is not None and self.training.trainer == "recipe" else None
+
+    @property
+    def seed(self) -> int | None:
+        return None if self.training is None else self.training.seed
+
+    @property
+    def train_state(self) -> Any:
+        return None if self.training is None else self.training.state
+
+    @property
+    def optimizer_state(self) -> dict | None:
+        return None if self.training is None else self.training.optimizer_state()
+
+    @property
+    def corpora(self) -> dict | None:
+        return self.training.fingerprints if self.training is not None and self.training.trainer == "recipe" else None
 
 
-
-def save_checkpoint(path: str | os.PathLike, model: GPT, tokenizer: Any, trainer: Trainer | None = None, *,
+def save_checkpoint(path: str | os.PathLike, model: GPT, tokenizer: Any, trainer: Any = None, *,
                     run_id: str | None = None) -> Path:
-    """Write `model` and `tokenizer` (and, with `trainer`, everything needed to resume training) to directory `path`.
+    """Write `model` and `tokenizer` (and, with `trainer`, a Trainer or a TextRun, everything needed to resume
+    training) to directory `path`, every file in one atomic save.
 
     The write is atomic: an existing checkpoint at `path` is replaced only once the new one is complete on disk, and
     files in it that no save wrote (notes, plots) are kept. `run_id` is recorded in the manifest (the CLI uses it to
@@ -148,11 +168,10 @@ def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
         backend = get_backend(backend, dtype)
     tokenizer = read_tokenizer(path, config, reads)
     model = read_model(path, config, backend, reads)
-    recipe, seed, state, optimizer_state, corpora = read_state(path, param_shapes(model), backend, reads)
+    training = read_state(path, param_shapes(model), model, reads)
     if manifest is not None:
         _verify(path, manifest, reads)
-    return Checkpoint(model, tokenizer, recipe, seed, state, optimizer_state, path,
-                      manifest.get("run_id") if manifest is not None else None, corpora)
+    return Checkpoint(model, tokenizer, training, path, manifest.get("run_id") if manifest is not None else None)
 
 
 def load(path: str | os.PathLike, backend: Any) -> tuple[GPT, Any]:

@@ -20,6 +20,9 @@ TRAINING_FILE = "training.json"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "arraygpt-checkpoint"
 DATA_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, TRAINING_FILE)
+# The book trainer's state before the one training-state format (read on resume, never written or carried over)
+LEGACY_TEXT_STATE = "text_run.safetensors"
+LEGACY_FILES = (LEGACY_TEXT_STATE, f".{LEGACY_TEXT_STATE}.tmp")
 
 _RESAVE = "re-save the checkpoint or use another one"
 

@@ -11,7 +11,7 @@ import safetensors
 import safetensors.numpy
 
 from llm.nn.config import GPTConfig
-from llm.errors import CheckpointError, ConfigError, DataError
+from llm.errors import CheckpointError, SaveRefusedError, ConfigError, DataError
 from llm.nn.model import GPT
 from llm.data.tokenizers import tokenizer_from_dict
 from llm.checkpoint._common import (CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, _RESAVE, _json_bytes, _names,
@@ -25,13 +25,13 @@ def serialize_model(model: GPT, tokenizer: Any) -> tuple[dict[str, bytes], dict[
     """
     be = model.backend
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise CheckpointError(f"refusing to save: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+        raise SaveRefusedError(f"refusing to save: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
                               f"vocab_size is {model.config.vocab_size}; save the tokenizer the model was built with")
     params = {}
     for pname, p in model.params.items():
         host = np.ascontiguousarray(be.to_numpy(p))
         if not np.isfinite(host).all():
-            raise CheckpointError(f"refusing to save: parameter {pname} has NaN/inf values (the run diverged); "
+            raise SaveRefusedError(f"refusing to save: parameter {pname} has NaN/inf values (the run diverged); "
                                   "the last good checkpoint is kept")
         params[pname] = host
     config = {"format_version": FORMAT_VERSION, "dtype": be.dtype_name, "model": model.config.to_dict()}

@@ -1,56 +1,90 @@
-"""The training state of a resumable checkpoint: ``training.json`` (recipe, seed, where the run stopped, the shuffling
-generator) and ``optimizer.safetensors`` (Adam's moments): what goes into them, reading them back with every check,
-and :func:`restore_trainer`, which continues the run exactly where it stopped."""
+"""The training state of a resumable checkpoint, one format for both trainers: ``training.json`` (which trainer,
+its settings, the seed, where the run stopped as a :class:`~llm.training.loop.TrainState`, Adam's counters, what it
+was trained on) and ``optimizer.safetensors`` (Adam's moments, ``m.<name>`` and ``v.<name>``). Both are written in
+the same atomic save as the model and listed in the manifest, so a checkpoint is resumable as a whole or not at all.
+
+``training.json`` by trainer::
+
+    {"trainer": "recipe", "recipe": {...}, "seed", "state", "optimizer": {"t", "calls", "skipped"}, "optimizer_t",
+     "corpora": {phase: {"sha256", "examples"}}}                                      (llm.training.trainer.Trainer)
+    {"trainer": "text", "settings": {...}, "seed", "state", "optimizer": {...}, "optimizer_t",
+     "text": {"sha256", "chars"}}                                                (llm.training.text_run.TextRun)
+
+Older checkpoints still load and resume: a ``training.json`` without "trainer" is a Trainer's (its counters were
+``optimizer_t`` alone), and a book trainer's ``text_run.safetensors`` beside the model is read by
+:mod:`llm.checkpoint.legacy`.
+"""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
-from llm.data.corpora import num_batches
-from llm.errors import CheckpointError, ConfigError
-from llm.nn.model import GPT
-from llm.training.trainer import PHASES, Recipe, Trainer, TrainState
 from llm.checkpoint._common import OPTIMIZER_FILE, TRAINING_FILE, _RESAVE, _json_bytes, _one_line, _read_json
 from llm.checkpoint.files import _read_tensors
+from llm.errors import CheckpointError, SaveRefusedError, ConfigError
 
-if TYPE_CHECKING:
-    from llm.checkpoint import Checkpoint
+TRAINERS = ("recipe", "text")  # which trainer wrote a training state
+SETTINGS_KEY = {"recipe": "recipe", "text": "settings"}
+SOURCE_KEY = {"recipe": "corpora", "text": "text"}  # what the run was trained on (fingerprints)
 
 
-def serialize_training(model: GPT, trainer: Trainer, params: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """``optimizer.safetensors`` and ``training.json`` as bytes, in the order they are written (no disk access)."""
-    be = model.backend
+@dataclass
+class SavedTraining:
+    """A checkpoint's training state as read back: everything a trainer needs to continue exactly."""
+
+    trainer: str  # "recipe" (Trainer) or "text" (TextRun)
+    settings: Any  # a Recipe, or a TextSettings
+    seed: int | None
+    state: Any  # a TrainState
+    counters: dict[str, int]  # Adam's {"t", "calls", "skipped"}
+    moments: dict[str, dict[str, Any]]  # {"m": {name: device array}, "v": {...}}
+    fingerprints: dict | None  # corpora {phase: {"sha256", "examples"}} or the text's {"sha256", "chars"}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """What :meth:`llm.Adam.load_state_dict` takes."""
+        return {"t": self.counters["t"], "m": self.moments["m"], "v": self.moments["v"]}
+
+    def load_into(self, engine: Any) -> None:
+        """Give `engine` (a :class:`~llm.training.loop.Engine`) this position and these optimizer moments."""
+        engine.state = self.state
+        engine.optimizer.load_state_dict(self.optimizer_state())
+        engine.optimizer.load_counters(self.counters)
+        engine.optimizer_calls = self.counters["calls"]
+
+
+# -- writing ---------------------------------------------------------------------------------------------------------
+
+def serialize_training(model: Any, trainer: Any, params: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """``optimizer.safetensors`` and ``training.json`` as bytes, in the order they are written (no disk access).
+
+    `trainer` is a Trainer or a TextRun: its ``checkpoint_record()`` gives what is particular to it."""
     if trainer.model is not model:
-        raise CheckpointError("refusing to save: the trainer given trains another model than the one saved")
-    if trainer.custom_phases:
-        raise CheckpointError("refusing to save the training state of a Trainer built from phases=: checkpoints "
-                              "resume the two phases of a Recipe; save the model alone (trainer=None)")
-    opt = trainer.optimizer.state_dict()
+        raise SaveRefusedError("refusing to save: the trainer given trains another model than the one saved")
+    record = trainer.checkpoint_record()  # reads the pending steps first: a diverged run raises here
+    opt = trainer.optimizer
+    be = model.backend
     moments = {}
-    for key in ("m", "v"):
-        if set(opt[key]) != set(params):
-            raise CheckpointError(f"refusing to save: the optimizer's {key!r} moments do not cover the model's "
+    for key, views in (("m", opt.m), ("v", opt.v)):
+        if set(views) != set(params):
+            raise SaveRefusedError(f"refusing to save: the optimizer's {key!r} moments do not cover the model's "
                                   "parameters")
-        for pname, arr in opt[key].items():
+        for pname, arr in views.items():
             moments[f"{key}.{pname}"] = np.ascontiguousarray(be.to_numpy(arr))
-    training = {"recipe": trainer.recipe.to_dict(), "seed": trainer.seed, "state": trainer.state.to_dict(),
-                "optimizer_t": int(opt["t"]), "corpora": corpus_fingerprints(trainer)}
-    return {
-        OPTIMIZER_FILE: safetensors.numpy.save(moments, metadata={"format": "arraygpt"}),
-        TRAINING_FILE: _json_bytes(training),
-    }
+    counters = opt.counters()
+    training = {**record, "optimizer_t": counters["t"], "optimizer": counters}
+    return {OPTIMIZER_FILE: safetensors.numpy.save(moments, metadata={"format": "arraygpt"}),
+            TRAINING_FILE: _json_bytes(training)}
 
 
-def corpus_fingerprints(trainer: Trainer) -> dict[str, dict]:
+def corpus_fingerprints(examples: dict[str, list], phases: tuple[str, ...]) -> dict[str, dict]:
     """Each corpus as the run trains on it: ``{phase: {"sha256", "examples"}}``.
 
     The SHA-256 covers the corpus's examples in order (its texts encoded with the run's tokenizer: token ids and
@@ -58,19 +92,22 @@ def corpus_fingerprints(trainer: Trainer) -> dict[str, dict]:
     changes it, and it is the same on every machine and backend.
     """
     out = {}
-    for phase in PHASES:
+    for phase in phases:
         h = hashlib.sha256()
-        for ex in trainer.examples[phase]:
+        for ex in examples[phase]:
             h.update(np.asarray([len(ex.ids), ex.loss_start, *ex.ids], dtype="<i8").tobytes())
-        out[phase] = {"sha256": h.hexdigest(), "examples": len(trainer.examples[phase])}
+        out[phase] = {"sha256": h.hexdigest(), "examples": len(examples[phase])}
     return out
 
 
-def read_state(path: Path, expected: dict[str, tuple[int, ...]], backend: Any, reads: dict[str, bytes]
-               ) -> tuple[Recipe | None, int | None, TrainState | None, dict | None, dict | None]:
-    """The training state of checkpoint directory `path` (all None when it was saved without one): the recipe, the
-    seed, where the run stopped, the optimizer state with its moments on `backend` (`expected`: parameter shapes),
-    and the corpus fingerprints (None in checkpoints saved before they were recorded)."""
+# -- reading ---------------------------------------------------------------------------------------------------------
+
+def read_state(path: Path, expected: dict[str, tuple[int, ...]], model: Any, reads: dict[str, bytes]
+               ) -> SavedTraining | None:
+    """The training state of checkpoint directory `path` (None when it was saved without one), its moments on the
+    model's backend (`expected`: parameter shapes)."""
+    from llm.checkpoint.legacy import LEGACY_TEXT_STATE, read_legacy_text_state
+
     train_path, opt_path = path / TRAINING_FILE, path / OPTIMIZER_FILE
     has_train, has_opt = train_path.exists(), opt_path.exists()
     if has_train != has_opt:
@@ -78,116 +115,58 @@ def read_state(path: Path, expected: dict[str, tuple[int, ...]], backend: Any, r
         raise CheckpointError(f"{missing} is missing although {present.name} is there; the training state is "
                               f"incomplete: {_RESAVE}, or delete {present.name} to keep only the model")
     if not has_train:
-        return None, None, None, None, None
-    recipe, seed, state, t, corpora = _read_training(train_path, reads)
-    moments = _read_tensors(opt_path, {f"{k}.{n}": s for k in ("m", "v") for n, s in expected.items()},
-                            "optimizer tensor", reads)
-    optimizer_state = {"t": t,
-                       "m": {n: backend.asarray(moments[f"m.{n}"]) for n in expected},
-                       "v": {n: backend.asarray(moments[f"v.{n}"]) for n in expected}}
-    return recipe, seed, state, optimizer_state, corpora
+        return read_legacy_text_state(path, model) if (path / LEGACY_TEXT_STATE).exists() else None
+    trainer, settings, seed, state, counters, fingerprints = _read_training(train_path, reads)
+    host = _read_tensors(opt_path, {f"{k}.{n}": s for k in ("m", "v") for n, s in expected.items()},
+                         "optimizer tensor", reads)
+    be = model.backend
+    moments = {k: {n: be.asarray(host[f"{k}.{n}"]) for n in expected} for k in ("m", "v")}
+    return SavedTraining(trainer, settings, seed, state, counters, moments, fingerprints)
 
 
-def restore_trainer(ckpt: Checkpoint, pretrain_texts: list[str], chat_texts: list[str], *,
-                    allow_other_corpus: bool = False, **trainer_kwargs: Any) -> Trainer:
-    """A Trainer that continues the run saved in `ckpt` exactly where it stopped.
-
-    The corpora must be the ones the run was started with: a corpus whose fingerprint differs from the one saved
-    raises CheckpointError naming it, unless `allow_other_corpus` is True (checkpoints saved before fingerprints
-    were recorded are not checked). `trainer_kwargs` go to Trainer (progress, log, on_epoch, on_phase_end). The model
-    is ``ckpt.model``: training continues in place.
-    """
-    if not ckpt.resumable:
-        raise CheckpointError(f"checkpoint {ckpt.path} was saved without training state: it can be chatted with, "
-                              "not resumed; start a new run instead")
-    for key in ("recipe", "seed"):
-        if key in trainer_kwargs:
-            raise CheckpointError(f"restore_trainer takes the {key} from the checkpoint; do not pass {key}=")
-    if not isinstance(allow_other_corpus, bool):
-        raise CheckpointError(f"allow_other_corpus must be True or False, got {allow_other_corpus!r}")
-    trainer = Trainer(ckpt.model, ckpt.tokenizer, pretrain_texts, chat_texts, ckpt.recipe, seed=ckpt.seed,
-                      **trainer_kwargs)
-    if ckpt.corpora is not None and not allow_other_corpus:
-        _check_corpora(ckpt, trainer)
-    state = copy.deepcopy(ckpt.train_state)
-    if state.phase < len(PHASES):
-        phase = PHASES[state.phase]
-        n = len(trainer.examples[phase])
-        per_epoch = num_batches(n, ckpt.recipe.batch_size) if n else 0
-        if state.batch > per_epoch:
-            raise CheckpointError(f"checkpoint {ckpt.path} stopped at batch {state.batch} of a {phase} epoch, but the "
-                                  f"{phase} corpus given has only {per_epoch} batches; resume with the corpora the "
-                                  "run was started with")
-    trainer.state = state
-    trainer.optimizer.load_state_dict(ckpt.optimizer_state)
-    return trainer
-
-
-def _check_corpora(ckpt: Checkpoint, trainer: Trainer) -> None:
-    given = corpus_fingerprints(trainer)
-    for phase, flag in zip(PHASES, ("--pretrain-data", "--chat-data")):
-        saved, now = ckpt.corpora[phase], given[phase]
-        if saved["sha256"] != now["sha256"]:
-            raise CheckpointError(
-                f"the {phase} corpus given ({now['examples']} examples) differs from the one the run in {ckpt.path} "
-                f"was trained on ({saved['examples']} examples, SHA-256 {saved['sha256'][:12]}...); resume with the "
-                f"corpora the run was started with (the same {flag} in examples/train.py), or allow it explicitly "
-                "with restore_trainer(..., allow_other_corpus=True) (--allow-other-corpus)")
-
-
-def _read_corpora(raw: Any) -> dict[str, dict]:
-    if not isinstance(raw, dict) or set(raw) != set(PHASES):
-        raise TypeError(f"corpora must be an object with the keys {', '.join(PHASES)}")
-    for phase, entry in raw.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
-                or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
-            raise TypeError(f"corpora.{phase}.sha256 must be 64 hex digits")
-        n = entry.get("examples")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise TypeError(f"corpora.{phase}.examples must be an integer >= 0, got {n!r}")
-    return raw
-
-
-def _read_training(path: Path, reads: dict[str, bytes] | None = None
-                   ) -> tuple[Recipe, int | None, TrainState, int, dict | None]:
+def _read_training(path: Path, reads: dict[str, bytes] | None = None) -> tuple:
     raw = _read_json(path, reads)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds {type(raw).__name__}, not a JSON object; {_RESAVE}")
-    missing = [k for k in ("recipe", "seed", "state", "optimizer_t") if k not in raw]
+    trainer = raw.get("trainer", "recipe")  # checkpoints written before the text trainer shared the format
+    if trainer not in TRAINERS:
+        raise CheckpointError(f"{path}: trainer must be one of {', '.join(TRAINERS)}, got {trainer!r}; {_RESAVE}")
+    missing = [k for k in (SETTINGS_KEY[trainer], "seed", "state", "optimizer_t") if k not in raw]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; the training state is incomplete: {_RESAVE}")
     try:
-        if not isinstance(raw["recipe"], dict):
-            raise TypeError("recipe must be an object")
-        _check_recipe_types(raw["recipe"])
-        recipe = Recipe(**raw["recipe"])
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{path}: invalid recipe ({_one_line(exc)}); {_RESAVE}") from None
+        settings = _read_settings(trainer, raw[SETTINGS_KEY[trainer]])
+    except (ConfigError, CheckpointError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid {SETTINGS_KEY[trainer]} ({_one_line(exc)}); {_RESAVE}") from None
     seed = raw["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise CheckpointError(f"{path}: seed must be an integer or null, got {seed!r}; {_RESAVE}")
-    t = raw["optimizer_t"]
-    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-        raise CheckpointError(f"{path}: optimizer_t must be an integer >= 0, got {t!r}; {_RESAVE}")
     try:
-        if not isinstance(raw["state"], dict):
-            raise TypeError("state must be an object")
-        state = TrainState.from_dict(raw["state"])
-        _check_state(state, recipe)
+        counters = _read_counters(raw)
+        state = _read_train_state(raw["state"], trainer, settings)
+        fingerprints = _read_fingerprints(trainer, raw.get(SOURCE_KEY[trainer]))
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: invalid training state ({_one_line(exc)}); {_RESAVE}") from None
-    corpora = None
-    if "corpora" in raw:  # absent in checkpoints saved before corpus fingerprints
-        try:
-            corpora = _read_corpora(raw["corpora"])
-        except TypeError as exc:
-            raise CheckpointError(f"{path}: invalid corpus fingerprints ({_one_line(exc)}); {_RESAVE}") from None
-    return recipe, seed, state, t, corpora
+    return trainer, settings, seed, state, counters, fingerprints
 
 
-def _check_recipe_types(raw: dict) -> None:
-    """JSON types the Recipe itself does not check: a flag must be true/false ("no" is truthy), a number not a bool."""
-    for f in fields(Recipe):
+def _read_settings(trainer: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise TypeError(f"{SETTINGS_KEY[trainer]} must be an object")
+    if trainer == "text":
+        from llm.training.text_run import TextSettings
+
+        return TextSettings.from_dict(raw)
+    from llm.training.schedule import Recipe
+
+    _check_json_types(Recipe, raw)
+    return Recipe(**raw)
+
+
+def _check_json_types(cls: Any, raw: dict) -> None:
+    """JSON types a settings dataclass does not check itself: a flag must be true/false ("no" is truthy), a number
+    not a bool."""
+    for f in fields(cls):
         if f.name not in raw:
             continue
         v = raw[f.name]
@@ -198,27 +177,97 @@ def _check_recipe_types(raw: dict) -> None:
             raise TypeError(f"{f.name} must be a number, got {v!r}")
 
 
-def _check_state(st: TrainState, recipe: Recipe | None = None) -> None:
+def _count(raw: dict, key: str) -> int:
+    v = raw[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
+    return v
+
+
+def _read_counters(raw: dict) -> dict[str, int]:
+    t = _count(raw, "optimizer_t")
+    if "optimizer" not in raw:  # written before every counter was saved: Adam's calls started again from t
+        return {"t": t, "calls": t, "skipped": 0}
+    opt = raw["optimizer"]
+    if not isinstance(opt, dict):
+        raise TypeError("optimizer must be an object {t, calls, skipped}")
+    counters = {key: _count(opt, key) for key in ("t", "calls", "skipped")}
+    if counters["t"] != t or counters["t"] + counters["skipped"] != counters["calls"]:
+        raise ValueError(f"the optimizer's counters disagree (optimizer_t {t}, {counters})")
+    return counters
+
+
+def _read_train_state(raw: Any, trainer: str, settings: Any) -> Any:
+    from llm.training.loop import TrainState
+
+    if not isinstance(raw, dict):
+        raise TypeError("state must be an object")
+    unknown = set(raw) - {f.name for f in fields(TrainState)}
+    if unknown:
+        raise ValueError(f"state has unknown keys {sorted(unknown)}")
+    st = TrainState.from_dict(raw)
+    check_train_state(st, trainer, settings)
+    return st
+
+
+def check_train_state(st: Any, trainer: str, settings: Any) -> None:
+    """Everything about a TrainState read from a file that could mislead or crash a resumed run."""
     for name in ("phase", "epoch", "batch", "step", "phase_step", "epoch_tokens"):
         v = getattr(st, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-    if st.phase > len(PHASES):
-        raise ValueError(f"phase must be at most {len(PHASES)}, got {st.phase}")
-    if recipe is not None and st.phase < len(PHASES):
-        phase = PHASES[st.phase]
-        epochs = recipe.pretrain_epochs if phase == "pretrain" else recipe.chat_epochs
-        if epochs is not None and st.epoch > epochs:
-            raise ValueError(f"epoch {st.epoch} is beyond the recipe's {epochs} {phase} epochs")
-        steps = recipe.pretrain_steps if phase == "pretrain" else recipe.chat_steps
-        if epochs is None and st.phase_step > steps:
-            raise ValueError(f"step {st.phase_step} of the {phase} phase is beyond the recipe's {steps} steps")
-    if not isinstance(st.epoch_loss_sum, (int, float)) or not math.isfinite(st.epoch_loss_sum):
-        raise ValueError(f"epoch_loss_sum must be a finite number, got {st.epoch_loss_sum!r}")
-    if not isinstance(st.history, list) or not all(isinstance(h, dict) for h in st.history):
-        raise ValueError("history must be a list of objects")
-    if not isinstance(st.steps, list) or not all(isinstance(h, dict) for h in st.steps):
-        raise ValueError("steps must be a list of objects (one per training step)")
-    if not isinstance(st.rng_state, dict):
-        raise ValueError("rng_state must be the shuffling generator's state object")
+    n_phases = 2 if trainer == "recipe" else 1
+    if st.phase > n_phases:
+        raise ValueError(f"phase must be at most {n_phases}, got {st.phase}")
+    if trainer == "recipe" and st.phase < n_phases:
+        _check_recipe_position(st, settings)
+    for name in ("epoch_loss_sum", "train_seconds"):
+        v = getattr(st, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not isinstance(st.history, list) or not all(isinstance(h, dict) and _is_step(h.get("step"))
+                                                   for h in st.history):
+        raise ValueError("history must be a list of objects, each with its step")
+    if not isinstance(st.steps, list) or not all(isinstance(r, dict) and _is_step(r.get("step"))
+                                                 and isinstance(r.get("loss"), (int, float)) for r in st.steps):
+        raise ValueError("steps must be a list of objects (one per training step, each with its step and loss)")
+    if not isinstance(st.rng_state, dict) or st.rng_state.get("bit_generator") != "PCG64":
+        raise ValueError("rng_state must be the state of the run's PCG64 generator")
     np.random.default_rng().bit_generator.state = st.rng_state  # raises on a malformed state
+
+
+def _is_step(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_recipe_position(st: Any, recipe: Any) -> None:
+    phase = ("pretrain", "chat")[st.phase]
+    epochs = recipe.pretrain_epochs if phase == "pretrain" else recipe.chat_epochs
+    if epochs is not None and st.epoch > epochs:
+        raise ValueError(f"epoch {st.epoch} is beyond the recipe's {epochs} {phase} epochs")
+    steps = recipe.pretrain_steps if phase == "pretrain" else recipe.chat_steps
+    if epochs is None and st.phase_step > steps:
+        raise ValueError(f"step {st.phase_step} of the {phase} phase is beyond the recipe's {steps} steps")
+
+
+def _read_fingerprints(trainer: str, raw: Any) -> dict | None:
+    if raw is None:  # absent in checkpoints saved before fingerprints were recorded
+        return None
+    if trainer == "text":
+        if not isinstance(raw, dict) or not _is_sha256(raw.get("sha256")) or not _is_step(raw.get("chars")):
+            raise TypeError("text must be an object {sha256: 64 hex digits, chars: an integer >= 0}")
+        return raw
+    from llm.training.schedule import PHASES
+
+    if not isinstance(raw, dict) or set(raw) != set(PHASES):
+        raise TypeError(f"corpora must be an object with the keys {', '.join(PHASES)}")
+    for phase, entry in raw.items():
+        if not isinstance(entry, dict) or not _is_sha256(entry.get("sha256")):
+            raise TypeError(f"corpora.{phase}.sha256 must be 64 hex digits")
+        if not _is_step(entry.get("examples")):
+            raise TypeError(f"corpora.{phase}.examples must be an integer >= 0, got {entry.get('examples')!r}")
+    return raw
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None

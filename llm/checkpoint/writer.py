@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llm.errors import CheckpointError, LLMWarning
-from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, _RESAVE, _json_bytes,
+from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, LEGACY_FILES, MANIFEST_FILE, MANIFEST_FORMAT, _RESAVE, _json_bytes,
                       _names, _os_reason, _read_bytes, _read_json)
 
 
@@ -237,12 +237,12 @@ def _tidy(parent: Path, name: str, path: Path) -> None:
         manifest = _manifest_of(d)
         if manifest is None:
             continue
-        ours = set(manifest["files"]) | {MANIFEST_FILE}
+        ours = set(manifest["files"]) | {MANIFEST_FILE} | set(LEGACY_FILES)  # an older format's state: not carried
         kept = []
         for entry in sorted(os.listdir(d)):
             if entry in ours:
                 continue
-            if os.path.lexists(path / entry):
+            if os.path.lexists(path / entry) or os.path.islink(d / entry):  # a link is never carried into the new
                 kept.append(entry)
                 continue
             try:
@@ -250,9 +250,9 @@ def _tidy(parent: Path, name: str, path: Path) -> None:
             except OSError:
                 kept.append(entry)
         if kept:  # keep the manifest too, so that a later save still knows which files are its own
-            _remove_ours(d, set(manifest["files"]))
+            _remove_ours(d, set(manifest["files"]) | set(LEGACY_FILES))
             warnings.warn(LLMWarning(f"{_names(kept)} from the previous checkpoint could not be moved into {path} "
-                                     f"(the name is taken there): kept in {d}"), stacklevel=4)
+                                     f"(the name is taken there, or it is a symbolic link): kept in {d}"), stacklevel=4)
         else:
             _remove_ours(d, ours)
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from llm.errors import LLMError, LLMWarning
 
@@ -81,7 +82,7 @@ def _silence_stdout() -> None:
 
 
 def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
-            memory_hint: str = MEMORY_HINT) -> int:
+            memory_hint: str = MEMORY_HINT, flags: Mapping[str, str] | None = None) -> int:
     """Run ``main_fn(argv)`` and return its exit code; whatever it raises that a user can meet ends in one line.
 
     * an :class:`~llm.errors.LLMError`: ``error: <its message>``, exit 2 for bad input, 1 otherwise;
@@ -94,8 +95,8 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
     setup_streams()
     try:
         code = main_fn(argv)
-    except LLMError as exc:
-        error(exc)
+    except LLMError as exc:  # the library names its parameters; the line names their flags (`flags`: where they differ)
+        error(flag_text(exc, flags))
         return exit_code(exc)
     except MemoryError:
         error(f"out of memory: {memory_hint}")
@@ -117,6 +118,25 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
 def flag_name(name: str) -> str:
     """The command-line flag of a settings field: ``lr_pretrain`` -> ``--lr-pretrain``."""
     return "--" + name.replace("_", "-")
+
+
+def flag_text(exc: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """The message of a library error as a command line says it, each parameter it names as its flag.
+
+    A library message quotes the parameters it names in backticks (``min_lr`` 0.1 is above ``lr``...) or is about
+    the one in the error's ``param``: every backticked name, or else the first mention of ``param``, becomes its
+    flag: `flags` maps the names whose flag differs (``pretrain_texts`` -> ``--pretrain-data``), any other is the
+    name with dashes (``lr_pretrain`` -> ``--lr-pretrain``).
+    """
+    flags = flags or {}
+    text = str(exc)
+    quoted = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flags.get(m.group(1), flag_name(m.group(1))), text)
+    if quoted != text:
+        return quoted
+    param = getattr(exc, "param", None)
+    if param is None:
+        return text
+    return re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags.get(param, flag_name(param)), text, count=1)
 
 
 def run_script(module: str, namespace: dict) -> None:
@@ -227,3 +247,11 @@ def workers_flag(text: str) -> int | str:
 WORKERS_HELP = ("threads per training step on the CPU (numpy backend): each takes a share of the batch's sequences "
                 "with one BLAS thread; auto (default): one per CPU, at most 4; 1: the single-thread step")
 
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    value = number(text)
+    if not (0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value

@@ -17,7 +17,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -158,11 +157,6 @@ def split_dialogue(text: str) -> tuple[str, str]:
     return text[:end].strip(), text[end:].strip()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Batching / padding helpers follow below.
-
-
-
 @dataclass(frozen=True)
 class Example:
     """One training sequence: token ids, and the index of the first token whose prediction counts in the loss."""
@@ -173,17 +167,17 @@ class Example:
 
 @dataclass(frozen=True)
 class Batch:
-    """A padded mini-batch on the host: inputs, next-token targets, and the loss mask, all (B, T)."""
+    """A mini-batch on the host: inputs and next-token targets (B, T), and the loss mask (B, T) or None (all)."""
 
     tokens: np.ndarray
     targets: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None = None
     n_inputs: int = 0  # real (non-padding) input tokens: what tokens/s counts
 
     @property
     def n_tokens(self) -> int:
         """Positions that count in the loss (the tokens the model learns from)."""
-        return int(self.mask.sum())
+        return int(self.tokens.size if self.mask is None else self.mask.sum())
 
 
 def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = "all") -> list[Example]:
@@ -233,67 +227,6 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         targets[row, :n] = e.ids[1:]
         mask[row, e.loss_start - 1:n] = True  # target t is ids[t + 1]
     return Batch(tokens, targets, mask, sum(len(e.ids) - 1 for e in examples))
-
-
-def iterate_batches(examples: list[Example], batch_size: int, pad_id: int,
-                    order: np.ndarray | None = None, start: int = 0) -> Iterator[Batch]:
-    """Yield batches of `batch_size` examples taken in `order` (a permutation; None keeps corpus order).
-
-    `start` skips the first batches (resuming mid-epoch). The last batch may be smaller.
-    """
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    order = np.arange(len(examples)) if order is None else order
-    for i in range(start * batch_size, len(order), batch_size):
-        yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
-
-
-def new_shuffle_state(seed: int | None) -> dict:
-    """The state of a fresh shuffling RNG (JSON-serializable, so checkpoints can carry it)."""
-    return np.random.default_rng(seed).bit_generator.state
-
-
-def shuffled_order(state: dict, n: int) -> tuple[np.ndarray, dict]:
-    """An epoch's order of `n` examples drawn from the RNG in `state`, and the RNG's state afterwards."""
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state
-    order = rng.permutation(n)
-    return order, rng.bit_generator.state
-
-
-def num_batches(n_examples: int, batch_size: int) -> int:
-    return -(-n_examples // batch_size)
-
-
-# -- windows into one long token stream (llm/text_run.py: a book, nanoGPT's way) -------------------------------------
-
-def windows_at(data: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and next-token targets, each (len(offsets), seq_len) int64: ``data[o:o + seq_len]`` and
-    ``data[o + 1:o + seq_len + 1]`` for each offset `o` (every offset must leave room for seq_len + 1 tokens)."""
-    offsets = np.asarray(offsets, dtype=np.int64)
-    if offsets.size and (offsets.min() < 0 or offsets.max() + seq_len + 1 > len(data)):
-        raise ConfigError(f"a window of {seq_len + 1} tokens at offsets {offsets.min()}..{offsets.max()} does not "
-                          f"fit in {len(data)} tokens")
-    idx = offsets[:, None] + np.arange(seq_len, dtype=np.int64)[None, :]
-    data = np.asarray(data, dtype=np.int64)
-    return data[idx], data[idx + 1]
-
-
-def random_windows(data: np.ndarray, batch_size: int, seq_len: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`batch_size` windows at uniform random offsets (nanoGPT's ``get_batch``): ``(tokens, targets)``."""
-    n_starts = len(data) - seq_len
-    if n_starts < 1:
-        raise ConfigError(f"{len(data)} tokens hold no window of {seq_len + 1}")
-    return windows_at(data, rng.integers(0, n_starts, size=batch_size), seq_len)
-
-
-def spread_offsets(n_tokens: int, n_windows: int, seq_len: int) -> np.ndarray:
-    """`n_windows` offsets spread evenly over `n_tokens` (the same every time: a fixed evaluation set)."""
-    last = n_tokens - seq_len - 1
-    if last < 0:
-        raise ConfigError(f"{n_tokens} tokens hold no window of {seq_len + 1}")
-    return np.linspace(0, last, n_windows).round().astype(np.int64)
 
 
 def split_validation(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -44,6 +44,15 @@ class Evaluation:
     exact_match: ExactMatch | None = None
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss): the perplexity of a mean loss per token; ``inf`` where that is above the float range (a loss above
+    ~709.78, a run far gone), never an OverflowError."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def exact_match(model: Any, tokenizer: Any, chat_texts: list[str], max_new_tokens: int | None = None) -> ExactMatch:
     """Answer each dialogue's question greedily; count answers equal to the training answer (``</s>`` included)."""
     prompts, expected = [], []
@@ -106,7 +115,7 @@ def evaluate(model: Any, tokenizer: Any, texts: list[str], loss_on: str | None =
     examples = encode_corpus(texts, tokenizer, model.config.max_seq_len, loss_on)
     loss, tokens = evaluate_examples(model, examples, tokenizer.pad_id, batch_size)
     em = exact_match(model, tokenizer, texts) if exact else None
-    return Evaluation(loss, math.exp(min(loss, 700.0)), tokens, em)
+    return Evaluation(loss, perplexity(loss), tokens, em)
 
 
 def _is_dialogue(text: str) -> bool:

@@ -187,3 +187,17 @@ class Adam:
             for name, arr in getattr(self, key).items():
                 arr[...] = state[key][name]
         self._t[...] = float(int(state["t"]))
+
+    def counters(self) -> dict[str, int]:
+        """Adam's counters ``{"t", "calls", "skipped"}``, read back in one transfer (checkpoints save them)."""
+        be = self.flat.backend
+        t, calls, skipped = be.to_numpy(be.xp.stack([self._t, self._calls, self.skipped])).tolist()
+        return {"t": int(t), "calls": int(calls), "skipped": int(skipped)}
+
+    def load_counters(self, counters: dict[str, int]) -> None:
+        """Write saved counters into the device scalars in place (no skipped step is pending after it)."""
+        self._t[...] = float(counters["t"])
+        self._calls[...] = float(counters["calls"])
+        self.skipped[...] = float(counters["skipped"])
+        self.first_skipped[...] = -1.0
+        self.last_grad_norm[...] = 0.0

@@ -12,7 +12,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llm.data.corpora import num_batches, split_validation
+from llm.data.corpora import split_validation
+from llm.training.sources import num_batches
 from llm.errors import ConfigError
 
 
@@ -67,6 +68,12 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def adam(self, model: Any) -> Any:
+        """The optimizer this recipe trains `model` with: Adam with its clipping and weight decay."""
+        from llm.training.optim import Adam
+
+        return Adam(model, lr=self.lr_pretrain, clip_norm=self.clip_norm, weight_decay=self.weight_decay)
 
     def phases(self, pretrain_texts: list[str], chat_texts: list[str], seed: int = 0) -> list["Phase"]:
         """The two phases of this recipe over these corpora; with ``val_fraction`` each corpus loses a part, chosen

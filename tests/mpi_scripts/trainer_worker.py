@@ -23,6 +23,7 @@ from backends.distributed import init_distributed  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint  # noqa: E402
 from llm.data.tokenizers import WordTokenizer  # noqa: E402
+from llm.training.loop import build_step  # noqa: E402
 from llm.training.trainer import Recipe, Trainer  # noqa: E402
 
 FACTS = [f"Fact {i}: the {w} is {c}. </s>" for i, (w, c) in
@@ -45,11 +46,14 @@ def main() -> None:
     be = get_backend("numpy", "float64")
     tok = WordTokenizer.from_texts(FACTS + CHATS)
     if spec["mode"] == "resume":
-        trainer = restore_trainer(load_checkpoint(spec["ckpt"], be), FACTS, CHATS, progress=False, comm=comm)
+        ck = load_checkpoint(spec["ckpt"], be)
+        trainer = restore_trainer(ck, FACTS, CHATS, progress=False,
+                                  step=build_step(ck.model, ck.recipe.adam(ck.model), comm=comm))
     else:
         model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32,
                               max_seq_len=24), be, seed=0)
-        trainer = Trainer(model, tok, FACTS, CHATS, RECIPE, seed=0, progress=False, comm=comm)
+        trainer = Trainer(model, tok, FACTS, CHATS, RECIPE, seed=0, progress=False,
+                          step=build_step(model, RECIPE.adam(model), comm=comm))
     if spec["mode"] == "stop":
         def save_and_stop(tr):
             if (tr.state.phase, tr.state.epoch) == (0, 2):

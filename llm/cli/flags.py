@@ -1,0 +1,67 @@
+"""The flag groups ``arraygpt train`` and ``arraygpt text`` share: device, model size, checkpoints, speed, history.
+
+A flag is named after the library parameter it sets (``--max-seq-len`` sets ``max_seq_len``), so that an error
+about a parameter can be said with its flag (:func:`flag_text`); a command lists the few that differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Mapping
+
+from llm.cli.common import (WORKERS_HELP, flag_name, flag_text, int_at_least,  # noqa: F401  (flag_text: re-exported)
+                            nonnegative_float, positive_float, positive_int,
+                            workers_flag)
+from llm.nn.config import POS_ENCODINGS
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto, torch, torch:cuda or strict (default cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="float32 for a new run (default); a resumed run keeps its checkpoint's")
+
+
+def add_model_size(p: argparse.ArgumentParser, defaults: Mapping[str, int]) -> None:
+    m = p.add_argument_group("model size (a resumed run keeps its checkpoint's)")
+    for name, default in defaults.items():
+        m.add_argument(flag_name(name), type=int_at_least(1), help=f"(default {default})")
+    m.add_argument("--pos-encoding", choices=list(POS_ENCODINGS),
+                   help="positions: a learned table (default), a fixed sinusoidal one, or rotary (rope)")
+
+
+def add_checkpoints(p: argparse.ArgumentParser, when: str) -> argparse._ArgumentGroup:
+    c = p.add_argument_group("checkpoints")
+    c.add_argument("--out", metavar="DIR", help=f"save a checkpoint here {when} (and on Ctrl-C or SIGTERM)")
+    c.add_argument("--resume", metavar="DIR",
+                   help="continue the run saved in DIR (saved back into it unless --out is given)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="let a new run replace the checkpoint of another run in --out (files you added are kept)")
+    return c
+
+
+def add_speed(p: argparse.ArgumentParser, script: str) -> None:
+    f = p.add_argument_group("speed")
+    f.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
+                        "supported)")
+    f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
+    f.add_argument("--workers", type=workers_flag, default="auto", metavar="N|auto", help=WORKERS_HELP)
+    f.add_argument("--distributed", action="store_true",
+                   help=f"data-parallel over the ranks of an MPI job: mpiexec -n N arraygpt {script} --distributed "
+                        "... (--batch-size is the global batch; rank 0 prints and saves; needs pip install -e "
+                        "\".[mpi]\")")
+    f.add_argument("--dist-timeout", type=positive_float, metavar="SECONDS",
+                   help="with --distributed: end the job when a rank waits longer than this in a reduction "
+                        "(default: wait)")
+    f.add_argument("--log-every", type=positive_int, default=25, metavar="N",
+                   help="read the loss back from the device every N steps (default 25)")
+
+
+def add_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="after training, draw the history (loss, learning rate, gradient norm, validation loss) into "
+                        "PATH.png and write its numbers to PATH.csv (needs matplotlib: pip install -e \".[plot]\")")
+
+
+def nonnegative_rate(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a learning rate that may end at 0)."""
+    return nonnegative_float(text)
