@@ -12,7 +12,7 @@ currently unsupported", CuPy issue 6290), and every step here is mostly matmuls.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from .errors import BackendUnavailableError, ConfigError
 
@@ -53,11 +53,20 @@ def set_tf32(enabled: bool) -> None:
         torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
+class Captured(NamedTuple):
+    """One input shape's recording: the graph, the static input buffers it reads (None where the input was None)
+    and the output buffer it writes."""
+
+    graph: Any
+    inputs: list
+    output: Any
+
+
 class StepGraphs:
     """Calls ``fn(*inputs)`` through a CUDA graph captured once per input shape, replayed afterwards.
 
     `fn` takes device arrays and returns one device array (the loss); it must be shape-static and sync-free.
-    `state` lists the arrays `fn` mutates across calls (parameters, optimizer moments, device scalars): the
+    `state` lists every array `fn` mutates across calls (parameters, optimizer moments, device scalars): the
     warm-up runs that must precede a capture would otherwise take real steps, so they are snapshotted before and
     restored after. Captures share one memory pool; the returned array is a fresh copy, valid after later replays.
     """
@@ -66,7 +75,7 @@ class StepGraphs:
         import torch
 
         self.fn, self.state, self.warmup = fn, list(state), warmup
-        self.graphs: dict[tuple, tuple[Any, list[Any], Any]] = {}  # shape key -> (graph, static inputs, output)
+        self.graphs: dict[tuple, Captured] = {}  # shape key -> its recording
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream()
 
@@ -74,7 +83,7 @@ class StepGraphs:
     def _key(inputs: Sequence[Any]) -> tuple:
         return tuple(None if a is None else (tuple(a.shape), str(a.dtype)) for a in inputs)
 
-    def _capture(self, inputs: Sequence[Any]) -> tuple[Any, list[Any], Any]:
+    def _capture(self, inputs: Sequence[Any]) -> Captured:
         import torch
 
         static = [None if a is None else a.clone() for a in inputs]
@@ -90,16 +99,15 @@ class StepGraphs:
             out = self.fn(*static)
         for s, copy in zip(self.state, saved):  # undo the warm-up steps
             s.copy_(copy)
-        return graph, static, out
+        return Captured(graph, static, out)
 
     def __call__(self, *inputs: Any) -> Any:
         key = self._key(inputs)
         entry = self.graphs.get(key)
         if entry is None:
             entry = self.graphs[key] = self._capture(inputs)
-        graph, static, out = entry
-        for s, a in zip(static, inputs):
+        for s, a in zip(entry.inputs, inputs):
             if s is not None:
                 s.copy_(a, non_blocking=True)
-        graph.replay()
-        return out.clone()
+        entry.graph.replay()
+        return entry.output.clone()

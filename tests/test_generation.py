@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from llm import GPT, GPTConfig
 from llm.errors import ConfigError, LLMWarning, PromptError
-from llm.infer.generation import (check_sampling, chat, choose_token, format_chat_prompt, generate, generate_ids,
-                            greedy_batch)
+from llm.infer.generation import (DecodingSettings, check_sampling, chat, choose_token, format_chat_prompt, generate,
+                                  generate_ids, greedy_batch)
+from llm.nn.layers.attention import KVCache
 from llm.data.tokenizers import WordTokenizer
 from llm.training.trainer import Recipe, Trainer
 from tests.conftest import require_backend
@@ -435,3 +436,58 @@ def test_generate_long_text_past_the_context():
     assert len(text) == 50 and "<unk>" not in text and set(text) <= set("abcdefghi")
     model.params["head.bias"][2] = 50.0  # </s>
     assert generate_long(model, tok, "abc", max_new_tokens=50) == ""  # stops there
+
+
+# -- named records: the KV cache, the decoding settings ----------------------------------------------------------------
+
+def test_the_kv_cache_holds_each_layers_keys_and_values():
+    model = _model()
+    cache = model.new_kv_cache()
+    assert len(cache) == SMALL.n_layers and all(isinstance(c, KVCache) and c.length == 0 for c in cache)
+    assert len({id(c) for c in cache}) == SMALL.n_layers  # one each, not one shared
+    seq = np.random.default_rng(1).integers(0, V, (2, 6))
+    model.forward_cached(seq[:, :4], cache)
+    model.forward_cached(seq[:, 4:6], cache)
+    head_dim = SMALL.d_model // SMALL.n_heads
+    for c in cache:
+        assert c.length == 6
+        assert tuple(c.keys.shape) == tuple(c.values.shape) == (2, SMALL.n_heads, 6, head_dim)
+
+
+def test_decoding_settings_are_checked_once_and_plain():
+    s = DecodingSettings(np.float32(0.5), np.int64(3), np.float64(0.9), np.int32(7), np.uint8(4))
+    assert (s.temperature, s.top_k, s.top_p, s.max_new_tokens, s.seed) == (0.5, 3, pytest.approx(0.9), 7, 4)
+    assert [type(v) for v in (s.temperature, s.top_k, s.top_p, s.max_new_tokens, s.seed)] == [float, int, float,
+                                                                                               int, int]
+    assert DecodingSettings() == DecodingSettings(0.0, None, None, 50, None)  # generate_ids' defaults
+    with pytest.raises(AttributeError):
+        s.temperature = 1.0  # frozen
+    for kwargs, pattern in (({"temperature": -1}, "temperature"), ({"top_k": 0}, "top-k"),
+                            ({"top_p": 1.5}, "top-p"), ({"max_new_tokens": -1}, "max_new_tokens"),
+                            ({"max_new_tokens": True}, "max_new_tokens"), ({"seed": -2}, "seed")):
+        with pytest.raises(ConfigError, match=pattern):
+            DecodingSettings(**kwargs)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(V)
+    sampler = DecodingSettings(temperature=0.8, top_k=5)
+    assert sampler.choose(logits, np.random.default_rng(1)) == choose_token(logits, 0.8, 5, None,
+                                                                           np.random.default_rng(1))
+
+
+def test_every_generator_builds_its_settings_once(monkeypatch):
+    import llm.infer.generation as generation
+
+    tok = WordTokenizer.from_texts(["User: hi there Assistant: hello . </s>"])
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16),
+                require_backend("numpy", "float64"), seed=3)
+    built = []
+    real = generation._check_decoding
+    monkeypatch.setattr(generation, "_check_decoding", lambda *a: built.append(a) or real(*a))
+    calls = {"generate_ids": lambda: generate_ids(model, [3, 4], 3, temperature=0.5, seed=1),
+             "generate_stream": lambda: list(generation.generate_stream(model, [3, 4], 3, seed=1)),
+             "chat": lambda: chat(model, tok, "hi there", max_new_tokens=3),
+             "generate_long": lambda: generation.generate_long(model, tok, "hi", 3)}
+    for name, call in calls.items():
+        built.clear()
+        call()
+        assert len(built) == 1, name

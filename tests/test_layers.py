@@ -6,6 +6,11 @@ import pytest
 
 from llm.nn.layers import (CausalSelfAttention, Embedding, FeedForward, LayerNorm, Linear, OutputProjection,
                         TransformerBlock)
+from llm.nn.layers.attention import AttentionCache
+from llm.nn.layers.block import BlockCache
+from llm.nn.layers.embedding import EmbeddingCache
+from llm.nn.layers.feedforward import FeedForwardCache
+from llm.nn.layers.layernorm import LayerNormCache
 from tests.conftest import require_backend
 from tests.gradcheck import check_array
 
@@ -263,3 +268,38 @@ def test_rope_embedding_adds_no_position():
     assert set(emb.params) == {"token"}
     tokens = np.array([[3, 1, 4]])
     np.testing.assert_array_equal(emb.forward(tokens, start=3)[0], emb.params["token"][tokens[0]])
+
+
+def test_caches_name_what_they_hold():
+    be = require_backend("numpy", "float64")
+    rng = np.random.default_rng(14)
+    layers = {name: (layer, x) for name, layer, x in _layer_cases(be, rng)}
+    attn, x = layers["attention"]
+    _, c = _forward(attn, x)
+    assert isinstance(c, AttentionCache) and c.x is x
+    assert tuple(c.q.shape) == tuple(c.k.shape) == tuple(c.v.shape) == tuple(c.heads.shape) == (B, H, T, C // H)
+    probs = be.to_numpy(c.probs)  # (B, H, T, T): causal rows that sum to 1
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-12)
+    assert np.all(np.triu(probs, k=1) == 0)
+    np.testing.assert_allclose(be.to_numpy(c.heads), probs @ be.to_numpy(c.v), rtol=1e-12)
+    assert tuple(c.merged.shape) == (B * T, C)
+    for name in ("block-pre", "block-post"):
+        _, bc = _forward(*layers[name])
+        assert isinstance(bc, BlockCache) and isinstance(bc.attn, AttentionCache)
+        assert isinstance(bc.ln1, LayerNormCache) and isinstance(bc.ln2, LayerNormCache)
+        assert isinstance(bc.ff, FeedForwardCache)
+    ln, x = layers["layernorm"]
+    _, lc = ln.forward(x)
+    xhat = be.to_numpy(lc.xhat)
+    np.testing.assert_allclose(xhat.mean(axis=-1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(be.to_numpy(lc.rstd)[:, 0], 1 / np.sqrt(be.to_numpy(x).var(axis=-1) + ln.eps),
+                               rtol=1e-12)
+    relu, gelu = (_forward(*layers[f"feedforward-{a}"])[1] for a in ("relu", "gelu"))
+    assert relu.gelu is None and np.all(be.to_numpy(relu.a) >= 0)
+    h, t = gelu.gelu
+    np.testing.assert_allclose(be.to_numpy(gelu.a), be.to_numpy(0.5 * h * (1.0 + t)), rtol=1e-15)
+    emb = Embedding(be, rng, V, 7, C)
+    tokens = rng.integers(0, V, (B, T))
+    _, ec = emb.forward(be.asarray(tokens))
+    assert isinstance(ec, EmbeddingCache) and ec.T == T
+    np.testing.assert_array_equal(be.to_numpy(ec.flat_ids), tokens.reshape(-1))

@@ -8,6 +8,9 @@ import pytest
 import llm
 from llm import GPT, Adam, GPTConfig, cross_entropy
 from llm.errors import ConfigError
+from llm.nn.layers.block import BlockCache
+from llm.nn.layers.embedding import EmbeddingCache
+from llm.nn.model import GPTCache, HeadCache, TrunkCache
 from tests.conftest import require_backend
 from tests.gradcheck import check_array
 
@@ -246,3 +249,23 @@ def test_config_parameter_count_matches_the_model_and_absurd_sizes_are_out_of_me
     # drawn; it is out of memory like any other model too large to allocate (the CLIs say so in one line).
     with pytest.raises(MemoryError, match="cannot allocate"):
         GPT(GPTConfig(vocab_size=10, d_model=10**20, n_heads=1), be)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_the_model_cache_is_named_and_backward_takes_it(norm):
+    be = require_backend("numpy", "float64")
+    model = GPT(GPTConfig(**SMALL, norm=norm), be, seed=0)
+    tokens = np.random.default_rng(15).integers(0, 13, (2, 5))
+    logits, cache = model.forward(tokens, return_cache=True)
+    assert isinstance(cache, GPTCache) and isinstance(cache.trunk, TrunkCache) and isinstance(cache.head, HeadCache)
+    assert isinstance(cache.trunk.embed, EmbeddingCache)
+    assert len(cache.trunk.blocks) == SMALL["n_layers"] and all(isinstance(b, BlockCache) for b in cache.trunk.blocks)
+    assert (cache.head.ln_f is None) == (norm == "post")
+    # attention_maps reads each block's probabilities from this same cache
+    maps = model.attention_maps(tokens[:1])
+    _, one = model.forward(tokens[:1], return_cache=True)
+    for m, block in zip(maps, one.trunk.blocks):
+        np.testing.assert_array_equal(m, be.to_numpy(block.attn.probs)[0])
+    model.zero_grads()
+    model.backward(np.ones(tuple(logits.shape)), cache)
+    assert np.abs(be.to_numpy(model.flat.grad_buffer)).max() > 0

@@ -7,7 +7,8 @@ import pytest
 
 from backends import get_backend
 from llm import GPT, Adam, GPTConfig, TrainStep
-from llm.training.batch import prepare_shards, shard_bounds
+from llm.nn.batch_checks import DeviceBatch
+from llm.training.batch import HostShard, ShardedBatch, host_shards, prepare_shards, send_shard, shard_bounds
 from llm.errors import ConfigError
 from llm.training.threads import DataParallel, resolve_workers
 from tests.conftest import require_backend
@@ -130,9 +131,9 @@ def test_shards_are_balanced_contiguous_and_weighted():
     tokens, targets, mask = _batch(rng, 5, 6, CFG["vocab_size"], True)
     shards, count = prepare_shards(be, cfg, tokens, targets, mask, 2)
     assert count == int(mask.sum())
-    assert [s[0].shape[0] for s in shards] == [2, 2]  # the empty sequence left out, 4 dealt 2 + 2
-    assert sum(s[1].shape[0] for s in shards) == count
-    np.testing.assert_allclose(sum(float(np.sum(s[3])) for s in shards), 1.0, rtol=0, atol=1e-15)
+    assert [s.tokens.shape[0] for s in shards] == [2, 2]  # the empty sequence left out, 4 dealt 2 + 2
+    assert sum(s.targets.shape[0] for s in shards) == count
+    np.testing.assert_allclose(sum(float(np.sum(s.weights)) for s in shards), 1.0, rtol=0, atol=1e-15)
     with pytest.raises(ConfigError, match="outside"):
         prepare_shards(be, cfg, tokens, np.where(mask, 99, targets), mask, 2)
 
@@ -156,3 +157,34 @@ def test_workers_on_a_gpu_backend(name):
     assert resolve_workers(be, "auto") == 1
     with pytest.raises(ConfigError, match="GPU"):
         resolve_workers(be, 2)
+
+
+def test_shards_are_named_records_on_the_host_and_on_the_device():
+    be = get_backend("numpy", "float64")
+    cfg = GPTConfig(**CFG)
+    tokens, targets, mask = _batch(np.random.default_rng(3), 5, 6, CFG["vocab_size"], True)
+    split = host_shards(be, cfg, tokens, targets, mask, 2)
+    assert isinstance(split, ShardedBatch) and split.count == int(mask.sum())
+    kept = np.flatnonzero(mask.any(axis=1))
+    for shard, (lo, hi) in zip(split.shards, [shard_bounds(kept.size, i, 2) for i in range(2)]):
+        assert isinstance(shard, HostShard)
+        np.testing.assert_array_equal(shard.tokens, tokens[kept[lo:hi]])
+        m = mask[kept[lo:hi]]
+        rows = None if m.all() else np.flatnonzero(m)
+        assert (shard.rows is None) == (rows is None)
+        picked = targets[kept[lo:hi]].reshape(-1)
+        np.testing.assert_array_equal(shard.targets, picked if rows is None else picked[rows])
+        np.testing.assert_array_equal(shard.weights, np.full(shard.targets.shape[0], 1.0 / split.count))
+    sent = prepare_shards(be, cfg, tokens, targets, mask, 2)
+    assert isinstance(sent, ShardedBatch) and sent.count == split.count
+    assert len(sent.shards) == len(split.shards) == 2
+    for device, shard in zip(sent.shards, split.shards):
+        for sent_one in (device, send_shard(be, shard)):
+            assert isinstance(sent_one, DeviceBatch)
+            for name in DeviceBatch._fields:  # the same fields, the same values
+                got, want = getattr(sent_one, name), getattr(shard, name)
+                assert (got is None) == (want is None), name
+                if want is not None:
+                    np.testing.assert_array_equal(be.to_numpy(got), want)
+    nothing = host_shards(be, cfg, tokens, targets, np.zeros_like(mask), 2)
+    assert nothing.shards == [] and nothing.count == 0

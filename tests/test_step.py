@@ -4,6 +4,7 @@ Adam's device-side non-finite guard, the Trainer's lazy reads, CUDA graph replay
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Iterator
 
@@ -14,7 +15,9 @@ import llm
 from backends import Backend
 from backends.ops import flat_views
 from llm import GPT, Adam, GPTConfig, TrainStep, cross_entropy
+from llm.nn.batch_checks import DeviceBatch, prepare_batch
 from llm.training.batch import prepare_padded_batch
+from llm.training.optim import AdamCoefficients, AdamState
 from llm.errors import BackendUnavailableError, ConfigError, TrainingDivergedError
 from llm.infer.generation import generate_ids
 from llm.data.tokenizers import WordTokenizer
@@ -432,7 +435,7 @@ def test_padded_batch_equals_unpadded(masked):
     ref_loss = float(model.loss_and_grads(tokens, targets, mask))
     ref = {k: host(be, g) for k, g in model.grads.items()}
     padded = prepare_padded_batch(be, cfg, tokens, targets, mask, (4, 12))
-    assert tuple(padded[0].shape) == (4, 12) and padded[2] is None
+    assert tuple(padded.tokens.shape) == (4, 12) and padded.rows is None
     loss = float(model.loss_and_grads_device(*padded))
     assert loss == pytest.approx(ref_loss, rel=1e-12)
     for name, g in model.grads.items():
@@ -452,3 +455,135 @@ def test_padded_batch_equals_unpadded(masked):
         assert l2 == pytest.approx(l3, rel=1e-12)
     np.testing.assert_allclose(host(be, m3.flat.param_buffer), host(be, m2.flat.param_buffer), rtol=1e-10,
                                atol=1e-13)
+
+
+# -- 9. named records: a batch, Adam's coefficients, Adam's whole state -------------------------------------------------
+def test_a_checked_batch_is_a_device_batch():
+    be = require_backend("numpy", "float64")
+    cfg = GPTConfig(**SMALL)
+    tokens, targets, mask = batch(np.random.default_rng(8), 3, 6, cfg.vocab_size)
+    whole = prepare_batch(be, cfg, tokens, targets)
+    assert isinstance(whole, DeviceBatch) and whole.rows is None and whole.weights is None
+    np.testing.assert_array_equal(be.to_numpy(whole.tokens), tokens)
+    np.testing.assert_array_equal(be.to_numpy(whole.targets), targets.reshape(-1))
+    counted = prepare_batch(be, cfg, tokens, targets, mask)
+    rows = np.flatnonzero(mask)
+    assert 0 < rows.size < mask.size
+    np.testing.assert_array_equal(be.to_numpy(counted.rows), rows)
+    np.testing.assert_array_equal(be.to_numpy(counted.targets), targets.reshape(-1)[rows])
+    padded = prepare_padded_batch(be, cfg, tokens, targets, mask, (4, 7))
+    assert isinstance(padded, DeviceBatch) and padded.rows is None
+    assert tuple(padded.tokens.shape) == (4, 7) and tuple(padded.weights.shape) == (28,)
+    assert float(np.sum(be.to_numpy(padded.weights))) == pytest.approx(1.0, rel=1e-15)
+
+
+def test_begin_step_names_its_coefficients():
+    be = require_backend("numpy", "float64")
+    for decay in (0.0, 0.1):
+        model = GPT(GPTConfig(**SMALL), be, seed=0)
+        opt = Adam(model, lr=1e-2, weight_decay=decay, clip_norm=None)
+        model.loss_and_grads(*batch(np.random.default_rng(9), 2, 5, SMALL["vocab_size"]))
+        g = model.flat.grad_buffer
+        c = opt.begin_step(be.xp.sqrt(g @ g))
+        assert isinstance(c, AdamCoefficients)
+        assert float(c.ok) == 1.0 and float(c.scale) == 1.0  # a finite norm, no clipping
+        assert float(c.keep_m) == pytest.approx(0.9) and float(c.keep_v) == pytest.approx(0.999)
+        assert float(c.step_size) == pytest.approx(1e-2 * math.sqrt(1 - 0.999) / (1 - 0.9), rel=1e-12)
+        assert (c.keep_p is None) == (decay == 0.0)
+        if decay:
+            assert float(c.keep_p) == pytest.approx(1 - 1e-2 * decay, rel=1e-15)
+
+
+_STATE_FIELDS = ("m", "v", "t", "calls", "lr", "skipped", "first_skipped", "last_grad_norm")
+
+
+def test_adam_state_is_every_array_a_step_changes():
+    be = require_backend("numpy", "float64")
+    rng = np.random.default_rng(10)
+    data = batch(rng, 2, 5, SMALL["vocab_size"])
+    model = GPT(GPTConfig(**SMALL), be, seed=0)
+    opt = Adam(model, lr=1e-2, weight_decay=0.1)
+    state = opt.state
+    assert isinstance(state, AdamState)
+    arrays = state.arrays()
+    assert len(arrays) == len(_STATE_FIELDS) and all(a is getattr(state, n) for a, n in zip(arrays, _STATE_FIELDS))
+    # the names other code reads are the state's own arrays
+    for old, new in (("m_buffer", "m"), ("v_buffer", "v"), ("_t", "t"), ("_calls", "calls"), ("_lr", "lr"),
+                     ("skipped", "skipped"), ("first_skipped", "first_skipped"),
+                     ("last_grad_norm", "last_grad_norm")):
+        assert getattr(opt, old) is getattr(state, new), old
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.t = be.asarray(5.0)
+    # A snapshot of the parameters and the state, restored after two steps, gives back exactly the run before
+    # them (what a CUDA graph's warm-up relies on): nothing a step changes is missing from the state.
+    saved = [host(be, a) for a in (model.flat.param_buffer, *arrays)]
+    for lr in (3e-2, 5e-2):
+        model.loss_and_grads(*data)
+        opt.step(lr=lr)
+    assert [id(a) for a in opt.state.arrays()] == [id(a) for a in arrays]  # updated in place, never rebound
+    changed = [not np.array_equal(host(be, a), b) for a, b in zip((model.flat.param_buffer, *arrays), saved)]
+    assert changed == [True] * 6 + [False, False, True]  # all but skipped and first_skipped (none was skipped)
+    for a, b in zip((model.flat.param_buffer, *arrays), saved):
+        a[...] = be.asarray(b)
+    model.loss_and_grads(*data)
+    opt.step()  # at the restored learning rate
+    ref = GPT(GPTConfig(**SMALL), be, seed=0)
+    ref_opt = Adam(ref, lr=1e-2, weight_decay=0.1)
+    ref.loss_and_grads(*data)
+    ref_opt.step()
+    for a, b in zip((model.flat.param_buffer, *opt.state.arrays()), (ref.flat.param_buffer, *ref_opt.state.arrays())):
+        np.testing.assert_array_equal(host(be, a), host(be, b))
+
+
+def _skipping_run(be, data):
+    # three calls: a step, a skipped step (a NaN gradient), a step -> t 2, calls 3, skipped 1
+    model = GPT(GPTConfig(**SMALL), be, seed=0)
+    opt = Adam(model, lr=1e-2, weight_decay=0.1)
+    for call in range(3):
+        model.loss_and_grads(*data)
+        if call == 1:
+            model.flat.grad_buffer[0] = be.asarray(float("nan"))
+        opt.step()
+    return model, opt
+
+
+def test_adam_counters_are_read_in_one_transfer(backend_name):
+    be = require_backend(backend_name, "float64")
+    _, opt = _skipping_run(be, batch(np.random.default_rng(11), 2, 5, SMALL["vocab_size"]))
+    with count_host_reads(be) as reads:
+        counters = opt.counters()
+    assert reads == ["Backend.to_numpy"]
+    assert counters == {"t": 2, "calls": 3, "skipped": 1}
+    assert all(type(v) is int for v in counters.values())
+
+
+def test_adam_load_counters_writes_in_place_and_resumes_exactly(backend_name):
+    be = require_backend(backend_name, "float64")
+    data = batch(np.random.default_rng(12), 2, 5, SMALL["vocab_size"])
+    model, opt = _skipping_run(be, data)
+    assert float(opt.first_skipped) == 2
+    # a fresh optimizer given the moments and the counters continues the run exactly
+    twin = GPT(GPTConfig(**SMALL), be, seed=0)
+    twin.flat.param_buffer[...] = be.asarray(host(be, model.flat.param_buffer))
+    twin_opt = Adam(twin, lr=1e-2, weight_decay=0.1)
+    before = [id(a) for a in twin_opt.state.arrays()]
+    twin_opt.load_state_dict(opt.state_dict())
+    twin_opt.load_counters(opt.counters())
+    assert [id(a) for a in twin_opt.state.arrays()] == before  # written in place
+    assert twin_opt.counters() == {"t": 2, "calls": 3, "skipped": 1} and twin_opt.t == 2
+    assert float(twin_opt.first_skipped) == -1 and float(twin_opt.last_grad_norm) == 0
+    for m, o in ((model, opt), (twin, twin_opt)):
+        m.loss_and_grads(*data)
+        o.step()
+    np.testing.assert_array_equal(host(be, twin.flat.param_buffer), host(be, model.flat.param_buffer))
+    assert twin_opt.counters() == opt.counters() == {"t": 3, "calls": 4, "skipped": 1}
+    # loaded over a run with a record: the record of the last step starts afresh
+    opt.load_counters({"t": 7, "calls": 9, "skipped": 2})
+    assert opt.counters() == {"t": 7, "calls": 9, "skipped": 2}
+    assert float(opt.first_skipped) == -1 and float(opt.last_grad_norm) == 0
+    for bad, pattern in (({"t": 1, "calls": 1}, "skipped"), ({"t": -1, "calls": 0, "skipped": 0}, "t must"),
+                         ({"t": 1.5, "calls": 2, "skipped": 0}, "t must"),
+                         ({"t": 1, "calls": True, "skipped": 0}, "calls must")):
+        with pytest.raises(ConfigError, match=pattern):
+            opt.load_counters(bad)
+    assert opt.counters() == {"t": 7, "calls": 9, "skipped": 2}  # a refused load writes nothing

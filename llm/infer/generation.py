@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -79,14 +80,39 @@ def _last_logits(model: Any, logits: Any) -> np.ndarray:
     return model.backend.to_numpy(logits[0, -1, :])
 
 
-def _decoding_settings(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any, seed: Any) -> tuple:
-    """Check the decoding settings; NumPy scalars in, plain Python numbers out (one check for every generator)."""
+def _check_decoding(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any, seed: Any) -> None:
+    """Check the decoding settings (one check for every generator)."""
     check_sampling(temperature, top_k, top_p)
     if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
         raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     _check_seed(seed)
-    return (float(temperature), None if top_k is None else int(top_k), None if top_p is None else float(top_p),
-            int(max_new_tokens), None if seed is None else int(seed))
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How the next tokens are chosen, checked once when built (ConfigError naming the setting out of range).
+
+    temperature (0 = greedy), top_k, top_p: as :func:`choose_token` takes them; max_new_tokens: at most this many
+    new tokens; seed: of the sampling generator (None: a fresh one). NumPy scalars in, plain Python numbers kept.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 50
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_decoding(self.temperature, self.top_k, self.top_p, self.max_new_tokens, self.seed)
+        plain = {"temperature": float(self.temperature), "top_k": None if self.top_k is None else int(self.top_k),
+                 "top_p": None if self.top_p is None else float(self.top_p),
+                 "max_new_tokens": int(self.max_new_tokens), "seed": None if self.seed is None else int(self.seed)}
+        for name, value in plain.items():
+            object.__setattr__(self, name, value)  # frozen: the one place its fields are written
+
+    def choose(self, logits: np.ndarray, rng: np.random.Generator) -> int:
+        """:func:`choose_token` with these settings."""
+        return choose_token(logits, self.temperature, self.top_k, self.top_p, rng)
 
 
 def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, temperature: float = 0.0,
@@ -97,8 +123,7 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
     Stops at `eos_id`, after `max_new_tokens`, or when the context (max_seq_len) is full. A prompt longer than the
     context is cut from the left, with a warning.
     """
-    temperature, top_k, top_p, max_new_tokens, seed = _decoding_settings(temperature, top_k, top_p,
-                                                                         max_new_tokens, seed)
+    settings = DecodingSettings(temperature, top_k, top_p, max_new_tokens, seed)
     ctx = model.config.max_seq_len
     ids = [int(i) for i in prompt_ids]
     if not ids:
@@ -106,8 +131,8 @@ def generate_ids(model: Any, prompt_ids: list[int], max_new_tokens: int = 50, te
     vocab = model.config.vocab_size
     if any(not 0 <= i < vocab for i in ids):
         raise PromptError(f"prompt token ids must lie in [0, {vocab})")
-    ids = _fit_context(ids, ctx, max_new_tokens)
-    return list(_ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache))
+    ids = _fit_context(ids, ctx, settings.max_new_tokens)
+    return list(_ids_in_context(model, ids, settings, eos_id, use_cache))
 
 
 def _fit_context(ids: list[int], ctx: int, max_new_tokens: int) -> list[int]:
@@ -120,12 +145,13 @@ def _fit_context(ids: list[int], ctx: int, max_new_tokens: int) -> list[int]:
     return ids[-keep:]
 
 
-def _ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache) -> Iterator[int]:
-    # generate_ids' loop, yielding each id as it is chosen (checked settings in; the prompt fits the context)
+def _ids_in_context(model: Any, ids: list[int], settings: DecodingSettings, eos_id: int | None,
+                    use_cache: bool) -> Iterator[int]:
+    # generate_ids' loop, yielding each id as it is chosen (the prompt fits the context)
     ctx = model.config.max_seq_len
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings.seed)
     out: list[int] = []
-    budget = min(max_new_tokens, ctx - len(ids))
+    budget = min(settings.max_new_tokens, ctx - len(ids))
     cache = model.new_kv_cache() if use_cache else None
     pending = ids  # tokens the model has not seen yet (the whole prompt at first)
     for _ in range(budget):
@@ -133,7 +159,7 @@ def _ids_in_context(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
             logits = model.forward_cached(np.asarray([pending], dtype=np.int64), cache)
         else:
             logits = model.predict(np.asarray([ids + out], dtype=np.int64))
-        nxt = choose_token(_last_logits(model, logits), temperature, top_k, top_p, rng)
+        nxt = settings.choose(_last_logits(model, logits), rng)
         out.append(nxt)
         yield nxt
         pending = [nxt]
@@ -203,10 +229,10 @@ def chat_stream(model: Any, tokenizer: Any, text: str, max_new_tokens: int = 50,
     """:func:`chat`, word by word: yields the answer's text as each token is chosen (what the interactive loop
     prints). The pieces joined, then stripped, are exactly what :func:`chat` returns. The prompt and the settings
     are checked when this is called, before the first piece."""
-    settings = _decoding_settings(temperature, top_k, top_p, max_new_tokens, seed)
-    ids = _chat_prompt_ids(model, tokenizer, text, settings[3])
-    ids = _fit_context(ids, model.config.max_seq_len, settings[3])  # as generate_ids
-    new = _ids_in_context(model, ids, settings[3], *settings[:3], settings[4], tokenizer.eos_id, use_cache)
+    settings = DecodingSettings(temperature, top_k, top_p, max_new_tokens, seed)
+    ids = _chat_prompt_ids(model, tokenizer, text, settings.max_new_tokens)
+    ids = _fit_context(ids, model.config.max_seq_len, settings.max_new_tokens)  # as generate_ids
+    new = _ids_in_context(model, ids, settings, tokenizer.eos_id, use_cache)
     return decode_stream(tokenizer, new)
 
 
@@ -295,8 +321,7 @@ def generate_stream(model: Any, prompt_ids: list[int], max_new_tokens: int = 50,
     (that is the window the next token is predicted from). `banned_ids` (e.g. ``<pad>``, ``<unk>``) are never
     chosen: their logits are set to -inf before the choice. Stops after `max_new_tokens`, or after `eos_id`.
     """
-    temperature, top_k, top_p, max_new_tokens, seed = _decoding_settings(temperature, top_k, top_p,
-                                                                         max_new_tokens, seed)
+    settings = DecodingSettings(temperature, top_k, top_p, max_new_tokens, seed)
     ctx, vocab = model.config.max_seq_len, model.config.vocab_size
     ids = [int(i) for i in prompt_ids]
     if not ids:
@@ -308,17 +333,17 @@ def generate_stream(model: Any, prompt_ids: list[int], max_new_tokens: int = 50,
         raise ConfigError(f"banned token ids must lie in [0, {vocab}), got {banned}")
     if len(banned) >= vocab:
         raise ConfigError("every token id is banned: nothing could be generated")
-    return _stream(model, ids[-ctx:], max_new_tokens, temperature, top_k, top_p,
-                   None if seed is None else int(seed), banned, eos_id, use_cache)
+    return _stream(model, ids[-ctx:], settings, banned, eos_id, use_cache)
 
 
-def _stream(model, window, max_new_tokens, temperature, top_k, top_p, seed, banned, eos_id, use_cache):
+def _stream(model: Any, window: list[int], settings: DecodingSettings, banned: list[int], eos_id: int | None,
+            use_cache: bool) -> Iterator[int]:
     # A generator of its own, so that generate_stream checks its arguments when called, not when first iterated.
     ctx = model.config.max_seq_len
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings.seed)
     cache = model.new_kv_cache() if use_cache else None
     cached, pending = 0, list(window)  # positions in the cache; tokens the model has not seen yet
-    for _ in range(max_new_tokens):
+    for _ in range(settings.max_new_tokens):
         if use_cache:
             if cached + len(pending) > ctx:  # full: rebuild from the window (its last ctx tokens)
                 cache, cached, pending = model.new_kv_cache(), 0, list(window)
@@ -330,7 +355,7 @@ def _stream(model, window, max_new_tokens, temperature, top_k, top_p, seed, bann
         if banned:
             row = np.array(row, dtype=np.float64)
             row[banned] = -np.inf
-        nxt = choose_token(row, temperature, top_k, top_p, rng)
+        nxt = settings.choose(row, rng)
         yield nxt
         if eos_id is not None and nxt == eos_id:
             return

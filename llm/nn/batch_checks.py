@@ -7,13 +7,27 @@ count in a masked loss are chosen here too, so the step on the device never wait
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from llm.errors import ConfigError
 
 _HOST_TYPES = (list, tuple, np.ndarray, np.generic, int)
+
+
+class DeviceBatch(NamedTuple):
+    """A checked batch on the device, as :meth:`llm.nn.model.GPT.loss_and_grads_device` takes it.
+
+    tokens: (B, T) int; targets: (N,) int, one per counted position; rows: (N,) int flat positions ``b * T + t``
+    into the B*T, or None when every position counts (N = B*T); weights: (N,) float summing to 1, or None for the
+    plain mean.
+    """
+
+    tokens: Any
+    targets: Any
+    rows: Any = None
+    weights: Any = None
 
 
 def is_host(a: Any) -> bool:
@@ -81,8 +95,8 @@ def check_mask(backend: Any, mask: Any, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def prepare_batch(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any = None) -> tuple:
-    """Check a batch on the host and send it: -> (tokens (B, T), targets (N,), rows (N,) or None, None).
+def prepare_batch(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any = None) -> DeviceBatch:
+    """Check a batch on the host and send it: -> DeviceBatch(tokens (B, T), targets (N,), rows (N,) or None, None).
 
     With a mask, `rows` are the flat positions ``b * T + t`` where it is True (chosen here, on the host) and
     `targets` holds only their targets; without one (or when every position counts) rows is None and N = B*T.
@@ -109,4 +123,4 @@ def prepare_batch(backend: Any, config: Any, tokens: Any, targets: Any, mask: An
         tgt = xp.reshape(tgt, (-1,))
         if rows is not None:
             tgt = xp.take(tgt, send(rows), axis=0)
-    return send(tok), tgt, (None if rows is None else send(rows)), None
+    return DeviceBatch(send(tok), tgt, None if rows is None else send(rows), None)

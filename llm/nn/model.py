@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 
 from llm.nn.config import GPTConfig
 from llm.errors import ConfigError
 from llm.nn.layers import Embedding, LayerNorm, OutputProjection, TransformerBlock
+from llm.nn.layers.attention import KVCache
 from llm.nn.layers.base import Layer
+from llm.nn.layers.block import BlockCache
+from llm.nn.layers.embedding import EmbeddingCache
 from backends.ops import index_add
 from llm.nn.loss import softmax_cross_entropy
 from llm.nn.params import FlatParameters
 from llm.nn.batch_checks import batch_shape, check_ids, prepare_batch
+
+
+class TrunkCache(NamedTuple):
+    """The embeddings' and every block's caches (in order), for the trunk's backward pass."""
+
+    embed: EmbeddingCache
+    blocks: list[BlockCache]
+
+
+class HeadCache(NamedTuple):
+    """The final layer norm's cache (None for post-LN, which has none) and the output projection's input."""
+
+    ln_f: Any
+    head: Any
+
+
+class GPTCache(NamedTuple):
+    """What ``GPT.forward(..., return_cache=True)`` returns beside the logits, for :meth:`GPT.backward`."""
+
+    trunk: TrunkCache
+    head: HeadCache
 
 
 class GPT(Layer):
@@ -70,7 +94,7 @@ class GPT(Layer):
         x, trunk = self._trunk_forward(tokens, key_mask)
         logits, head = self._head_forward(x)
         logits = self.backend.xp.reshape(logits, (B, T, self.config.vocab_size))
-        cache = (trunk, head)
+        cache = GPTCache(trunk, head)
         if return_cache:
             return logits, cache
         self._last_cache = cache
@@ -89,14 +113,13 @@ class GPT(Layer):
             cache, self._last_cache = self._last_cache, None
             if cache is None:
                 raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
-        trunk, head = cache
         xp = self.backend.xp
-        dx = self._head_backward(xp.reshape(dlogits, (-1, self.config.vocab_size)), head)
-        self._trunk_backward(dx, trunk)
+        dx = self._head_backward(xp.reshape(dlogits, (-1, self.config.vocab_size)), cache.head)
+        self._trunk_backward(dx, cache.trunk)
 
     # The two halves of the network: embeddings + blocks ("trunk"), then final norm + output projection ("head").
     # The residual stream is 2-D, (B*T, C): every GEMM is one 2-D GEMM and no layer reshapes it.
-    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> tuple[Any, Any]:
+    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> tuple[Any, TrunkCache]:
         # tokens: (B, T) -> x: (B*T, C), cache
         T = tokens.shape[1]
         x, c_embed = self.embed.forward(tokens)
@@ -104,29 +127,28 @@ class GPT(Layer):
         for block in self.blocks:
             x, c = block.forward(x, T, key_mask)
             caches.append(c)
-        return x, (c_embed, caches)
+        return x, TrunkCache(c_embed, caches)
 
-    def _trunk_backward(self, dx: Any, cache: Any) -> None:
+    def _trunk_backward(self, dx: Any, cache: TrunkCache) -> None:
         # dx: (B*T, C)
-        c_embed, caches = cache
+        caches = cache.blocks
         for block in reversed(self.blocks):
             # pop: a block's activations are freed as soon as its backward is done (a cache is used once)
             dx = block.backward(dx, caches.pop())
-        self.embed.backward(dx, c_embed)
+        self.embed.backward(dx, cache.embed)
 
-    def _head_forward(self, x: Any) -> tuple[Any, Any]:
+    def _head_forward(self, x: Any) -> tuple[Any, HeadCache]:
         # x: (N, C) -> logits (N, V), cache
         c_ln = None
         if self.ln_f is not None:
             x, c_ln = self.ln_f.forward(x)
         logits, c_head = self.head.forward(x)
-        return logits, (c_ln, c_head)
+        return logits, HeadCache(c_ln, c_head)
 
-    def _head_backward(self, dlogits: Any, cache: Any) -> Any:
+    def _head_backward(self, dlogits: Any, cache: HeadCache) -> Any:
         # dlogits: (N, V) -> dx (N, C)
-        c_ln, c_head = cache
-        dx = self.head.backward(dlogits, c_head)
-        return self.ln_f.backward(dx, c_ln) if self.ln_f is not None else dx
+        dx = self.head.backward(dlogits, cache.head)
+        return self.ln_f.backward(dx, cache.ln_f) if self.ln_f is not None else dx
 
     def zero_grads(self) -> None:
         """Zero every gradient: one write over the flat gradient buffer."""
@@ -142,14 +164,13 @@ class GPT(Layer):
         the mask is, so no device value decides a shape.
         """
         batch = prepare_batch(self.backend, self.config, tokens, targets, mask)
-        rows = batch[2]
-        if rows is not None and rows.shape[0] == 0:  # nothing to learn from: zero loss, zero gradients
+        if batch.rows is not None and batch.rows.shape[0] == 0:  # nothing to learn from: zero loss, zero gradients
             self.flat.zero_grads()
             return self.backend.xp.zeros((), dtype=self.backend.dtype, device=self.backend.device)
         return self.loss_and_grads_device(*batch)
 
     def loss_and_grads_device(self, tokens: Any, targets: Any, rows: Any = None, weights: Any = None) -> Any:
-        """The device half of :meth:`loss_and_grads`, on arrays already sent (see :func:`prepare_batch`).
+        """The device half of :meth:`loss_and_grads`, on arrays already sent (``*batch``, a DeviceBatch).
 
         tokens: (B, T) int; targets: (N,) int, one per counted row; rows: (N,) int indices into the B*T positions,
         or None when every position counts (N = B*T); weights: (N,) float summing to 1, or None for the mean.
@@ -174,14 +195,14 @@ class GPT(Layer):
         return loss
 
     # -- inference path with a KV cache -----------------------------------------------------------------------------
-    def new_kv_cache(self) -> list[dict]:
-        """An empty cache: one ``{"k", "v"}`` dict per block, filled by :meth:`forward_cached`."""
-        return [{} for _ in self.blocks]
+    def new_kv_cache(self) -> list[KVCache]:
+        """An empty cache: one :class:`KVCache` (keys and values) per block, filled by :meth:`forward_cached`."""
+        return [KVCache() for _ in self.blocks]
 
-    def forward_cached(self, tokens: Any, kv_cache: list[dict]) -> Any:
+    def forward_cached(self, tokens: Any, kv_cache: list[KVCache]) -> Any:
         """tokens: (B, T_new) following the cached positions -> logits (B, T_new, V). Appends to `kv_cache`."""
         tokens = self._tokens(tokens)
-        past = kv_cache[0]["k"].shape[2] if kv_cache[0] else 0
+        past = kv_cache[0].length
         if past + tokens.shape[1] > self.config.max_seq_len:
             raise ConfigError(f"KV cache of {past} positions plus {tokens.shape[1]} new exceeds max_seq_len "
                               f"{self.config.max_seq_len}")
@@ -207,9 +228,9 @@ class GPT(Layer):
             raise ConfigError(f"attention_maps takes one sequence, shape (T,) or (1, T); got {shape}")
         if shape[-1] == 0:
             raise ConfigError("attention_maps needs at least one token")
-        _, ((_, block_caches), _) = self.forward(tokens, return_cache=True)
+        _, cache = self.forward(tokens, return_cache=True)
         xp = self.backend.xp
-        probs = xp.stack([c_attn[4][0, ...] for _, c_attn, _, _ in block_caches])  # (L, H, T, T)
+        probs = xp.stack([block.attn.probs[0, ...] for block in cache.trunk.blocks])  # (L, H, T, T)
         host = self.backend.to_numpy(probs)  # a fresh stack: the host copy shares nothing with the model
         return [host[i] for i in range(host.shape[0])]
 

@@ -3,21 +3,41 @@ sequences into shards for threads and ranks (the checks themselves are :mod:`llm
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from llm.errors import ConfigError
-from llm.nn.batch_checks import _as_ids, _check_range, batch_shape, check_ids, check_mask, is_host, prepare_batch  # noqa: F401
+from llm.nn.batch_checks import (DeviceBatch, _as_ids, _check_range, batch_shape, check_ids, check_mask,  # noqa: F401
+                                 is_host, prepare_batch)
+
+
+class HostShard(NamedTuple):
+    """One shard of a batch on the host, laid out as :class:`DeviceBatch` (see :func:`host_shards`): NumPy
+    tokens (b, T), targets (n,), rows (n,) or None, weights (n,) float64."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+    rows: np.ndarray | None
+    weights: np.ndarray
+
+
+class ShardedBatch(NamedTuple):
+    """A batch split by sequences: its shards (host or device, in order) and `count`, the number of positions
+    that count in the whole batch (every shard's weights are ``1 / count``)."""
+
+    shards: list
+    count: int
 
 
 def prepare_padded_batch(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any,
-                         shape: tuple[int, int]) -> tuple:
+                         shape: tuple[int, int]) -> DeviceBatch:
     """Like :func:`prepare_batch`, laid out for a captured step of fixed `shape` (B_pad, T_pad).
 
     Every position is kept (rows is None) and the mask becomes per-position weights summing to 1, so batches of any
     size and mask reuse one shape. Padded positions hold token 0 and weight 0: they change nothing, since padding
-    is on the right and attention is causal. -> (tokens (B_pad, T_pad), targets (B_pad*T_pad,), None, weights).
+    is on the right and attention is causal. -> DeviceBatch(tokens (B_pad, T_pad), targets (B_pad*T_pad,), None,
+    weights (B_pad*T_pad,)).
     """
     tok = check_ids(backend, tokens, config, "tokens")
     if not isinstance(tok, np.ndarray):
@@ -37,8 +57,8 @@ def prepare_padded_batch(backend: Any, config: Any, tokens: Any, targets: Any, m
     y_pad[:B, :T] = tgt
     w[:B, :T] = m / max(int(m.sum()), 1)
     xp = backend.xp
-    return (backend.asarray(t_pad, dtype=xp.int64), backend.asarray(y_pad.reshape(-1), dtype=xp.int64), None,
-            backend.asarray(w.reshape(-1)))
+    return DeviceBatch(backend.asarray(t_pad, dtype=xp.int64), backend.asarray(y_pad.reshape(-1), dtype=xp.int64),
+                       None, backend.asarray(w.reshape(-1)))
 
 
 def shard_bounds(batch: int, index: int, n: int) -> tuple[int, int]:
@@ -49,16 +69,17 @@ def shard_bounds(batch: int, index: int, n: int) -> tuple[int, int]:
     return lo, lo + base + (1 if index < extra else 0)
 
 
-def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
+def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> ShardedBatch:
     """Check a batch on the host and split it by sequences into at most `n_shards` shards for data parallelism
     (threads in one process, or the ranks of a distributed run: each takes shard ``i``).
 
-    -> (shards, count): `count` is the number of positions that count in the whole batch (B*T without a mask);
-    each shard is ``(tokens (b, T), targets (n,), rows (n,) or None, weights (n,))`` on the host, as
+    -> ShardedBatch(shards, count): `count` is the number of positions that count in the whole batch (B*T without
+    a mask); each shard is a :class:`HostShard` ``(tokens (b, T), targets (n,), rows (n,) or None, weights (n,))``, as
     :func:`prepare_batch` lays it out for the shard's own b sequences, with every counted position weighted
     ``1 / count``, so the shards' losses and gradients sum to the mean over the whole batch. Sequences with no
     counted position are left out (they add exactly zero to the loss and every gradient); the others are dealt out
-    in contiguous blocks whose sizes differ by at most one sequence. A batch with nothing counted gives ``([], 0)``.
+    in contiguous blocks whose sizes differ by at most one sequence. A batch with nothing counted has no shards and
+    count 0.
     """
     tok = check_ids(backend, tokens, config, "tokens")
     if not isinstance(tok, np.ndarray):
@@ -81,7 +102,7 @@ def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any,
         if keep.shape[0] == shape[0]:
             keep = None
     if count == 0:
-        return [], 0
+        return ShardedBatch([], 0)
     if keep is not None:
         tok, tgt, m = tok[keep], tgt[keep], m[keep]
     shards = []
@@ -96,18 +117,18 @@ def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any,
                 rows = np.flatnonzero(m_s)
                 y_s = y_s[rows]
         weights = np.full(y_s.shape[0], 1.0 / count)  # float64 here; the backend's dtype once sent
-        shards.append((np.ascontiguousarray(t_s), y_s, rows, weights))
-    return shards, count
+        shards.append(HostShard(np.ascontiguousarray(t_s), y_s, rows, weights))
+    return ShardedBatch(shards, count)
 
 
-def send_shard(backend: Any, shard: tuple) -> tuple:
-    """A host shard of :func:`host_shards` on the device: (tokens, targets, rows or None, weights)."""
-    t_s, y_s, rows, weights = shard
+def send_shard(backend: Any, shard: HostShard) -> DeviceBatch:
+    """A host shard of :func:`host_shards` on the device."""
     send = lambda a: backend.asarray(a, dtype=backend.xp.int64)  # noqa: E731
-    return send(t_s), send(y_s), None if rows is None else send(rows), backend.asarray(weights)
+    return DeviceBatch(send(shard.tokens), send(shard.targets), None if shard.rows is None else send(shard.rows),
+                       backend.asarray(shard.weights))
 
 
-def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> tuple:
-    """:func:`host_shards`, every shard sent to the device: -> (shards, count)."""
-    shards, count = host_shards(backend, config, tokens, targets, mask, n_shards)
-    return [send_shard(backend, s) for s in shards], count
+def prepare_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, n_shards: int) -> ShardedBatch:
+    """:func:`host_shards`, every shard sent to the device (a :class:`DeviceBatch` each)."""
+    split = host_shards(backend, config, tokens, targets, mask, n_shards)
+    return ShardedBatch([send_shard(backend, s) for s in split.shards], split.count)

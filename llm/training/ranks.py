@@ -70,7 +70,7 @@ class DistributedStep:
         shape = batch_shape(tokens)
         if len(shape) != 2:
             raise ConfigError(f"tokens must have shape (batch, time), got {shape}")
-        shards, _ = host_shards(be, model.config, tokens, targets, mask, comm.size)
+        shards = host_shards(be, model.config, tokens, targets, mask, comm.size).shards
         if lr is not None:
             opt.set_lr(lr)
         if comm.rank >= len(shards):  # nothing counted here: zero gradients and loss, still in every reduction

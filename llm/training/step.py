@@ -50,11 +50,8 @@ class TrainStep:
         self.graphed = use_graphs(model.backend, cuda_graphs)
         self._parallel = DataParallel(model, self.workers) if self.workers > 1 and not self.graphed else None
         self._graphs = None
-        if self.graphed:
-            opt = optimizer
-            self._graphs = StepGraphs(self._device_step, [model.flat.param_buffer, opt.m_buffer, opt.v_buffer,
-                                                          opt._t, opt._calls, opt.skipped, opt.first_skipped,
-                                                          opt.last_grad_norm])
+        if self.graphed:  # what a step mutates: the parameters and every array of the optimizer's state
+            self._graphs = StepGraphs(self._device_step, [model.flat.param_buffer, *optimizer.state.arrays()])
 
     @property
     def last_grad_norm(self) -> Any:
@@ -90,7 +87,7 @@ class TrainStep:
         if self._parallel is not None:
             return self._parallel_step(tokens, targets, mask)
         batch = prepare_batch(model.backend, model.config, tokens, targets, mask)
-        rows = batch[2]
+        rows = batch.rows
         if rows is not None and rows.shape[0] == 0:  # no position counts: zero gradients, still one Adam step
             loss = model.loss_and_grads(tokens, targets, mask)
             self.optimizer.step_device()
@@ -99,8 +96,8 @@ class TrainStep:
 
     def _parallel_step(self, tokens: Any, targets: Any, mask: Any) -> Any:
         model = self.model
-        shards, count = prepare_shards(model.backend, model.config, tokens, targets, mask, self.workers)
-        if count == 0:  # no position counts: zero gradients, still one Adam step (as on one thread)
+        shards = prepare_shards(model.backend, model.config, tokens, targets, mask, self.workers).shards
+        if not shards:  # no position counts: zero gradients, still one Adam step (as on one thread)
             model.flat.zero_grads()
             be = model.backend
             loss = be.xp.zeros((), dtype=be.dtype, device=be.device)

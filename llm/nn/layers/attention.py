@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from llm.nn.namespace import array_namespace, device
 
@@ -52,6 +53,37 @@ def rope_unrotate(xp: Any, dy: Any, cos: Any, sin_signed: Any) -> Any:
     dx = dy * cos
     dx -= _swap_halves(xp, dy) * sin_signed
     return dx
+
+
+class AttentionCache(NamedTuple):
+    """What :meth:`CausalSelfAttention.forward` keeps for its backward pass (and for attention maps).
+
+    x: the input (B*T, C); q: the queries (B, H, T, D), scaled by 1/sqrt(D) and rotated when rope; k: the keys
+    (B, H, T, D), rotated when rope; v: the values (B, H, T, D); probs: the attention probabilities (B, H, T, T);
+    heads: each head's output (B, H, T, D); merged: the heads side by side (B*T, C), the output projection's input.
+    """
+
+    x: Any
+    q: Any
+    k: Any
+    v: Any
+    probs: Any
+    heads: Any
+    merged: Any
+
+
+@dataclass(eq=False)
+class KVCache:
+    """One attention layer's keys and values of the positions seen so far, (B, H, T_past, D) each (rotated keys
+    when rope); None before the first :meth:`CausalSelfAttention.forward_cached`, which appends to them."""
+
+    keys: Any = None
+    values: Any = None
+
+    @property
+    def length(self) -> int:
+        """The number of positions cached."""
+        return 0 if self.keys is None else int(self.keys.shape[2])
 
 
 # Added to the scores of forbidden keys. Finite, so a row with every key masked (a padding query) gives a uniform
@@ -146,10 +178,10 @@ class CausalSelfAttention(Layer):
         # y: (B, H, T, D) -> (B*T, C)
         return xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (-1, self.d_model))
 
-    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
+    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, AttentionCache]:
         # x: (B*T, C) rows of B sequences of length T; key_mask: (B, T) bool, True for real tokens, or None
-        # -> y: (B*T, C), cache: (x, q, k, v, p, y_heads, y_merged); q and k rotated when rope, q scaled by
-        # 1/sqrt(D) (the scores' backward needs exactly those)
+        # -> y: (B*T, C), cache: AttentionCache; q and k rotated when rope, q scaled by 1/sqrt(D) (the scores'
+        # backward needs exactly those)
         xp = array_namespace(x)
         qkv, _ = self.qkv.forward(x)
         q, k, v = self._split_heads(xp, qkv, T)
@@ -160,14 +192,14 @@ class CausalSelfAttention(Layer):
         p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, T, key_mask, x))
         merged = self._merge_heads(xp, y)
         out, _ = self.proj.forward(merged)
-        return out, (x, q, k, v, p, y, merged)
+        return out, AttentionCache(x, q, k, v, p, y, merged)
 
-    def backward(self, dout: Any, cache: Any) -> Any:
+    def backward(self, dout: Any, cache: AttentionCache) -> Any:
         # dout: (B*T, C) -> dx: (B*T, C)
         xp = array_namespace(dout)
-        x, q, k, v, p, y, merged = cache
+        q, k, v, p, y = cache.q, cache.k, cache.v, cache.probs, cache.heads
         B, H, T, D = q.shape
-        dy = xp.permute_dims(xp.reshape(self.proj.backward(dout, merged), (B, T, H, D)), (0, 2, 1, 3))
+        dy = xp.permute_dims(xp.reshape(self.proj.backward(dout, cache.merged), (B, T, H, D)), (0, 2, 1, 3))
         dv = xp.matrix_transpose(p) @ dy  # (B, H, T, D)
         ds = dy @ xp.matrix_transpose(v)  # dp: (B, H, T, T)
         # Softmax backward: ds = p * (dp - sum_j p*dp). That row sum equals sum_d dy*y, which is T/D times cheaper.
@@ -187,20 +219,20 @@ class CausalSelfAttention(Layer):
         dqkv = xp.empty((B, T, 3, H, D), dtype=dq.dtype, device=device(dq))
         for i, g in enumerate((dq, dk, dv)):
             dqkv[:, :, i, ...] = xp.permute_dims(g, (0, 2, 1, 3))
-        return self.qkv.backward(xp.reshape(dqkv, (B * T, 3 * self.d_model)), x)
+        return self.qkv.backward(xp.reshape(dqkv, (B * T, 3 * self.d_model)), cache.x)
 
-    def forward_cached(self, x: Any, T: int, kv: dict) -> Any:
-        # x: (B*T_new, C), kv: {"k", "v": (B, H, T_past, D)} or empty -> (B*T_new, C). Inference only: no cache
-        # for backward; the new keys and values are appended to `kv`, so each new token costs one position.
+    def forward_cached(self, x: Any, T: int, kv: KVCache) -> Any:
+        # x: (B*T_new, C), kv: keys and values (B, H, T_past, D), or none yet -> (B*T_new, C). Inference only: no
+        # cache for backward; the new keys and values are appended to `kv`, so each new token costs one position.
         xp = array_namespace(x)
         q, k, v = self._split_heads(xp, x @ self.qkv.params["weight"], T)
         if self.rope:  # the new queries and keys at their absolute positions; the cache holds rotated keys
-            cos, sin = self._rope(xp, kv["k"].shape[2] if kv else 0, T, x)
+            cos, sin = self._rope(xp, kv.length, T, x)
             q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
         q = q * self.scale
-        if kv:
-            k = xp.concat((kv["k"], k), axis=2)
-            v = xp.concat((kv["v"], v), axis=2)
-        kv["k"], kv["v"] = k, v
+        if kv.keys is not None:
+            k = xp.concat((kv.keys, k), axis=2)
+            v = xp.concat((kv.values, v), axis=2)
+        kv.keys, kv.values = k, v
         _, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, k.shape[2], None, x))
         return self.proj.forward(self._merge_heads(xp, y))[0]

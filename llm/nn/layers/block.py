@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from llm.nn.layers.attention import CausalSelfAttention
+from llm.nn.layers.attention import AttentionCache, CausalSelfAttention, KVCache
 from llm.nn.layers.base import Layer
 from llm.nn.layers.feedforward import FeedForward
 from llm.nn.layers.layernorm import LayerNorm
+
+
+class BlockCache(NamedTuple):
+    """What :meth:`TransformerBlock.forward` keeps for its backward pass: each sub-layer's own cache."""
+
+    ln1: Any
+    attn: AttentionCache
+    ln2: Any
+    ff: Any
 
 
 class TransformerBlock(Layer):
@@ -30,7 +39,7 @@ class TransformerBlock(Layer):
         self.ff = FeedForward(backend, rng, d_model, d_ff, activation, out_std=out_std)
         self.children = {"ln1": self.ln1, "attn": self.attn, "ln2": self.ln2, "ff": self.ff}
 
-    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, Any]:
+    def forward(self, x: Any, T: int, key_mask: Any = None) -> tuple[Any, BlockCache]:
         # x: (B*T, C) -> y: (B*T, C), cache: the four sub-layers' caches
         if self.norm == "pre":
             a, c_ln1 = self.ln1.forward(x)
@@ -46,26 +55,25 @@ class TransformerBlock(Layer):
             s, c_ff = self.ff.forward(h)
             s += h
             y, c_ln2 = self.ln2.forward(s)
-        return y, (c_ln1, c_attn, c_ln2, c_ff)
+        return y, BlockCache(c_ln1, c_attn, c_ln2, c_ff)
 
-    def backward(self, dout: Any, cache: Any) -> Any:
+    def backward(self, dout: Any, cache: BlockCache) -> Any:
         # dout: (B*T, C) -> dx: (B*T, C)
-        c_ln1, c_attn, c_ln2, c_ff = cache
         if self.norm == "pre":
-            dh = self.ln2.backward(self.ff.backward(dout, c_ff), c_ln2)
+            dh = self.ln2.backward(self.ff.backward(dout, cache.ff), cache.ln2)
             dh += dout
-            dx = self.ln1.backward(self.attn.backward(dh, c_attn), c_ln1)
+            dx = self.ln1.backward(self.attn.backward(dh, cache.attn), cache.ln1)
             dx += dh
             return dx
-        dsum2 = self.ln2.backward(dout, c_ln2)
-        dh = self.ff.backward(dsum2, c_ff)
+        dsum2 = self.ln2.backward(dout, cache.ln2)
+        dh = self.ff.backward(dsum2, cache.ff)
         dh += dsum2
-        dsum1 = self.ln1.backward(dh, c_ln1)
-        dx = self.attn.backward(dsum1, c_attn)
+        dsum1 = self.ln1.backward(dh, cache.ln1)
+        dx = self.attn.backward(dsum1, cache.attn)
         dx += dsum1
         return dx
 
-    def forward_cached(self, x: Any, T: int, kv: dict) -> Any:
+    def forward_cached(self, x: Any, T: int, kv: KVCache) -> Any:
         # x: (B*T_new, C) -> (B*T_new, C); inference with the attention KV cache `kv`
         ln1, ln2 = self.ln1, self.ln2
         if self.norm == "pre":

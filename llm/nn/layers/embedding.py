@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import math
 
@@ -24,6 +24,13 @@ def sinusoid_table(xp: Any, n: int, dim: int, like: Any, scale: float = 1.0, bas
     angle = t * xp.exp(i * (-2.0 * math.log(base) / dim))
     table = xp.reshape(xp.stack((xp.sin(angle), xp.cos(angle)), axis=-1), (n, -1))[:, :dim]  # sin, cos interleaved
     return xp.astype(table * scale, like.dtype)
+
+
+class EmbeddingCache(NamedTuple):
+    """What :meth:`Embedding.forward` keeps: the token ids flattened (B*T,) and the sequence length T."""
+
+    flat_ids: Any
+    T: int
 
 
 class Embedding(Layer):
@@ -56,7 +63,7 @@ class Embedding(Layer):
             table = self._tables[key] = sinusoid_table(xp, self.max_seq_len, self.d_model, like, self.std)
         return table
 
-    def forward(self, tokens: Any, start: int = 0) -> tuple[Any, Any]:
+    def forward(self, tokens: Any, start: int = 0) -> tuple[Any, EmbeddingCache]:
         # tokens: (B, T) int -> x: (B*T, C) rows in (b, t) order, cache: (flat ids (B*T,), T)
         # `start` offsets the positions (used with a KV cache)
         xp = array_namespace(tokens)
@@ -66,12 +73,12 @@ class Embedding(Layer):
         position = self._position(xp, tok)
         if position is not None:
             tok += position[start:start + T, :]
-        return xp.reshape(tok, (B * T, self.d_model)), (flat_ids, T)
+        return xp.reshape(tok, (B * T, self.d_model)), EmbeddingCache(flat_ids, T)
 
-    def backward(self, dout: Any, cache: Any) -> None:
+    def backward(self, dout: Any, cache: EmbeddingCache) -> None:
         # dout: (B*T, C); tokens are integers, so there is no input gradient to return
         xp = array_namespace(dout)
-        flat_ids, T = cache
+        flat_ids, T = cache.flat_ids, cache.T
         # A true scatter-add: a token id repeated in the batch accumulates every one of its gradients.
         index_add(self.grads["token"], flat_ids, dout)
         if "position" not in self.grads:  # a fixed table (or none): nothing to learn

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from llm.nn.namespace import array_namespace
 
@@ -12,6 +12,15 @@ from llm.nn.layers.linear import Linear
 
 _GELU_A = math.sqrt(2.0 / math.pi)
 _GELU_B = 0.044715
+
+
+class FeedForwardCache(NamedTuple):
+    """What :meth:`FeedForward.forward` keeps: the input x (N, C); gelu, GELU's input h and tanh term t,
+    (N, d_ff) each, or None for ReLU (it rebuilds its gate from a > 0); a, the activation's output (N, d_ff)."""
+
+    x: Any
+    gelu: tuple | None
+    a: Any
 
 
 class FeedForward(Layer):
@@ -29,8 +38,8 @@ class FeedForward(Layer):
         self.fc2 = Linear(backend, rng, d_ff, d_model, std=out_std)
         self.children = {"fc1": self.fc1, "fc2": self.fc2}
 
-    def forward(self, x: Any) -> tuple[Any, Any]:
-        # x: (N, C) -> y: (N, C); hidden h: (N, d_ff). cache: (x, act cache, a) for fc1, the activation, fc2
+    def forward(self, x: Any) -> tuple[Any, FeedForwardCache]:
+        # x: (N, C) -> y: (N, C); hidden h: (N, d_ff). cache: x for fc1, (h, t) for GELU, a for fc2
         xp = array_namespace(x)
         h, _ = self.fc1.forward(x)
         if self.activation == "relu":
@@ -43,17 +52,17 @@ class FeedForward(Layer):
             act = (h, t)
             a = 0.5 * h * (1.0 + t)
         y, _ = self.fc2.forward(a)
-        return y, (x, act, a)
+        return y, FeedForwardCache(x, act, a)
 
-    def backward(self, dout: Any, cache: Any) -> Any:
+    def backward(self, dout: Any, cache: FeedForwardCache) -> Any:
         # dout: (N, C) -> dx: (N, C)
         xp = array_namespace(dout)
-        x, act, a = cache
+        a = cache.a
         da = self.fc2.backward(dout, a)
         if self.activation == "relu":
             da *= xp.astype(a > 0, a.dtype)  # dh
         else:
-            h, t = act
+            h, t = cache.gelu
             dtanh = (1.0 - t * t) * _GELU_A * (1.0 + 3.0 * _GELU_B * h * h)
             da *= 0.5 * (1.0 + t) + 0.5 * h * dtanh
-        return self.fc1.backward(da, x)
+        return self.fc1.backward(da, cache.x)
