@@ -5,7 +5,15 @@ They live here, not in ``llm/``, so that ``backends`` imports nothing from ``llm
 
 
 class LLMError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose.
+
+    ``param`` (optional) names the parameter the error is about, by its library name (``"lr"``, ``"max_seq_len"``),
+    as the message does: a command line shows that name as its flag (``--lr``), a library user as it is.
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class ConfigError(LLMError, ValueError):

@@ -123,7 +123,7 @@ def test_argument_types_in_a_parser_give_argparses_usage_error(capsys):
         p.parse_args(["--seed", "-1"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage:") and "argument --seed: must be >= 0, got -1" in err, err
+    assert err.startswith("usage:") and "argument --seed: must be an integer >= 0, got -1" in err, err
 
 
 # -- one command for the three CLIs: `arraygpt train|chat|text` and `python -m llm ...` ---------------------------------

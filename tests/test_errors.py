@@ -198,15 +198,15 @@ def test_auto_falls_back_to_numpy_without_cupy(monkeypatch, fresh_backends):
 # -- recipes and optimizer ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(batch_size=0), ["batch size", ">= 1"]),
-    (dict(batch_size=-2), ["batch size"]),
-    (dict(pretrain_epochs=-1), ["pretrain epochs", ">= 0"]),
-    (dict(chat_epochs=2.5), ["chat epochs"]),
-    (dict(lr_pretrain=0.0), ["lr pretrain", "positive"]),
-    (dict(lr_chat=-1e-3), ["lr chat", "positive"]),
-    (dict(lr_chat=math.nan), ["lr chat"]),
-    (dict(clip_norm=0), ["clip norm"]),
-    (dict(weight_decay=-0.1), ["weight decay"]),
+    (dict(batch_size=0), ["batch_size", ">= 1"]),
+    (dict(batch_size=-2), ["batch_size"]),
+    (dict(pretrain_epochs=-1), ["pretrain_epochs", ">= 0"]),
+    (dict(chat_epochs=2.5), ["chat_epochs"]),
+    (dict(lr_pretrain=0.0), ["lr_pretrain", "positive"]),
+    (dict(lr_chat=-1e-3), ["lr_chat", "positive"]),
+    (dict(lr_chat=math.nan), ["lr_chat"]),
+    (dict(clip_norm=0), ["clip_norm"]),
+    (dict(weight_decay=-0.1), ["weight_decay"]),
     (dict(loss_on="some"), ["loss_on"]),
 ])
 def test_recipe_out_of_range(kwargs, words):
@@ -379,7 +379,7 @@ def test_batching_settings_out_of_range(tiny):
     with pytest.raises(ConfigError, match="loss_on"):
         encode_corpus(CHAT, tok, 16, loss_on="question")
     examples = encode_corpus(PRETRAIN, tok, 16)
-    with pytest.raises(ConfigError, match="batch size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         next(iterate_batches(examples, 0, tok.pad_id))
 
 

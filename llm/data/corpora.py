@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from llm import checks
 from llm.errors import ConfigError, DataError, LLMWarning
 
 EOS_MARKER = "</s>"
@@ -193,8 +194,7 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
     ``User: ... Assistant: ... </s>``; ``"all"`` counts every token. Longer sequences are truncated, with one
     warning saying how many.
     """
-    if loss_on not in ("all", "answer"):
-        raise ConfigError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
+    checks.one_of(loss_on, ("all", "answer"), "loss_on")
     examples, truncated, left_out = [], 0, 0
     for text in texts:
         if loss_on == "answer":
@@ -215,8 +215,9 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
         warnings.warn(f"{truncated} of {len(texts)} sequences are longer than max_seq_len {max_seq_len} + 1 "
                       "tokens and were truncated", LLMWarning, stacklevel=2)
     if left_out:
-        warnings.warn(f"{left_out} of {len(texts)} dialogues were left out: the question alone fills max_seq_len "
-                      f"{max_seq_len}, leaving no answer token to learn; raise --max-seq-len", LLMWarning, stacklevel=2)
+        warnings.warn(LLMWarning(f"{left_out} of {len(texts)} dialogues were left out: the question alone fills "
+                                 f"max_seq_len {max_seq_len}, leaving no answer token to learn; raise max_seq_len",
+                                 param="max_seq_len"), stacklevel=2)
     return examples
 
 
@@ -241,8 +242,7 @@ def iterate_batches(examples: list[Example], batch_size: int, pad_id: int,
 
     `start` skips the first batches (resuming mid-epoch). The last batch may be smaller.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    checks.positive_int(batch_size, "batch_size")
     order = np.arange(len(examples)) if order is None else order
     for i in range(start * batch_size, len(order), batch_size):
         yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
@@ -299,8 +299,7 @@ def spread_offsets(n_tokens: int, n_windows: int, seq_len: int) -> np.ndarray:
 def split_validation(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(training texts, validation texts): ``round(fraction * n)`` texts chosen at random with `seed` (at least one
     when fraction > 0 and there are two or more), both in corpus order."""
-    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
-        raise ConfigError(f"val fraction must be a number in [0, 1), got {fraction!r}")
+    fraction = checks.fraction(fraction, "val_fraction")
     n = len(texts)
     k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
     if k == 0:
