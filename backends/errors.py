@@ -8,7 +8,7 @@ class LLMError(Exception):
     """Base class of every error this library raises on purpose.
 
     ``param`` (optional) names the parameter the error is about, by its library name (``"lr"``, ``"max_seq_len"``),
-    as the message does: a command line shows that name as its flag (``--lr``), a library user as it is.
+    as the message does: a command line shows that name as its flag, a library user as it is.
     """
 
     def __init__(self, *args: object, param: str | None = None) -> None:

@@ -3,7 +3,7 @@
 Every error the library raises on bad input is an ``LLMError``; its message is one line that says what was wrong
 and what to do, naming parameters by their library names (``max_seq_len``), never by a command-line flag. An error
 about one parameter says which in ``exc.param``; the CLIs print the line with that name turned into the flag
-(``--max-seq-len``) and exit non-zero instead of showing a traceback.
+and exit non-zero instead of showing a traceback.
 """
 
 

@@ -57,10 +57,14 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Library parameters every command spells with another flag: the backend is chosen with --device everywhere.
+SHARED_FLAGS: Mapping[str, str] = {"backend": "--device"}
+
+
 def flag_of(param: str, flags: Mapping[str, str] | None = None) -> str:
     """The flag a command line gives library parameter `param`: ``flags[param]`` where the command names it
-    otherwise (``{"path": "--out"}``), else :func:`flag_name`."""
-    return (flags or {}).get(param) or flag_name(param)
+    otherwise (``{"path": "--checkpoint"}``), else :data:`SHARED_FLAGS`, else :func:`flag_name` (``--param-name``)."""
+    return (flags or {}).get(param) or SHARED_FLAGS.get(param) or flag_name(param)
 
 
 def cli_message(exc: object, flags: Mapping[str, str] | None = None) -> str:
@@ -68,12 +72,12 @@ def cli_message(exc: object, flags: Mapping[str, str] | None = None) -> str:
     (``exc.param``, if any) replaced by that parameter's flag wherever it stands as a word of its own.
 
     ``ConfigError("max_seq_len must be an integer >= 1, got 0", param="max_seq_len")`` ->
-    ``"--max-seq-len must be an integer >= 1, got 0"``. A name inside a path or a longer name is left alone:
-    ``lr`` does not touch ``min_lr`` or ``runs/lr``."""
+    ``"--max-seq-len must be a positive integer (>= 1), got 0"``. A name inside a longer name, a path or a quoted
+    value is left alone: ``lr`` does not touch ``min_lr``, ``runs/lr``, ``lr.json``, ``lr:`` or ``'lr'``."""
     message, param = str(exc), getattr(exc, "param", None)
     if not param:
         return message
-    word = re.compile(rf"(?<![\w\-/.]){re.escape(param)}(?![\w\-/])")
+    word = re.compile(rf"(?<![\w\-/.:'\"]){re.escape(param)}(?![\w\-/.:'\"])")
     return word.sub(lambda _: flag_of(param, flags), message)
 
 
@@ -217,7 +221,7 @@ def fraction(text: str) -> float:
 
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "MEMORY_HINT", "error", "exit_code",
-           "setup_streams", "one_line_warnings", "run_cli", "flag_name", "flag_of", "cli_message", "int_at_least", "nonnegative_int", "positive_int",
+           "setup_streams", "one_line_warnings", "run_cli", "flag_name", "flag_of", "cli_message", "SHARED_FLAGS", "int_at_least", "nonnegative_int", "positive_int",
            "positive_float", "nonnegative_float", "fraction", "number", "workers_flag", "run_script"]
 
 

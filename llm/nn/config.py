@@ -37,15 +37,14 @@ class GPTConfig:
             object.__setattr__(self, name, checks.positive_int(getattr(self, name), name))
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}: "
-                              "pick n_heads dividing it", param="n_heads")
+                              "pick n_heads dividing it")
         checks.one_of(self.activation, ("relu", "gelu"), "activation")
         checks.one_of(self.norm, ("pre", "post"), "norm")
         object.__setattr__(self, "tie_weights", checks.boolean(self.tie_weights, "tie_weights"))
         checks.one_of(self.pos_encoding, POS_ENCODINGS, "pos_encoding")
         if self.pos_encoding == "rope" and (self.d_model // self.n_heads) % 2:
             raise ConfigError(f"pos_encoding rope rotates pairs of channels, so the head size d_model / n_heads "
-                              f"must be even, got {self.d_model} / {self.n_heads} = {self.d_model // self.n_heads}",
-                              param="n_heads")
+                              f"must be even, got {self.d_model} / {self.n_heads} = {self.d_model // self.n_heads}")
         for name in ("ln_eps", "init_std"):
             object.__setattr__(self, name, checks.positive_number(getattr(self, name), name))
 
