@@ -178,9 +178,10 @@ def _make_cupy(dtype: str) -> Backend:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         raise BackendUnavailableError(f'backend "cuda": no CUDA device visible ({_one_line(exc)}); '
-                                      "check nvidia-smi, or use --device cpu") from None
+                                      "check nvidia-smi, or use backend cpu", param="backend") from None
     if count < 1:
-        raise BackendUnavailableError('backend "cuda": no CUDA device visible; check nvidia-smi, or use --device cpu')
+        raise BackendUnavailableError('backend "cuda": no CUDA device visible; check nvidia-smi, or use backend cpu',
+                                      param="backend")
     try:
         float(cupy.arange(4, dtype=cupy.float32).sum())  # compiles a kernel: catches missing NVRTC / driver issues
     except Exception as exc:
@@ -205,7 +206,8 @@ def _make_torch(dtype: str, cuda: bool) -> Backend:
             'backend "torch" needs PyTorch: pip install -e ".[torch]" (CPU only: pip install torch==2.13.0)'
         ) from None
     if cuda and not torch.cuda.is_available():
-        raise BackendUnavailableError('backend "torch:cuda": no CUDA device visible to PyTorch; use --device torch')
+        raise BackendUnavailableError('backend "torch:cuda": no CUDA device visible to PyTorch; use backend torch',
+                                      param="backend")
     _tune_allocator()
     dev = torch.device("cuda" if cuda else "cpu")
 

@@ -29,12 +29,14 @@ def graphs_supported(backend: Any) -> str | None:
 
 
 def use_graphs(backend: Any, mode: str) -> bool:
-    """Resolve ``--cuda-graphs auto|on|off`` for `backend`; "on" where unsupported is an error naming why."""
+    """Resolve a ``cuda_graphs`` setting (auto, on or off) for `backend`; "on" where unsupported is an error naming
+    why. The errors name the setting by its parameter, ``cuda_graphs`` (``param``; a command line: its flag)."""
     if mode not in GRAPH_MODES:
-        raise ConfigError(f"cuda graphs must be one of {', '.join(GRAPH_MODES)}, got {mode!r}")
+        raise ConfigError(f"cuda_graphs must be one of {', '.join(GRAPH_MODES)}, got {mode!r}", param="cuda_graphs")
     reason = graphs_supported(backend)
     if mode == "on" and reason is not None:
-        raise BackendUnavailableError(f"--cuda-graphs on: {reason}; use --device torch:cuda or --cuda-graphs auto")
+        raise BackendUnavailableError(f"cuda_graphs on: {reason}; use the torch:cuda backend or cuda_graphs auto",
+                                      param="cuda_graphs")
     return mode != "off" and reason is None
 
 

@@ -7,8 +7,8 @@ They live here, not in ``llm/``, so that ``backends`` imports nothing from ``llm
 class LLMError(Exception):
     """Base class of every error this library raises on purpose.
 
-    ``param`` names the library parameter the error is about (``"lr"``, ``"max_seq_len"``), so that a command line
-    can say it in its own words (its flag); None when the error is about no one parameter.
+    ``param`` (optional) names the parameter the error is about, by its library name (``"lr"``, ``"max_seq_len"``),
+    as the message does: a command line shows that name as its flag, a library user as it is.
     """
 
     def __init__(self, *args: object, param: str | None = None) -> None:

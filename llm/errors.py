@@ -1,7 +1,9 @@
 """Exception types users can catch.
 
 Every error the library raises on bad input is an ``LLMError``; its message is one line that says what was wrong
-and what to do. The CLIs print that line and exit non-zero instead of showing a traceback.
+and what to do, naming parameters by their library names (``max_seq_len``), never by a command-line flag. An error
+about one parameter says which in ``exc.param``; the CLIs print the line with that name turned into the flag
+and exit non-zero instead of showing a traceback.
 """
 
 
@@ -43,7 +45,15 @@ __all__ = [
 
 
 class LLMWarning(UserWarning):
-    """A recoverable problem in the input (e.g. a corpus entry without ``</s>``); said once, then handled."""
+    """A recoverable problem in the input (e.g. a corpus entry without ``</s>``); said once, then handled.
+
+    Like an :class:`LLMError` it may name the parameter it is about (``param``), for the command lines to show
+    as its flag: ``warnings.warn(LLMWarning("...; raise max_seq_len", param="max_seq_len"))``.
+    """
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 __all__.append("LLMWarning")

@@ -41,28 +41,30 @@ def require_matplotlib() -> None:
                                    "(or pip install matplotlib)") from None
 
 
-def check_plot_path(path: str | os.PathLike, what: str = "the plot path") -> Path:
+def check_plot_path(path: str | os.PathLike, what: str | None = None, *, param: str | None = None) -> Path:
     """Check, before any work, that a PNG can be written at `path` (and its CSV beside it); returns it as a Path.
 
     ConfigError for a path that is empty, not ``.png``, a directory, or in a directory that is missing or not
-    writable; PlotUnavailableError when matplotlib is missing.
+    writable; PlotUnavailableError when matplotlib is missing. The messages call the path `what`, by default the
+    parameter it was given as (`param`, which the errors carry: ``check_plot_path(p, param="plot")``).
     """
+    what = what or param or "the plot path"
     text = os.fspath(path)
     if not str(text).strip():
-        raise ConfigError(f"{what} is empty: give a file name ending in .png")
+        raise ConfigError(f"{what} is empty: give a file name ending in .png", param=param)
     p = Path(text)
     if p.suffix.lower() != ".png":
         raise ConfigError(f"{what} {text} does not end in .png: the figure is written as a PNG (its numbers go to "
-                          "a .csv beside it)")
+                          "a .csv beside it)", param=param)
     if p.is_dir():
-        raise ConfigError(f"{what} {text} is a directory: give a file name ending in .png")
+        raise ConfigError(f"{what} {text} is a directory: give a file name ending in .png", param=param)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
-        raise ConfigError(f"{what} {text}: directory {parent} does not exist; create it first")
+        raise ConfigError(f"{what} {text}: directory {parent} does not exist; create it first", param=param)
     if not parent.is_dir():
-        raise ConfigError(f"{what} {text}: {parent} is not a directory")
+        raise ConfigError(f"{what} {text}: {parent} is not a directory", param=param)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {text}: directory {parent} is not writable; choose another path")
+        raise ConfigError(f"{what} {text}: directory {parent} is not writable; choose another path", param=param)
     require_matplotlib()
     return p
 

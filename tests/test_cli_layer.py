@@ -123,7 +123,73 @@ def test_argument_types_in_a_parser_give_argparses_usage_error(capsys):
         p.parse_args(["--seed", "-1"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage:") and "argument --seed: must be >= 0, got -1" in err, err
+    assert err.startswith("usage:") and "argument --seed: must be an integer >= 0, got -1" in err, err
+
+
+# -- library errors name parameters; the command line shows them as flags (issue 16, item 3) ---------------------------
+
+@pytest.mark.parametrize("exc, flags, shown", [
+    (ConfigError("max_seq_len must be a positive integer (>= 1), got 0", param="max_seq_len"), None,
+     "--max-seq-len must be a positive integer (>= 1), got 0"),
+    (ConfigError("min_lr 0.1 is above lr 0.01; give a smaller min_lr", param="min_lr"), None,
+     "--min-lr 0.1 is above lr 0.01; give a smaller --min-lr"),  # lr stays: only the parameter named is a flag
+    (ConfigError("lr must be a finite positive number, got -1", param="lr"), {"lr": "--lr-pretrain"},
+     "--lr-pretrain must be a finite positive number, got -1"),  # the command's own spelling wins
+    (CheckpointError("cannot save to runs/out: out.lock is 'out'; choose another destination (out)", param="out"),
+     None, "cannot save to runs/out: out.lock is 'out'; choose another destination (--out)"),  # paths, values kept
+    (BackendUnavailableError('backend "cuda": no CUDA device visible; use backend cpu', param="backend"), None,
+     '--device "cuda": no CUDA device visible; use --device cpu'),  # every command picks the backend with --device
+    (ConfigError("lr must be a finite positive number, got -1"), {"lr": "--lr-chat"},
+     "lr must be a finite positive number, got -1"),  # no param: the message as it is
+])
+def test_a_parameter_is_shown_as_its_flag(capsys, exc, flags, shown):
+    assert cli.cli_message(exc, flags) == shown
+    assert cli.run_cli(_raising(exc), flags=flags) == cli.exit_code(exc)
+    assert capsys.readouterr().err == f"error: {shown}\n"
+
+
+def test_flag_of_takes_the_commands_mapping_then_the_shared_one_then_the_name():
+    assert cli.flag_of("lr_pretrain") == "--lr-pretrain"
+    assert cli.flag_of("backend") == "--device"
+    assert cli.flag_of("path", {"path": "--checkpoint"}) == "--checkpoint"
+    assert cli.flag_of("backend", {"backend": "--engine"}) == "--engine"
+
+
+def test_a_warning_naming_a_parameter_shows_its_flag():
+    import warnings
+
+    from llm.errors import LLMWarning
+
+    saved = warnings.formatwarning, warnings.filters[:]
+    try:
+        cli.one_line_warnings({"max_seq_len": "--context"})
+        shown = [warnings.formatwarning(w, LLMWarning, "f.py", 1) for w in (
+            LLMWarning("the questions fill max_seq_len 8; raise max_seq_len", param="max_seq_len"),
+            LLMWarning("plain"))]
+    finally:
+        warnings.formatwarning, warnings.filters[:] = saved
+    assert shown == ["warning: the questions fill --context 8; raise --context\n", "warning: plain\n"]
+
+
+def test_the_argument_types_apply_the_library_rules():
+    """One rule, one wording: an argparse type says what llm.checks says, without the parameter (argparse names
+    the flag)."""
+    from llm import checks
+
+    for parse, check, text in [(cli.positive_int, checks.positive_int, "0"),
+                               (cli.nonnegative_int, checks.nonnegative_int, "-2"),
+                               (cli.positive_float, checks.positive_number, "-1.5"),
+                               (cli.nonnegative_float, checks.nonnegative_number, "-1.5"),
+                               (cli.fraction, checks.fraction, "1")]:
+        with pytest.raises(ConfigError) as library:
+            check(cli.number(text) if "." in text or check is checks.fraction else int(text), "x")
+        with pytest.raises(argparse.ArgumentTypeError) as flag:
+            parse(text)
+        assert str(library.value) == "x " + str(flag.value), (str(library.value), str(flag.value))
+    assert cli.fraction("0.25") == 0.25
+    assert cli.workers_flag("auto") == "auto" and cli.workers_flag("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="'auto' or an integer >= 1"):
+        cli.workers_flag("0")
 
 
 # -- one command for the three CLIs: `arraygpt train|chat|text` and `python -m llm ...` ---------------------------------

@@ -852,8 +852,8 @@ def test_budget_in_steps_cosine_and_a_validation_split(corpora):
 
 @pytest.mark.parametrize("args, words", [
     (["--pretrain-epochs", "1", "--pretrain-steps", "3"], ["--pretrain-epochs", "--pretrain-steps", "give one"]),
-    (["--val-fraction", "1"], ["val fraction", "[0, 1)"]),
-    (["--schedule", "cosine", "--min-lr", "1"], ["min lr", "above the learning rate"]),
+    (["--val-fraction", "1"], ["--val-fraction", "[0, 1)"]),  # the library's val_fraction, said as the flag
+    (["--schedule", "cosine", "--min-lr", "1"], ["--min-lr", "above the learning rate"]),
 ])
 def test_bad_budgets_and_schedules_fail_before_training(corpora, args, words):
     r = train(*corpora, *args)

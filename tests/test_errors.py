@@ -199,15 +199,15 @@ def test_auto_falls_back_to_numpy_without_cupy(monkeypatch, fresh_backends):
 # -- recipes and optimizer ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(batch_size=0), ["batch size", ">= 1"]),
-    (dict(batch_size=-2), ["batch size"]),
-    (dict(pretrain_epochs=-1), ["pretrain epochs", ">= 0"]),
-    (dict(chat_epochs=2.5), ["chat epochs"]),
-    (dict(lr_pretrain=0.0), ["lr pretrain", "positive"]),
-    (dict(lr_chat=-1e-3), ["lr chat", "positive"]),
-    (dict(lr_chat=math.nan), ["lr chat"]),
-    (dict(clip_norm=0), ["clip norm"]),
-    (dict(weight_decay=-0.1), ["weight decay"]),
+    (dict(batch_size=0), ["batch_size", ">= 1"]),
+    (dict(batch_size=-2), ["batch_size"]),
+    (dict(pretrain_epochs=-1), ["pretrain_epochs", ">= 0"]),
+    (dict(chat_epochs=2.5), ["chat_epochs"]),
+    (dict(lr_pretrain=0.0), ["lr_pretrain", "positive"]),
+    (dict(lr_chat=-1e-3), ["lr_chat", "positive"]),
+    (dict(lr_chat=math.nan), ["lr_chat"]),
+    (dict(clip_norm=0), ["clip_norm"]),
+    (dict(weight_decay=-0.1), ["weight_decay"]),
     (dict(loss_on="some"), ["loss_on"]),
 ])
 def test_recipe_out_of_range(kwargs, words):
@@ -243,24 +243,24 @@ def test_adam_settings_out_of_range(tiny, kwargs):
     (math.nan, None, None, "temperature"),
     (math.inf, None, None, "temperature"),
     ("hot", None, None, "temperature"),
-    (1.0, 0, None, "top-k"),
-    (1.0, -3, None, "top-k"),
-    (1.0, 2.5, None, "top-k"),
-    (1.0, True, None, "top-k"),
-    (1.0, None, 0, "top-p"),
-    (1.0, None, -0.5, "top-p"),
-    (1.0, None, 1.01, "top-p"),
-    (1.0, None, math.nan, "top-p"),
+    (1.0, 0, None, "top_k"),
+    (1.0, -3, None, "top_k"),
+    (1.0, 2.5, None, "top_k"),
+    (1.0, True, None, "top_k"),
+    (1.0, None, 0, "top_p"),
+    (1.0, None, -0.5, "top_p"),
+    (1.0, None, 1.01, "top_p"),
+    (1.0, None, math.nan, "top_p"),
 ])
 def test_sampling_settings_out_of_range(temperature, top_k, top_p, word):
     with pytest.raises(ConfigError) as exc:
         check_sampling(temperature, top_k, top_p)
-    assert word in one_line(exc)
+    assert word in one_line(exc) and exc.value.param == word  # the library name, which a CLI shows as the flag
 
 
 def test_generate_rejects_bad_sampling_before_running(tiny):
     model, tok = tiny
-    with pytest.raises(ConfigError, match="top-p"):
+    with pytest.raises(ConfigError, match="top_p"):
         generate(model, tok, "Ice floats", top_p=0)
     with pytest.raises(ConfigError, match="max_new_tokens"):
         generate(model, tok, "Ice floats", max_new_tokens=-1)
@@ -445,3 +445,78 @@ def test_checkpoint_load_errors(tmp_path):
         ck.load_checkpoint(tmp_path / "nope", "cpu")
     with pytest.raises(CheckpointError, match="missing"):
         ck.load_checkpoint(tmp_path, "cpu")
+
+
+# -- library errors name library parameters, never command-line flags (issue 16, item 3) -------------------------------
+
+def test_an_error_carries_the_parameter_it_is_about():
+    import pickle
+
+    exc = ConfigError("lr must be a finite positive number, got -1", param="lr")
+    assert exc.param == "lr" and str(exc) == "lr must be a finite positive number, got -1"
+    assert ConfigError("no parameter").param is None and LLMWarning("w", param="x").param == "x"
+    again = pickle.loads(pickle.dumps(exc))  # errors cross threads and processes
+    assert again.param == "lr" and str(again) == str(exc)
+
+
+@pytest.mark.parametrize("make, param, start", [
+    (lambda: Recipe(batch_size=0), "batch_size", "batch_size must be"),
+    (lambda: Recipe(val_fraction=1.0), "val_fraction", "val_fraction must be"),
+    (lambda: Recipe(schedule="cosine", min_lr=1.0), "min_lr", "min_lr 1 is above"),
+    (lambda: Recipe(loss_on="some"), "loss_on", "loss_on must be one of"),
+    (lambda: GPTConfig(vocab_size=10, max_seq_len=0), "max_seq_len", "max_seq_len must be"),
+    (lambda: GPTConfig(vocab_size=10, tie_weights="no"), "tie_weights", "tie_weights must be"),
+    (lambda: check_sampling(1.0, None, 2.0), "top_p", "top_p must be"),
+])
+def test_settings_errors_name_the_parameter(make, param, start):
+    with pytest.raises(ConfigError) as exc:
+        make()
+    assert exc.value.param == param and str(exc.value).startswith(start), str(exc.value)
+
+
+def test_a_phase_error_says_which_phase_and_which_parameter():
+    from llm.training.schedule import Phase
+
+    with pytest.raises(ConfigError) as exc:
+        Phase("facts", ("x </s>",), -1.0, steps=3)
+    assert str(exc.value).startswith("phase 'facts': lr must be a finite positive number") and exc.value.param == "lr"
+
+
+def test_a_destination_error_names_the_out_parameter_not_the_flag(tmp_path):
+    from llm.checkpoint import check_destination
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError) as exc:
+        check_destination(blocker)
+    assert exc.value.param == "out" and "another destination (out)" in str(exc.value) and "--" not in str(exc.value)
+
+
+def test_cuda_graphs_on_where_unsupported_names_the_parameter():
+    from backends.capture import use_graphs
+
+    with pytest.raises(BackendUnavailableError) as exc:
+        use_graphs(get_backend("cpu"), "on")
+    assert exc.value.param == "cuda_graphs" and str(exc.value).startswith("cuda_graphs on: ") and "--" not in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        use_graphs(get_backend("cpu"), "sometimes")
+    assert exc.value.param == "cuda_graphs"
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+# Being rewritten elsewhere in this issue: they say parameters there, then leave this set.
+_FLAGS_NOT_YET_CONVERTED = {"backends/distributed.py"}  # gone with backends/comm (the docs merge)
+
+
+def test_library_text_names_no_command_line_flag():
+    """Every string in llm/ (outside llm/cli and the `arraygpt` entry point) and backends/: a user of llm.Trainer or
+    llm.load gets no advice about flags they never passed."""
+    found = []
+    for path in sorted([*(ROOT / "llm").rglob("*.py"), *(ROOT / "backends").rglob("*.py")]):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("llm/cli/") or rel == "llm/__main__.py" or rel in _FLAGS_NOT_YET_CONVERTED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _FLAG.search(node.value):
+                found.append(f"{rel}:{node.lineno}: {_FLAG.search(node.value).group()}")
+    assert not found, found

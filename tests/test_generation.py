@@ -462,8 +462,8 @@ def test_decoding_settings_are_checked_once_and_plain():
     assert DecodingSettings() == DecodingSettings(0.0, None, None, 50, None)  # generate_ids' defaults
     with pytest.raises(AttributeError):
         s.temperature = 1.0  # frozen
-    for kwargs, pattern in (({"temperature": -1}, "temperature"), ({"top_k": 0}, "top-k"),
-                            ({"top_p": 1.5}, "top-p"), ({"max_new_tokens": -1}, "max_new_tokens"),
+    for kwargs, pattern in (({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"),
+                            ({"top_p": 1.5}, "top_p"), ({"max_new_tokens": -1}, "max_new_tokens"),
                             ({"max_new_tokens": True}, "max_new_tokens"), ({"seed": -2}, "seed")):
         with pytest.raises(ConfigError, match=pattern):
             DecodingSettings(**kwargs)

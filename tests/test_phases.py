@@ -48,10 +48,10 @@ def test_scheduled_lr_warmup_then_constant_or_cosine():
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(schedule="linear"), "schedule must be one of"),
-    (dict(schedule="cosine", min_lr=1.0), "min lr 1 is above the learning rate"),
-    (dict(val_fraction=1.0), "val fraction must be a number in [0, 1)"),
-    (dict(pretrain_steps=-1), "pretrain steps must be an integer >= 0"),
-    (dict(min_lr=-0.1), "min lr must be >= 0"),
+    (dict(schedule="cosine", min_lr=1.0), "min_lr 1 is above the learning rate"),
+    (dict(val_fraction=1.0), "val_fraction must be a number in [0, 1)"),
+    (dict(pretrain_steps=-1), "pretrain_steps must be an integer >= 0"),
+    (dict(min_lr=-0.1), "min_lr must be a finite number >= 0"),
 ])
 def test_recipe_rejects_bad_schedules_and_budgets(kwargs, words):
     with pytest.raises(ConfigError) as info:

@@ -140,7 +140,7 @@ def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
         found = find_checkpoint(path)
         if found is None:
             raise CheckpointError(f"checkpoint directory {path} does not exist; check the path "
-                                  "(a checkpoint is the directory a training run wrote with --out)")
+                                  "(a checkpoint is the directory a training run saved to)")
         warnings.warn(LLMWarning(f"checkpoint {path} is missing because a save was interrupted; loading the newest "
                                  f"complete checkpoint it left, {found.path} (the next save to {path} puts one back "
                                  "in place)"), stacklevel=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from llm import checks
 from llm.errors import CheckpointError
 
 
@@ -27,12 +28,11 @@ def restore_trainer(ckpt: Any, pretrain_texts: list[str], chat_texts: list[str],
                               "not resumed; start a new run instead")
     if saved.trainer != "recipe":
         raise CheckpointError(f"checkpoint {ckpt.path} holds a book trainer's run (arraygpt text): continue it with "
-                              "TextRun.load (arraygpt text --resume), not restore_trainer")
+                              "TextRun.load (as `arraygpt text` does), not restore_trainer")
     for key in ("recipe", "seed"):
         if key in trainer_kwargs:
             raise CheckpointError(f"restore_trainer takes the {key} from the checkpoint; do not pass {key}=")
-    if not isinstance(allow_other_corpus, bool):
-        raise CheckpointError(f"allow_other_corpus must be True or False, got {allow_other_corpus!r}")
+    checks.boolean(allow_other_corpus, "allow_other_corpus")
     trainer = Trainer(ckpt.model, ckpt.tokenizer, pretrain_texts, chat_texts, saved.settings, seed=saved.seed,
                       **trainer_kwargs)
     if saved.fingerprints is not None and not allow_other_corpus:

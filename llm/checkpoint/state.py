@@ -29,7 +29,8 @@ import safetensors.numpy
 
 from llm.checkpoint._common import OPTIMIZER_FILE, TRAINING_FILE, _RESAVE, _json_bytes, _one_line, _read_json
 from llm.checkpoint.files import _read_tensors
-from llm.errors import CheckpointError, SaveRefusedError, ConfigError
+from llm import checks
+from llm.errors import CheckpointError, ConfigError, SaveRefusedError
 
 TRAINERS = ("recipe", "text")  # which trainer wrote a training state
 SETTINGS_KEY = {"recipe": "recipe", "text": "settings"}
@@ -139,7 +140,7 @@ def _read_training(path: Path, reads: dict[str, bytes] | None = None) -> tuple:
     except (ConfigError, CheckpointError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid {SETTINGS_KEY[trainer]} ({_one_line(exc)}); {_RESAVE}") from None
     seed = raw["seed"]
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and not checks.is_int(seed):
         raise CheckpointError(f"{path}: seed must be an integer or null, got {seed!r}; {_RESAVE}")
     try:
         counters = _read_counters(raw)
@@ -171,15 +172,14 @@ def _check_json_types(cls: Any, raw: dict) -> None:
             continue
         v = raw[f.name]
         if isinstance(f.default, bool):
-            if not isinstance(v, bool):
-                raise TypeError(f"{f.name} must be true or false, got {v!r}")
+            checks.boolean(v, f.name)
         elif isinstance(f.default, (int, float)) and isinstance(v, bool):
             raise TypeError(f"{f.name} must be a number, got {v!r}")
 
 
 def _count(raw: dict, key: str) -> int:
     v = raw[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if not (checks.is_int(v) and v >= 0):
         raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
     return v
 
@@ -214,7 +214,7 @@ def check_train_state(st: Any, trainer: str, settings: Any) -> None:
     """Everything about a TrainState read from a file that could mislead or crash a resumed run."""
     for name in ("phase", "epoch", "batch", "step", "phase_step", "epoch_tokens"):
         v = getattr(st, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        if not _is_step(v):
             raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
     n_phases = 2 if trainer == "recipe" else 1
     if st.phase > n_phases:
@@ -223,13 +223,13 @@ def check_train_state(st: Any, trainer: str, settings: Any) -> None:
         _check_recipe_position(st, settings)
     for name in ("epoch_loss_sum", "train_seconds"):
         v = getattr(st, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if not (checks.is_number(v) and math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if not isinstance(st.history, list) or not all(isinstance(h, dict) and _is_step(h.get("step"))
                                                    for h in st.history):
         raise ValueError("history must be a list of objects, each with its step")
     if not isinstance(st.steps, list) or not all(isinstance(r, dict) and _is_step(r.get("step"))
-                                                 and isinstance(r.get("loss"), (int, float)) for r in st.steps):
+                                                 and checks.is_number(r.get("loss")) for r in st.steps):
         raise ValueError("steps must be a list of objects (one per training step, each with its step and loss)")
     if not isinstance(st.rng_state, dict) or st.rng_state.get("bit_generator") != "PCG64":
         raise ValueError("rng_state must be the state of the run's PCG64 generator")
@@ -237,7 +237,7 @@ def check_train_state(st: Any, trainer: str, settings: Any) -> None:
 
 
 def _is_step(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return checks.is_int(v) and v >= 0
 
 
 def _check_recipe_position(st: Any, recipe: Any) -> None:

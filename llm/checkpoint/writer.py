@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm.checks import is_int
 from llm.errors import CheckpointError, LLMWarning
 from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, LEGACY_FILES, MANIFEST_FILE, MANIFEST_FORMAT, _RESAVE, _json_bytes,
                       _names, _os_reason, _read_bytes, _read_json)
+
+# The advice of every error about the destination: `out` is the parameter (a command line shows it as its flag).
+_ANOTHER = "choose another destination (out)"
 
 
 def write_checkpoint(path: Path, files: dict[str, bytes], run_id: str | None) -> Path:
@@ -56,7 +60,7 @@ def write_checkpoint(path: Path, files: dict[str, bytes], run_id: str | None) ->
             msg = _write_error(path, parent, exc)
             if not restored:
                 msg += f" (the previous checkpoint was moved to {aside}: rename it back)"
-            raise CheckpointError(msg) from None
+            raise CheckpointError(msg, param="out") from None
         raise
     # The new checkpoint is in place; what follows only tidies up: the previous checkpoint's files go, the files a
     # user kept beside them move into the new one, and so do those of a save that was killed before this one.
@@ -144,11 +148,11 @@ def _manifest_problem(raw: Any) -> str | None:
         if fname not in DATA_FILES:
             return f"it lists {fname!r}, which is not a checkpoint file"
         size = entry.get("bytes") if isinstance(entry, dict) else None
-        if (isinstance(size, bool) or not isinstance(size, int) or not isinstance(entry.get("sha256"), str)
+        if (not is_int(size) or not isinstance(entry.get("sha256"), str)
                 or len(entry["sha256"]) != 64):
             return f"the entry of {fname} must be {{\"bytes\": int, \"sha256\": 64 hex digits}}"
     saved = raw.get("saved_ns")
-    if isinstance(saved, bool) or not isinstance(saved, int):
+    if not is_int(saved):
         return "\"saved_ns\" must be an integer"
     if raw.get("run_id") is not None and not isinstance(raw.get("run_id"), str):
         return "\"run_id\" must be a string or null"
@@ -263,16 +267,17 @@ def _check_destination(path: Path) -> None:
         return
     if not path.is_dir():
         raise CheckpointError(f"cannot save a checkpoint to {path}: it exists and is not a directory; "
-                              "choose another --out")
+                              f"{_ANOTHER}", param="out")
     try:
         entries = set(os.listdir(path))
     except OSError as exc:
-        raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)}; choose another --out") from None
+        raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)}; {_ANOTHER}",
+                              param="out") from None
     if entries and _manifest_of(path) is None:
         legacy = " (or one from an ArrayGPT version before manifests)" if CONFIG_FILE in entries else ""
         raise CheckpointError(f"cannot save a checkpoint to {path}: it is a non-empty directory that is not a "
                               f"checkpoint (no ArrayGPT {MANIFEST_FILE}{legacy}), and saving would replace it; "
-                              "choose another --out")
+                              f"{_ANOTHER}", param="out")
 
 
 def check_destination(path: str | os.PathLike) -> None:
@@ -288,7 +293,7 @@ def check_destination(path: str | os.PathLike) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise CheckpointError(f"cannot save a checkpoint to {path}: {ancestor} is a file, not a directory; "
-                              "choose another --out")
+                              f"{_ANOTHER}", param="out")
     try:  # checkpoints are written into a temporary sibling, then renamed: probe exactly that
         parent.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
@@ -344,8 +349,8 @@ def lock_destination(path: str | os.PathLike) -> CheckpointLock:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise CheckpointError(f"cannot lock {lock_path}: {_os_reason(exc)}; choose a directory you can write "
-                                  "to with --out") from None
+            raise CheckpointError(f"cannot lock {lock_path}: {_os_reason(exc)}; choose a destination (out) in a "
+                                  "directory you can write to", param="out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -356,7 +361,7 @@ def lock_destination(path: str | os.PathLike) -> CheckpointLock:
             os.close(fd)
             who = f" (process {holder})" if holder.isdigit() else ""
             raise CheckpointError(f"another run{who} is writing checkpoints to {target} (it holds {lock_path}); "
-                                  "wait for it to finish, stop it, or choose another --out") from None
+                                  f"wait for it to finish, stop it, or {_ANOTHER}", param="out") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
         except OSError:
@@ -406,12 +411,13 @@ def _restore_aside(aside: Path | None, path: Path) -> bool:
 
 
 def _write_error(path: Path, parent: Path, exc: OSError) -> str:
+    # the message of a CheckpointError(..., param="out"): each one ends in the advice to save elsewhere
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (f"could not write checkpoint {path}: permission denied on directory {parent} ({_os_reason(exc)}); "
-                "choose a directory you can write to with --out")
+                "choose a destination (out) in a directory you can write to")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"could not write checkpoint {path}: {_os_reason(exc)}; free some space or choose another --out"
-    return f"could not write checkpoint {path}: {_os_reason(exc)}; check the disk or choose another --out"
+        return f"could not write checkpoint {path}: {_os_reason(exc)}; free some space or {_ANOTHER}"
+    return f"could not write checkpoint {path}: {_os_reason(exc)}; check the disk or {_ANOTHER}"
 
 
 def _read_manifest(path: Path) -> dict | None:

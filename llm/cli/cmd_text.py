@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from llm.cli.common import (EXIT_OK, fraction, nonnegative_float, nonnegative_int, one_line_warnings, positive_float,
-                            positive_int, run_cli)
-from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed, flag_text
+from llm.cli.common import (EXIT_OK, cli_message, fraction, nonnegative_float, nonnegative_int, one_line_warnings,
+                            positive_float, positive_int, run_cli)
+from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed
 from llm.cli.session import Session, check_memory, check_paths, perplexity_text
 from llm.errors import ConfigError, TrainingDivergedError
 from llm.training.loop import TrainingInterrupted
@@ -256,7 +256,7 @@ def train_and_sample(args: argparse.Namespace, session: Session, run: TextRun, t
     except KeyboardInterrupt:  # a second signal: stop now, the last saved checkpoint stands
         return session.stopped_now(run.engine.stop)
     except TrainingDivergedError as exc:
-        return session.diverged(exc, flag_text)
+        return session.diverged(exc, cli_message)
     finally:
         session.close()
     steps = run.step - steps_before

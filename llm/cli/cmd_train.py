@@ -34,9 +34,9 @@ import warnings  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
-from llm.cli.common import (EXIT_OK, flag_name, int_at_least, nonnegative_float, number, one_line_warnings,  # noqa: E402
-                            positive_float, run_cli)
-from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed, flag_text  # noqa: E402
+from llm.cli.common import (EXIT_OK, cli_message, flag_name, int_at_least, nonnegative_float, number,  # noqa: E402
+                            one_line_warnings, positive_float, run_cli)
+from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed  # noqa: E402
 from llm.cli.session import Output, Session, chat_loop, check_memory, check_paths, perplexity_text  # noqa: E402
 from llm.errors import ConfigError, PromptError, TrainingDivergedError  # noqa: E402
 from llm.infer.generation import chat, check_prompt, check_sampling  # noqa: E402
@@ -293,7 +293,7 @@ def train_and_report(args: argparse.Namespace, session: Session, run: TrainRun) 
             return session.stopped_now(trainer.stop)
         raise
     except TrainingDivergedError as exc:
-        return session.diverged(exc, lambda e: flag_text(e, FLAGS))
+        return session.diverged(exc, lambda e: cli_message(e, FLAGS))
     finally:
         session.close()
     if not session.root:  # the other ranks' part ends with training; they wait for rank 0 to finish (its last save)

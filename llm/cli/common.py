@@ -31,23 +31,59 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
 import warnings
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from llm.errors import LLMError, LLMWarning
+from llm import checks
+from llm.errors import ConfigError, LLMError, LLMWarning
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 MEMORY_HINT = "choose a smaller model, a smaller batch, or a device with more memory"
 
 
-def error(message: object) -> None:
-    """The one line a failure ends in, always on stderr: ``error: <what was wrong and what to do>``."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def error(message: object, flags: Mapping[str, str] | None = None) -> None:
+    """The one line a failure ends in, always on stderr: ``error: <what was wrong and what to do>``.
+
+    An :class:`~llm.errors.LLMError` naming a parameter says it as the flag (:func:`cli_message`)."""
+    print(f"error: {cli_message(message, flags)}", file=sys.stderr, flush=True)
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a settings field: ``lr_pretrain`` -> ``--lr-pretrain``."""
+    return "--" + name.replace("_", "-")
+
+
+# Library parameters every command spells with another flag: the backend is chosen with --device everywhere.
+SHARED_FLAGS: Mapping[str, str] = {"backend": "--device"}
+
+
+def flag_of(param: str, flags: Mapping[str, str] | None = None) -> str:
+    """The flag a command line gives library parameter `param`: ``flags[param]`` where the command names it
+    otherwise (``{"path": "--checkpoint"}``), else :data:`SHARED_FLAGS`, else :func:`flag_name` (``--param-name``)."""
+    return (flags or {}).get(param) or SHARED_FLAGS.get(param) or flag_name(param)
+
+
+def cli_message(exc: object, flags: Mapping[str, str] | None = None) -> str:
+    """What a command line shows for `exc`: its message, with the library name of the parameter it is about
+    (``exc.param``, if any) replaced by that parameter's flag wherever it stands as a word of its own.
+
+    ``ConfigError("max_seq_len must be an integer >= 1, got 0", param="max_seq_len")`` ->
+    ``"--max-seq-len must be a positive integer (>= 1), got 0"``. A name inside a longer name, a path or a quoted
+    value is left alone: ``lr`` does not touch ``min_lr``, ``runs/lr``, ``lr.json``, ``lr:`` or ``'lr'``. A message
+    about several parameters quotes each in backticks (```min_lr` is above `lr```): then every quoted name becomes its
+    flag."""
+    message, param = str(exc), getattr(exc, "param", None)
+    quoted = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flag_of(m.group(1), flags), message)
+    if quoted != message:  # a message naming several parameters quotes each: `min_lr` 0.1 is above `lr` 0.01
+        return quoted
+    if not param:
+        return message
+    word = re.compile(rf"(?<![\w\-/.:'\"]){re.escape(param)}(?![\w\-/.:'\"])")
+    return word.sub(lambda _: flag_of(param, flags), message)
 
 
 def exit_code(exc: BaseException) -> int:
@@ -65,9 +101,10 @@ def setup_streams() -> None:
         sys.stdin.reconfigure(errors="replace")
 
 
-def one_line_warnings() -> None:
-    """Library warnings as one ``warning: <message>`` line each (every time, not once per call site)."""
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+def one_line_warnings(flags: Mapping[str, str] | None = None) -> None:
+    """Library warnings as one ``warning: <message>`` line each (every time, not once per call site); a warning
+    naming a parameter says it as its flag (`flags` as in :func:`cli_message`)."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {cli_message(message, flags)}\n"
     warnings.simplefilter("always", LLMWarning)
 
 
@@ -82,10 +119,11 @@ def _silence_stdout() -> None:
 
 
 def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
-            memory_hint: str = MEMORY_HINT, flags: Mapping[str, str] | None = None) -> int:
+            memory_hint: str = MEMORY_HINT, *, flags: Mapping[str, str] | None = None) -> int:
     """Run ``main_fn(argv)`` and return its exit code; whatever it raises that a user can meet ends in one line.
 
-    * an :class:`~llm.errors.LLMError`: ``error: <its message>``, exit 2 for bad input, 1 otherwise;
+    * an :class:`~llm.errors.LLMError`: ``error: <its message>``, exit 2 for bad input, 1 otherwise; the parameter
+      it names (``exc.param``) is said as its flag: ``flags[param]``, else ``--param-name`` (:func:`cli_message`);
     * ``MemoryError``: ``error: out of memory: <memory_hint>``, exit 1;
     * ``KeyboardInterrupt`` (Ctrl-C): ``interrupted``, exit 130;
     * ``BrokenPipeError`` (stdout piped into ``head``, which has quit): nothing more is said, exit 1.
@@ -95,8 +133,8 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
     setup_streams()
     try:
         code = main_fn(argv)
-    except LLMError as exc:  # the library names its parameters; the line names their flags (`flags`: where they differ)
-        error(flag_text(exc, flags))
+    except LLMError as exc:
+        error(exc, flags)
         return exit_code(exc)
     except MemoryError:
         error(f"out of memory: {memory_hint}")
@@ -113,30 +151,6 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
         _silence_stdout()
         return EXIT_FAILED
     return EXIT_OK if code is None else code
-
-
-def flag_name(name: str) -> str:
-    """The command-line flag of a settings field: ``lr_pretrain`` -> ``--lr-pretrain``."""
-    return "--" + name.replace("_", "-")
-
-
-def flag_text(exc: BaseException, flags: Mapping[str, str] | None = None) -> str:
-    """The message of a library error as a command line says it, each parameter it names as its flag.
-
-    A library message quotes the parameters it names in backticks (``min_lr`` 0.1 is above ``lr``...) or is about
-    the one in the error's ``param``: every backticked name, or else the first mention of ``param``, becomes its
-    flag: `flags` maps the names whose flag differs (``pretrain_texts`` -> ``--pretrain-data``), any other is the
-    name with dashes (``lr_pretrain`` -> ``--lr-pretrain``).
-    """
-    flags = flags or {}
-    text = str(exc)
-    quoted = re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: flags.get(m.group(1), flag_name(m.group(1))), text)
-    if quoted != text:
-        return quoted
-    param = getattr(exc, "param", None)
-    if param is None:
-        return text
-    return re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags.get(param, flag_name(param)), text, count=1)
 
 
 def run_script(module: str, namespace: dict) -> None:
@@ -159,6 +173,15 @@ def run_script(module: str, namespace: dict) -> None:
 
 
 # -- argparse types: a malformed value is argparse's usage + `error:` line, exit 2, before anything runs ---------------
+# Each one parses the text, then applies the rule of llm.checks (the one the settings classes apply), so a rule and
+# its wording live in one place; argparse says which flag ("argument --seed: must be an integer >= 0, got -1").
+
+def _checked(check: Callable[..., Any], value: Any, *args: Any) -> Any:
+    try:
+        return check(value, *args, "value")
+    except ConfigError as exc:  # "value must be ...": argparse names the flag itself
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{exc.param} ")) from None
+
 
 def _parse_int(text: str) -> int:
     try:
@@ -175,16 +198,10 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-_parse_float = number
-
-
 def int_at_least(min_value: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `min_value`."""
+    """An argparse type: an integer >= `min_value` (:func:`llm.checks.int_at_least`)."""
     def parse(text: str) -> int:
-        value = _parse_int(text)
-        if value < min_value:
-            raise argparse.ArgumentTypeError(f"must be >= {min_value}, got {value}")
-        return value
+        return _checked(checks.int_at_least, _parse_int(text), min_value)
     parse.__name__ = f"integer >= {min_value}"  # what argparse calls the type in its messages
     return parse
 
@@ -194,24 +211,23 @@ positive_int = int_at_least(1)
 
 
 def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    value = _parse_float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    """An argparse type: a finite number > 0 (:func:`llm.checks.positive_number`)."""
+    return _checked(checks.positive_number, number(text))
 
 
 def nonnegative_float(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    value = _parse_float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+    """An argparse type: a finite number >= 0 (:func:`llm.checks.nonnegative_number`)."""
+    return _checked(checks.nonnegative_number, number(text))
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1) (:func:`llm.checks.fraction`), a share of a corpus to hold out."""
+    return _checked(checks.fraction, number(text))
 
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "MEMORY_HINT", "error", "exit_code",
-           "setup_streams", "one_line_warnings", "run_cli", "int_at_least", "nonnegative_int", "positive_int",
-           "positive_float", "nonnegative_float", "number", "run_script"]
+           "setup_streams", "one_line_warnings", "run_cli", "flag_name", "flag_of", "cli_message", "SHARED_FLAGS", "int_at_least", "nonnegative_int", "positive_int",
+           "positive_float", "nonnegative_float", "fraction", "number", "workers_flag", "run_script"]
 
 
 def print_stream(pieces: Iterable[str], file=None) -> str:
@@ -232,26 +248,14 @@ def print_stream(pieces: Iterable[str], file=None) -> str:
 
 
 def workers_flag(text: str) -> int | str:
-    """An argparse type for --workers: "auto" or an integer >= 1."""
+    """An argparse type for --workers: "auto" or an integer >= 1 (:func:`llm.checks.positive_int`)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
-        value = _parse_int(text)
-    except (ValueError, argparse.ArgumentTypeError):
+        return _checked(checks.positive_int, _parse_int(text))
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
-    return value
 
 
 WORKERS_HELP = ("threads per training step on the CPU (numpy backend): each takes a share of the batch's sequences "
                 "with one BLAS thread; auto (default): one per CPU, at most 4; 1: the single-thread step")
-
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    value = number(text)
-    if not (0 <= value < 1):
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value

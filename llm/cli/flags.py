@@ -1,7 +1,7 @@
 """The flag groups ``arraygpt train`` and ``arraygpt text`` share: device, model size, checkpoints, speed, history.
 
 A flag is named after the library parameter it sets (``--max-seq-len`` sets ``max_seq_len``), so that an error
-about a parameter can be said with its flag (:func:`flag_text`); a command lists the few that differ.
+about a parameter can be said with its flag (:func:`llm.cli.common.cli_message`); a command lists the few that differ.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Mapping
 
-from llm.cli.common import (WORKERS_HELP, flag_name, flag_text, int_at_least,  # noqa: F401  (flag_text: re-exported)
-                            nonnegative_float, positive_float, positive_int,
+from llm.cli.common import (WORKERS_HELP, flag_name, int_at_least, nonnegative_float, positive_float, positive_int,
                             workers_flag)
 from llm.nn.config import POS_ENCODINGS
+
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, torch, torch:cuda or strict (default cpu)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm import checks
 from llm.errors import ConfigError, DataError, LLMWarning
 
 EOS_MARKER = "</s>"
@@ -187,8 +188,7 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
     ``User: ... Assistant: ... </s>``; ``"all"`` counts every token. Longer sequences are truncated, with one
     warning saying how many.
     """
-    if loss_on not in ("all", "answer"):
-        raise ConfigError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
+    checks.one_of(loss_on, ("all", "answer"), "loss_on")
     examples, truncated, left_out = [], 0, 0
     for text in texts:
         if loss_on == "answer":
@@ -209,8 +209,9 @@ def encode_corpus(texts: list[str], tokenizer, max_seq_len: int, loss_on: str = 
         warnings.warn(f"{truncated} of {len(texts)} sequences are longer than max_seq_len {max_seq_len} + 1 "
                       "tokens and were truncated", LLMWarning, stacklevel=2)
     if left_out:
-        warnings.warn(f"{left_out} of {len(texts)} dialogues were left out: the question alone fills max_seq_len "
-                      f"{max_seq_len}, leaving no answer token to learn; raise --max-seq-len", LLMWarning, stacklevel=2)
+        warnings.warn(LLMWarning(f"{left_out} of {len(texts)} dialogues were left out: the question alone fills "
+                                 f"max_seq_len {max_seq_len}, leaving no answer token to learn; raise max_seq_len",
+                                 param="max_seq_len"), stacklevel=2)
     return examples
 
 
@@ -232,8 +233,7 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 def split_validation(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(training texts, validation texts): ``round(fraction * n)`` texts chosen at random with `seed` (at least one
     when fraction > 0 and there are two or more), both in corpus order."""
-    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
-        raise ConfigError(f"val fraction must be a number in [0, 1), got {fraction!r}")
+    fraction = checks.fraction(fraction, "val_fraction")
     n = len(texts)
     k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
     if k == 0:

@@ -26,7 +26,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from llm.errors import ConfigError, DataError
+from llm import checks
+from llm.errors import DataError
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -104,14 +105,7 @@ class _BaseTokenizer:
         ``max_size=N`` keeps only the N most frequent tokens (ties: the first in sorted order), plus the special
         tokens; the others encode as ``<unk>``. None (the default) keeps every token.
         """
-        if max_size is not None:
-            try:  # numpy integers too; "3", 2.5 and True are not sizes
-                size = None if isinstance(max_size, bool) else operator.index(max_size)
-            except TypeError:
-                size = None
-            if size is None or size < 1:
-                raise ConfigError(f"max_size must be an integer >= 1 or None, got {max_size!r}")
-            max_size = size
+        max_size = checks.positive_int(max_size, "max_size", allow_none=True)  # numpy integers too; not "3", 2.5, True
         if isinstance(texts, str):
             texts = [texts]  # one text, not an iterable of characters
         counts: Counter[str] = Counter()

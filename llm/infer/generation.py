@@ -6,14 +6,13 @@ each step to choose the next token id.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from llm import checks
 from llm.errors import ConfigError, LLMWarning, PromptError
 
 
@@ -22,29 +21,11 @@ def format_chat_prompt(text: str) -> str:
     return f"User: {text.strip()} Assistant:"
 
 
-def _is_real(x: Any) -> bool:
-    """A real number (Python or NumPy scalar), not a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_int(x: Any) -> bool:
-    """An integer (Python or NumPy scalar), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
-
-
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ConfigError for sampling settings out of range (NumPy scalars are numbers too)."""
-    if not (_is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
-        raise ConfigError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
-        raise ConfigError(f"top-k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
-        raise ConfigError(f"top-p must lie in (0, 1], got {top_p!r}")
-
-
-def _check_seed(seed: Any) -> None:
-    if seed is not None and not (_is_int(seed) and seed >= 0):
-        raise ConfigError(f"seed must be an integer >= 0 (or None for a fresh one each call), got {seed!r}")
+    checks.nonnegative_number(temperature, "temperature")  # 0: greedy
+    checks.positive_int(top_k, "top_k", allow_none=True)
+    checks.fraction(top_p, "top_p", zero=False, one=True, allow_none=True)
 
 
 def choose_token(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None,
@@ -83,9 +64,8 @@ def _last_logits(model: Any, logits: Any) -> np.ndarray:
 def _check_decoding(temperature: Any, top_k: Any, top_p: Any, max_new_tokens: Any, seed: Any) -> None:
     """Check the decoding settings (one check for every generator)."""
     check_sampling(temperature, top_k, top_p)
-    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
-        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    _check_seed(seed)
+    checks.nonnegative_int(max_new_tokens, "max_new_tokens")
+    checks.nonnegative_int(seed, "seed", allow_none=True)  # None: a fresh one each call
 
 
 @dataclass(frozen=True)

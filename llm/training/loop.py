@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from llm import checks
 from llm.errors import ConfigError, TrainingDivergedError
 from llm.infer.evaluation import perplexity
 from llm.training.schedule import Phase
@@ -126,11 +127,9 @@ class Engine:
                  log_every: int = 25, eval_every: int | None = None, lr_params: dict[str, str] | None = None,
                  log: Callable[[dict], None] | None = None, progress: bool = False, log_grad_norms: bool = False,
                  stop_signals: tuple[int, ...] = (signal.SIGINT,), reset_between_phases: bool = False) -> None:
-        for name, value in (("log_every", log_every), ("eval_every", eval_every)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", param=name)
-        if not isinstance(log_grad_norms, bool):
-            raise ConfigError(f"log_grad_norms must be True or False, got {log_grad_norms!r}", param="log_grad_norms")
+        log_every = checks.positive_int(log_every, "log_every")
+        eval_every = checks.positive_int(eval_every, "eval_every", allow_none=True)
+        log_grad_norms = checks.boolean(log_grad_norms, "log_grad_norms")
         if step.model is not model:
             raise ConfigError("the step given trains another model", param="step")
         self.model, self.step_fn, self.source, self.phases = model, step, source, list(phases)

@@ -7,11 +7,10 @@ the record of skipped steps are 0-d device arrays, so a step can be queued, capt
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
+from llm import checks
 from llm.errors import ConfigError
 from llm.nn.layers.reductions import constant
 
@@ -21,16 +20,7 @@ from llm.nn.params import FlatParameters
 
 def _check_lr(lr: Any, allow_zero: bool = False) -> float:
     # allow_zero: a schedule's value (a cosine may end at 0); a base learning rate must be positive
-    low_ok = (lambda v: v >= 0) if allow_zero else (lambda v: v > 0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and low_ok(lr)):
-        try:
-            lr = float(lr)  # numpy scalars
-        except (TypeError, ValueError):
-            raise ConfigError(f"learning rate must be a positive number, got {lr!r}") from None
-        if not (math.isfinite(lr) and low_ok(lr)):
-            raise ConfigError(f"learning rate must be a {'non-negative' if allow_zero else 'positive'} finite "
-                              f"number, got {lr!r}")
-    return float(lr)
+    return (checks.nonnegative_number if allow_zero else checks.positive_number)(lr, "lr")
 
 
 class AdamCoefficients(NamedTuple):
@@ -98,14 +88,10 @@ class Adam:
             raise ConfigError("Adam takes the model (or model.flat), whose parameters live in one flat buffer; "
                               f"got {type(params).__name__}")
         lr = _check_lr(lr)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ConfigError(f"Adam betas must lie in [0, 1), got {betas!r}")
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ConfigError(f"Adam eps must be a positive number, got {eps!r}")
-        if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm > 0):
-            raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
-        if not (math.isfinite(weight_decay) and weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        betas = (checks.fraction(betas[0], "betas"), checks.fraction(betas[1], "betas"))
+        eps = checks.positive_number(eps, "eps")
+        clip_norm = checks.positive_number(clip_norm, "clip_norm", allow_none=True)
+        weight_decay = checks.nonnegative_number(weight_decay, "weight_decay")
         self.flat = flat
         self.params = flat.params
         self.lr, self.betas, self.eps = lr, betas, eps
@@ -148,9 +134,7 @@ class Adam:
         if missing:
             raise ConfigError(f"Adam counters lack {', '.join(missing)}: give {', '.join(COUNTERS)}")
         for name in COUNTERS:
-            value = counters[name]
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ConfigError(f"Adam counter {name} must be an integer >= 0, got {value!r}")
+            checks.nonnegative_int(counters[name], name)
         s = self.state
         for name in COUNTERS:
             getattr(s, name)[...] = float(int(counters[name]))

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from llm import checks
 from llm.data.corpora import split_validation
 from llm.training.sources import num_batches
 from llm.errors import ConfigError
@@ -44,27 +45,18 @@ class Recipe:
     val_fraction: float = 0.0  # held out of each corpus (chosen with the run's seed) for the validation loss
 
     def __post_init__(self) -> None:
-        b = self.batch_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ConfigError(f"batch size must be an integer >= 1, got {b!r}")
+        # NumPy scalars are numbers too; what is stored is a plain int / float (to_dict() must be JSON).
+        object.__setattr__(self, "batch_size", checks.positive_int(self.batch_size, "batch_size"))
         for name in ("warmup_steps", "pretrain_steps", "chat_steps", "pretrain_epochs", "chat_epochs"):
-            v = getattr(self, name)
-            if v is None and name.endswith("epochs"):
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{name.replace('_', ' ')} must be an integer >= 0, got {v!r}")
+            value = checks.nonnegative_int(getattr(self, name), name, allow_none=name.endswith("epochs"))
+            object.__setattr__(self, name, value)
         for name in ("lr_pretrain", "lr_chat", "clip_norm"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"{name.replace('_', ' ')} must be a positive number, got {v!r}")
+            object.__setattr__(self, name, checks.positive_number(getattr(self, name), name))
         for name in ("weight_decay", "min_lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {v!r}")
-        if self.loss_on not in ("answer", "all"):
-            raise ConfigError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+            object.__setattr__(self, name, checks.nonnegative_number(getattr(self, name), name))
+        checks.one_of(self.loss_on, ("answer", "all"), "loss_on")
         check_schedule(self.schedule, self.min_lr, min(self.lr_pretrain, self.lr_chat))
-        check_fraction(self.val_fraction)
+        object.__setattr__(self, "val_fraction", check_fraction(self.val_fraction))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,16 +82,16 @@ class Recipe:
 
 
 def check_schedule(schedule: str, min_lr: float, lr: float) -> None:
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    """Raise ConfigError unless `schedule` is one of :data:`SCHEDULES` whose cosine can decay from `lr` to `min_lr`."""
+    checks.one_of(schedule, SCHEDULES, "schedule")
     if schedule == "cosine" and min_lr > lr:
-        raise ConfigError(f"min lr {min_lr:g} is above the learning rate {lr:g}: the cosine decays from the learning "
-                          "rate down to the min lr; give a smaller min lr")
+        raise ConfigError(f"min_lr {min_lr:g} is above the learning rate {lr:g}: the cosine decays from the learning "
+                          "rate down to min_lr; give a smaller min_lr", param="min_lr")
 
 
-def check_fraction(fraction: float) -> None:
-    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
-        raise ConfigError(f"val fraction must be a number in [0, 1), got {fraction!r}")
+def check_fraction(fraction: float) -> float:
+    """`fraction` as a float, if it is a share of a corpus to hold out, in [0, 1)."""
+    return checks.fraction(fraction, "val_fraction")
 
 
 SCHEDULES = ("constant", "cosine")
@@ -140,16 +132,16 @@ class Phase:
             raise ConfigError(f"a phase needs a name, got {self.name!r}")
         if (self.epochs is None) == (self.steps is None):
             raise ConfigError(f"phase {self.name!r}: give its budget as epochs or as steps (one of the two)")
-        for what in ("epochs", "steps", "warmup_steps"):
-            v = getattr(self, what)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ConfigError(f"phase {self.name!r}: {what} must be an integer >= 0, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
-                and self.lr > 0):
-            raise ConfigError(f"phase {self.name!r}: lr must be a positive number, got {self.lr!r}")
-        if self.loss_on not in ("answer", "all"):
-            raise ConfigError(f"phase {self.name!r}: loss_on must be 'answer' or 'all', got {self.loss_on!r}")
-        check_schedule(self.schedule, self.min_lr, self.lr)
+        try:  # plain ints and floats stored (NumPy scalars are numbers too)
+            for what in ("epochs", "steps", "warmup_steps"):
+                value = checks.nonnegative_int(getattr(self, what), what, allow_none=what != "warmup_steps")
+                object.__setattr__(self, what, value)
+            object.__setattr__(self, "lr", checks.positive_number(self.lr, "lr"))
+            object.__setattr__(self, "min_lr", checks.nonnegative_number(self.min_lr, "min_lr"))
+            checks.one_of(self.loss_on, ("answer", "all"), "loss_on")
+            check_schedule(self.schedule, self.min_lr, self.lr)
+        except ConfigError as exc:  # which phase, then the rule and the parameter
+            raise ConfigError(f"phase {self.name!r}: {exc}", param=exc.param) from None
 
     def total_steps(self, n_examples: int, batch_size: int) -> int:
         """Optimizer steps the phase takes over `n_examples` examples."""

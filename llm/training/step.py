@@ -18,6 +18,7 @@ from typing import Any
 
 from backends.capture import StepGraphs, set_tf32, use_graphs
 
+from llm import checks
 from llm.training.batch import batch_shape, prepare_batch, prepare_padded_batch, prepare_shards
 from llm.errors import ConfigError
 from llm.training.threads import DataParallel, resolve_workers
@@ -41,8 +42,7 @@ class TrainStep:
                  pad_multiple: int = 16, workers: int | str = 1) -> None:
         if optimizer.flat is not model.flat:
             raise ConfigError("the optimizer was built for another model: Adam(model) with this model")
-        if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
-            raise ConfigError(f"pad_multiple must be an integer >= 1, got {pad_multiple!r}")
+        pad_multiple = checks.positive_int(pad_multiple, "pad_multiple")
         self.model, self.optimizer, self.pad_multiple = model, optimizer, pad_multiple
         self.workers = resolve_workers(model.backend, workers)
         if tf32:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from llm import checks
 from llm.errors import CheckpointError, ConfigError, DataError
 from llm.training.loop import Engine, TrainState, build_step
 from llm.training.schedule import Phase
@@ -51,23 +52,17 @@ class TextSettings:
     max_chars: int | None = None
 
     def __post_init__(self) -> None:
-        for name, low, optional in (("steps", 0, False), ("batch_size", 1, False), ("eval_batches", 1, False),
-                                    ("warmup_steps", 0, True), ("seed", 0, False), ("max_chars", 1, True)):
-            v = getattr(self, name)
-            if (v is not None or not optional) and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}", param=name)
-        for name, positive, optional in (("lr", True, False), ("min_lr", False, True), ("weight_decay", False, False),
-                                         ("grad_clip", True, False)):
-            v = getattr(self, name)
-            if v is None and optional:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
-                    or (positive and v == 0):
-                raise ConfigError(f"{name} must be a {'positive ' if positive else ''}number"
-                                  f"{'' if positive else ' >= 0'}, got {v!r}", param=name)
-        v = self.val_fraction
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise ConfigError(f"val_fraction must be a number in [0, 1), got {v!r}", param="val_fraction")
+        for name in ("steps", "seed"):
+            checks.nonnegative_int(getattr(self, name), name)
+        for name in ("batch_size", "eval_batches"):
+            checks.positive_int(getattr(self, name), name)
+        checks.nonnegative_int(self.warmup_steps, "warmup_steps", allow_none=True)
+        checks.positive_int(self.max_chars, "max_chars", allow_none=True)
+        for name in ("lr", "grad_clip"):
+            checks.positive_number(getattr(self, name), name)
+        checks.nonnegative_number(self.min_lr, "min_lr", allow_none=True)
+        checks.nonnegative_number(self.weight_decay, "weight_decay")
+        checks.fraction(self.val_fraction, "val_fraction")
 
     @property
     def final_lr(self) -> float:
@@ -280,7 +275,7 @@ class TextRun:
         settings = saved.settings
         if steps is not None:
             if steps < saved.state.step:
-                raise ConfigError(f"steps {steps} is fewer than the {saved.state.step} steps the checkpoint in "
+                raise ConfigError(f"`steps` {steps} is fewer than the {saved.state.step} steps the checkpoint in "
                                   f"{ckpt.path} has already taken; give more steps", param="steps")
             settings.steps = steps
         empty = np.zeros(0, np.int64)

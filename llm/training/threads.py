@@ -23,6 +23,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from llm import checks
 from llm.training.batch import shard_bounds
 from llm.errors import ConfigError
 
@@ -61,8 +62,9 @@ def resolve_workers(backend: Any, workers: Any) -> int:
         if backend.name != "numpy" or _threadpoolctl() is None:
             return 1
         return max(1, min(usable_cpus(), MAX_AUTO_WORKERS))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an integer >= 1 or \"auto\", got {workers!r}")
+    if not (checks.is_int(workers) and workers >= 1):
+        raise ConfigError(f"workers must be an integer >= 1 or \"auto\", got {workers!r}", param="workers")
+    workers = int(workers)
     if workers > 1:
         if backend.name not in HOST_BACKENDS:
             raise ConfigError(f"workers={workers} splits a batch across CPU threads, but backend {backend.name} "

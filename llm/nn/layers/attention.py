@@ -104,11 +104,7 @@ class CausalSelfAttention(Layer):
 
     def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, out_std: float = 0.02,
                  rope: bool = False, max_seq_len: int | None = None) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            from llm.errors import ConfigError
-
-            raise ConfigError(f"d_model {d_model} is not divisible by n_heads {n_heads}: pick n_heads dividing it")
+        super().__init__()  # d_model divisible by n_heads, an even head size for rope: GPTConfig's rules
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
         # No QKV bias: the key bias has an identically zero gradient (softmax ignores a per-row shift), so Adam
@@ -118,10 +114,6 @@ class CausalSelfAttention(Layer):
         self.children = {"qkv": self.qkv, "proj": self.proj}
         self._causal_cache: dict[tuple, Any] = {}  # a constant per shape, not an activation
         self.rope, self.max_seq_len = rope, max_seq_len
-        if rope and self.head_dim % 2:
-            from llm.errors import ConfigError
-
-            raise ConfigError(f"rope rotates pairs of channels: the head size {self.head_dim} must be even")
         self._rope_cache: dict[tuple, Any] = {}  # RoPE's cos / sin tables, constants like the causal masks
 
     def _rope(self, xp: Any, start: int, T: int, like: Any) -> tuple[Any, Any]:
