@@ -1,4 +1,4 @@
-"""Data-parallel training (backends/distributed.py, llm/distributed.py) under `mpiexec -n 2` with the PyPI MPI.
+"""Data-parallel training (backends/comm/, llm/training/ranks.py) under `mpiexec -n 2` with the PyPI MPI.
 
 The MPI tests launch tests/mpi_scripts/dp_worker.py through the mpiexec next to this Python (where the `mpich`
 wheel puts it), one BLAS thread per rank. They are skipped, with the reason, when mpi4py or mpiexec is missing, and
@@ -159,7 +159,7 @@ def test_one_rank_under_mpiexec_is_allowed(mpi, tmp_path):
 
 # -- (e) set-up errors: one line naming the fix ----------------------------------------------------------------------
 def _init_in_subprocess(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    code = ("import sys\nfrom backends.distributed import init_distributed\nfrom backends.errors import LLMError\n"
+    code = ("import sys\nfrom backends.comm import init_distributed\nfrom backends.errors import LLMError\n"
             "try:\n    init_distributed('cpu')\nexcept LLMError as e:\n    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(2)\n")
     env = _env()
@@ -187,12 +187,12 @@ def test_a_launcher_of_another_mpi_is_named(mpi):
 
 
 def test_missing_mpi4py_names_the_install(monkeypatch):
-    from backends import distributed
+    import backends.comm as comm_package
 
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # `from mpi4py import MPI` now raises ImportError
-    monkeypatch.setattr(distributed, "_CURRENT", None)
+    monkeypatch.setattr(comm_package, "_CURRENT", None)
     with pytest.raises(BackendUnavailableError) as info:
-        distributed.init_distributed("cpu")
+        comm_package.init_distributed("cpu")
     message = str(info.value)
     assert 'pip install -e ".[mpi]"' in message and "\n" not in message
 
@@ -204,11 +204,11 @@ def test_missing_mpi4py_names_the_install(monkeypatch):
     ({"backend": "cpu", "timeout": 0}, "timeout must be a positive number"),
 ])
 def test_bad_settings_are_config_errors(monkeypatch, kwargs, says):
-    from backends import distributed
+    import backends.comm as comm_package
 
-    monkeypatch.setattr(distributed, "_CURRENT", None)
+    monkeypatch.setattr(comm_package, "_CURRENT", None)
     with pytest.raises(ConfigError, match=says):
-        distributed.init_distributed(**kwargs)
+        comm_package.init_distributed(**kwargs)
 
 
 # -- pieces that need no MPI -------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class _FakeComm:
     """check_same's logic without MPI: allgather returns what the 'other ranks' would have sent."""
 
     def __init__(self, others: list[dict], rank: int = 0) -> None:
-        from backends.distributed import Communicator
+        from backends.comm import Communicator
 
         self.others, self.rank = others, rank
         self.check_same = Communicator.check_same.__get__(self)

@@ -212,7 +212,7 @@ def _main(argv: list[str] | None) -> int:
     set_tf32(args.tf32)
     comm = None
     if args.distributed:  # first: on GPUs it gives each rank its own device before the backend is made
-        from backends.distributed import init_distributed
+        from backends.comm import init_distributed
 
         comm = init_distributed(args.device)
         if not comm.is_root:  # rank 0 alone prints, plots, samples and saves

@@ -315,7 +315,7 @@ def run(args) -> int:
     if args.dist_timeout is not None and not args.distributed:
         raise ConfigError("--dist-timeout needs --distributed")
     if args.distributed:  # first: on GPUs it gives each rank its own device before the backend is made
-        from backends.distributed import init_distributed
+        from backends.comm import init_distributed
 
         comm = init_distributed(args.device, timeout=args.dist_timeout)
         if not comm.is_root:  # rank 0 alone prints, plots and saves

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from backends.distributed import fingerprint
+from backends.comm import fingerprint
 
 from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (shard_bounds: re-exported)
 from llm.errors import ConfigError
