@@ -108,7 +108,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     batches = [(rng.integers(0, d["vocab"], shape), rng.integers(0, d["vocab"], shape)) for _ in range(4)]
     comm = timed = None
     if spec["contender"] == "2x1":
-        from backends.distributed import init_distributed
+        from backends.comm import init_distributed
         from llm.training.ranks import DistributedStep
 
         comm = init_distributed("cpu", "mpi")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of one device session, in one go (each stage bounded, every log written to $OUT):
 #   1. the GPU backends' tests, with cupy and torch:cuda required (nothing may skip);
-#   2. the default run (examples/train.py) on cpu, cuda and torch:cuda, timed by the run itself;
+#   2. the default run (python -m llm train) on cpu, cuda and torch:cuda, timed by the run itself;
 #   3. benchmarks/train_bench.py --device cuda (all configs, all contenders), then a TF32 pass at large and gpt2-small.
 # Wheels the machine lacks (array-api-compat, -extra, -strict) are installed from .whl/ when present.
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
@@ -23,7 +23,7 @@ ARRAYGPT_REQUIRE_BACKENDS=cupy,torch:cuda timeout "${TEST_TIMEOUT:-240}" python3
 
 echo "== 2. the default run"
 for dev in cpu cuda torch:cuda; do
-    timeout 120 python3 examples/train.py --device "$dev" --no-chat --no-progress --json \
+    timeout 120 python3 -m llm train --device "$dev" --no-chat --no-progress --json \
         >"$OUT/run-${dev/:/-}.jsonl" 2>"$OUT/run-${dev/:/-}.err"
     echo "$dev rc=$? $(grep -h '"phase"\|exact_match' "$OUT/run-${dev/:/-}.err" "$OUT/run-${dev/:/-}.jsonl" | tail -1)"
     grep -h "tokens/s" "$OUT/run-${dev/:/-}.err" | tail -2

@@ -1,4 +1,4 @@
-"""Time the default run end to end: `python examples/train.py --device DEV --no-chat --json`, process start to exit.
+"""Time the default run end to end: `python -m llm train --device DEV --no-chat --json`, process start to exit.
 
     python benchmarks/train_speed.py                  # 3 runs on cpu
     python benchmarks/train_speed.py --runs 5 --device torch --extra "--recipe seed"
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_run(device: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, str(ROOT / "examples" / "train.py"), "--device", device, "--no-chat", "--json",
+    cmd = [sys.executable, "-m", "llm", "train", "--device", device, "--no-chat", "--json",
            "--no-progress", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -1,9 +1,11 @@
-"""Draw a trained checkpoint's attention maps for a prompt: ``arraygpt attention``.
+"""Draw what a saved model attends to: `model.attention_maps` gives one (heads, T, T) map per layer, and
+`llm.plotting.plot_attention` draws them as a grid (a row per layer, a column per head). Needs matplotlib.
 
-    python examples/attention.py --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
+    python examples/train.py --out runs/demo
+    python examples/attention.py runs/demo "How do mountains form?" --out attention.png
 
-The code is ``llm/cli_attention.py`` (flags, exit codes: see its docstring and ``--help``), so that the installed
-``arraygpt attention`` runs it too; this file runs that module's code as its own (``llm.cli.run_script``).
+In each map, row t is how token t spreads its attention over tokens 0..t. The full-featured command line (a raw
+prompt, long prompts, another device) is ``arraygpt attention`` (``python -m llm attention``).
 """
 
 import sys
@@ -13,9 +15,36 @@ try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
         import os
 
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from llm.cli.common import run_script
+    import argparse
+
+    import llm
+    from llm.infer.generation import format_chat_prompt
+    from llm.plotting import plot_attention
 except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr, flush=True)
     sys.exit(130)
 
-run_script("llm.cli.cmd_attention", globals())
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Draw a saved model's attention maps for a question.")
+    p.add_argument("checkpoint", help="a directory written by examples/train.py --out (or arraygpt train --out)")
+    p.add_argument("question", help="the question whose attention is drawn (asked as the model was tuned)")
+    p.add_argument("--out", default="attention.png", help="the PNG to write (default attention.png)")
+    args = p.parse_args()
+
+    model, tok = llm.load(args.checkpoint, "cpu")
+    ids = tok.encode(format_chat_prompt(args.question))  # "User: <question> Assistant:"
+    maps = model.attention_maps(ids)  # [(heads, T, T) per layer], host arrays
+    labels = [tok.id_to_token(i) for i in ids]
+    print(f"wrote {plot_attention(maps, labels, args.out, title=args.question)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except llm.LLMError as exc:  # no checkpoint there, no matplotlib, a question longer than the context, ...
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,11 +1,10 @@
-"""Chat with a trained ArrayGPT checkpoint: ``arraygpt chat``.
+"""Chat with a saved model: `llm.load` brings it back, `llm.chat` answers.
 
-    python examples/chat.py --checkpoint runs/default                      # interactive
-    python examples/chat.py --checkpoint runs/default --prompt "How do mountains form?"
-    python examples/chat.py --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
+    python examples/train.py --out runs/demo          # train once and save
+    python examples/chat.py runs/demo                 # then chat with it (exit or Ctrl-D to quit)
+    python examples/chat.py runs/demo --temperature 0.8 --seed 1
 
-The code is ``llm/cli_chat.py`` (flags, exit codes: see its docstring and ``--help``), so that the installed
-``arraygpt chat`` runs it too; this file runs that module's code as its own (``llm.cli.run_script``).
+The full-featured command line (top-k / top-p, --prompt, streaming) is ``arraygpt chat`` (``python -m llm chat``).
 """
 
 import sys
@@ -15,9 +14,44 @@ try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
         import os
 
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from llm.cli.common import run_script
+    import argparse
+
+    import llm
 except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr, flush=True)
     sys.exit(130)
 
-run_script("llm.cli.cmd_chat", globals())
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Chat with a saved ArrayGPT model.")
+    p.add_argument("checkpoint", help="a directory written by examples/train.py --out (or arraygpt train --out)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, torch, torch:cuda or strict (default cpu)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily (default); higher varies more")
+    p.add_argument("--seed", type=int, help="seeds the sampling, for answers that repeat")
+    args = p.parse_args()
+
+    model, tok = llm.load(args.checkpoint, args.device)  # the checkpoint's dtype, on this device
+    print(f"{model!r}\nType a question (exit or Ctrl-D to quit).")
+    while True:
+        try:
+            question = input("> ")
+        except EOFError:  # Ctrl-D: end the line the prompt is on
+            print()
+            break
+        if question.strip().lower() in ("exit", "quit"):
+            break
+        try:
+            print(llm.chat(model, tok, question, temperature=args.temperature, seed=args.seed))
+        except llm.PromptError as exc:  # empty, or longer than the context: say so and ask again
+            print(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except llm.LLMError as exc:  # no checkpoint there, a damaged file, a backend that is not installed, ...
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,11 +1,10 @@
-"""Train ArrayGPT on the built-in corpus (facts, then dialogues), then chat with it: ``arraygpt train``.
+"""Train ArrayGPT on the built-in corpus (facts, then dialogues), score it, then chat with it.
 
-    python examples/train.py --device cpu
-    python examples/train.py --device cpu --no-chat --json          # scriptable: JSON lines on stdout
-    python examples/train.py --out runs/demo                        # save checkpoints; resume with --resume
+    python examples/train.py --device cpu                  # a few seconds on a CPU; then type questions
+    python examples/train.py --device cuda --out runs/demo # save the model; chat later with examples/chat.py
 
-The code is ``llm/cli_train.py`` (flags, exit codes, checkpoints: see its docstring and ``--help``), so that the
-installed ``arraygpt train`` runs it too; this file runs that module's code as its own (``llm.cli.run_script``).
+The whole recipe is `llm.train` (its default: 120 steps on the facts, 160 on the dialogues). The full-featured
+command line (recipes, --resume, JSON lines, plots, data-parallel runs) is ``arraygpt train`` (``python -m llm train``).
 """
 
 import sys
@@ -15,9 +14,61 @@ try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
         import os
 
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from llm.cli.common import run_script
+    import argparse
+
+    import backends
+    import llm
 except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr, flush=True)
     sys.exit(130)
 
-run_script("llm.cli.cmd_train", globals())
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Train on the built-in corpus, then chat.")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, torch, torch:cuda, strict or auto (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch order (default 0)")
+    p.add_argument("--steps", type=int, help="optimizer steps per phase (default: the recipe's 120 and 160)")
+    p.add_argument("--out", help="save the trained model into this directory")
+    args = p.parse_args()
+
+    backend = backends.get_backend(args.device)
+    facts, dialogues = llm.load_corpus(kind="pretrain"), llm.load_corpus(kind="chat")
+    tok = llm.WordTokenizer.from_texts(facts + dialogues)
+    model = llm.GPT(llm.GPTConfig(vocab_size=tok.vocab_size), backend, seed=args.seed)
+    print(f"{model!r}; {len(facts)} facts, {len(dialogues)} dialogues")
+
+    budget = {} if args.steps is None else {"pretrain_steps": args.steps, "chat_steps": args.steps}
+    trainer = llm.train(model, tok, facts, dialogues, seed=args.seed, **budget)
+    for s in trainer.summaries:
+        print(f"{s.phase}: {s.steps} steps, final loss {s.final_loss:.4f}" if s.steps else f"{s.phase}: no steps")
+    score = llm.exact_match(model, tok, dialogues)  # greedy answers compared with the corpus's
+    print(f"built-in questions answered exactly: {score.correct}/{score.total}")
+    if args.out:
+        from llm.checkpoint import save_checkpoint
+
+        print(f"saved {save_checkpoint(args.out, model, tok, trainer)}")
+
+    print("Type a question (exit or Ctrl-D to quit).")
+    while True:
+        try:
+            question = input("> ")
+        except EOFError:  # Ctrl-D: end the line the prompt is on
+            print()
+            break
+        if question.strip().lower() in ("exit", "quit"):
+            break
+        try:
+            print(llm.chat(model, tok, question))
+        except llm.PromptError as exc:  # empty, or longer than the context: say so and ask again
+            print(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: training stops at the next step; in the chat loop, at once
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except llm.LLMError as exc:  # a backend that is not installed, a checkpoint that cannot be written, ...
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,8 +1,8 @@
 """``arraygpt train|chat|text|attention ...`` (also ``python -m llm ...``): the three CLIs behind one command.
 
-    arraygpt train --device cpu                  # = python examples/train.py --device cpu
-    arraygpt chat --checkpoint runs/demo         # = python examples/chat.py --checkpoint runs/demo
-    arraygpt text --text book.txt --steps 300    # = python examples/train_text.py --text book.txt --steps 300
+    arraygpt train --device cpu
+    arraygpt chat --checkpoint runs/demo
+    arraygpt text --text book.txt --steps 300
     arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
 

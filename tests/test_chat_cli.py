@@ -1,4 +1,4 @@
-"""examples/chat.py end to end, in a subprocess: one-shot prompts, the interactive loop, and its error paths."""
+"""`arraygpt chat` (python -m llm chat) end to end, in a subprocess: one-shot prompts, the interactive loop, and its error paths."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from llm.data.tokenizers import WordTokenizer
 from tests.conftest import require_backend
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "chat.py"
+CLI = [sys.executable, "-m", "llm", "chat"]  # `arraygpt chat`
 TEXTS = ["User: Hello! Assistant: Hello! Ask me about the weather. </s>",
          "User: Is it raining? Assistant: Rain falls from clouds. </s>"]
 
@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def _run(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin if stdin is not None else "",
+    return subprocess.run([*CLI, *args], input=stdin if stdin is not None else "",
                           capture_output=True, text=True, timeout=120, cwd=cwd or ROOT)
 
 
@@ -115,7 +115,7 @@ def test_quit_words(checkpoint, word):
 
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT")
 def test_ctrl_c_exits_130_without_a_traceback(checkpoint):
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*CLI, "--checkpoint", str(checkpoint)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         banner = proc.stderr.readline()  # written once the model is loaded, just before the first prompt
@@ -133,7 +133,7 @@ def test_ctrl_c_exits_130_without_a_traceback(checkpoint):
 # -- faults that used to end in a traceback (issue 11, item 11) --------------------------------------------------------
 
 def _run_bytes(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin, capture_output=True, timeout=120,
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, timeout=120,
                           cwd=ROOT, env=dict(os.environ, **(env or {})))
 
 
@@ -157,7 +157,7 @@ def test_negative_seed_is_a_usage_error(checkpoint):
 
 
 def test_output_closed_early_exits_without_a_traceback(checkpoint):
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--prompt", "Hello!",
+    proc = subprocess.Popen([*CLI, "--checkpoint", str(checkpoint), "--prompt", "Hello!",
                              "--prompt", "Is it raining?"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=ROOT)
     proc.stdout.close()  # like `| head -0`: the reader is gone before the first answer

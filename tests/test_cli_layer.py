@@ -226,25 +226,25 @@ def test_arraygpt_train_help_is_train_pys():
     r = _run(_console_script(), "train", "--help")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.startswith("usage: arraygpt train "), r.stdout
-    script = _run(sys.executable, str(ROOT / "examples" / "train.py"), "--help")
+    script = _run(sys.executable, "-m", "llm.cli.cmd_train", "--help")
     assert script.returncode == 0 and _options(r.stdout) == _options(script.stdout)
 
 
 @pytest.mark.parametrize("command, script, option", [
-    ("chat", "chat.py", "--checkpoint"), ("text", "train_text.py", "--sample-chars"), ("train", "train.py", "--json"),
+    ("chat", "cmd_chat", "--checkpoint"), ("text", "cmd_text", "--sample-chars"), ("train", "cmd_train", "--json"),
 ])
-def test_python_m_llm_runs_the_example_scripts_code(command, script, option):
+def test_python_m_llm_runs_the_command_modules_code(command, script, option):
     r = _run(sys.executable, "-m", "llm", command, "--help")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.startswith(f"usage: python -m llm {command} ") and option in r.stdout, r.stdout
-    example = _run(sys.executable, str(ROOT / "examples" / script), "--help")
+    example = _run(sys.executable, "-m", f"llm.cli.{script}", "--help")
     assert example.returncode == 0 and _options(r.stdout) == _options(example.stdout)
 
 
 def test_a_command_reports_its_errors_like_its_script(tmp_path):
     missing = str(tmp_path / "missing.txt")
     r = _run(sys.executable, "-m", "llm", "text", "--text", missing)
-    script = _run(sys.executable, str(ROOT / "examples" / "train_text.py"), "--text", missing)
+    script = _run(sys.executable, "-m", "llm.cli.cmd_text", "--text", missing)
     assert r.returncode == script.returncode == 2
     assert r.stderr == script.stderr and r.stderr.startswith("error: cannot read") and r.stderr.count("\n") == 1
 

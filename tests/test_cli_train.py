@@ -1,4 +1,4 @@
-"""Every mistake a user can make with ``examples/train.py`` ends in one clear line, a non-zero exit and no data lost.
+"""Every mistake a user can make with ``arraygpt train`` ends in one clear line, a non-zero exit and no data lost.
 
 Each test runs the real CLI in a subprocess (a tiny model on tiny corpora, about a second a run) and checks the
 exit code, that stderr holds exactly one ``error:`` line naming the problem (or argparse's ``usage:`` + ``error:``
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "train.py"
+CLI = [sys.executable, "-m", "llm", "train"]  # `arraygpt train`, from the checkout
 
 PRETRAIN = [
     "Mountains form when plates push rock up. </s>",
@@ -64,7 +64,7 @@ def _env(extra_pythonpath: str | None = None) -> dict:
 
 def train(*args: str, stdin: str | None = None, pythonpath: str | None = None, timeout: float = 60,
           chat: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(SCRIPT), *TINY, *args] + ([] if chat else ["--no-chat"])
+    cmd = [*CLI, *TINY, *args] + ([] if chat else ["--no-chat"])
     return subprocess.run(cmd, cwd=ROOT, input=stdin if stdin is not None else "", capture_output=True, text=True,
                           timeout=timeout, env=_env(pythonpath), encoding="utf-8")
 
@@ -121,7 +121,7 @@ class Live:
     """A CLI run in the background whose stdout is read line by line (to time a Ctrl-C)."""
 
     def __init__(self, *args: str, chat: bool = False) -> None:
-        cmd = [sys.executable, str(SCRIPT), *TINY, *args] + ([] if chat else ["--no-chat"])
+        cmd = [*CLI, *TINY, *args] + ([] if chat else ["--no-chat"])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=_env(), encoding="utf-8")
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -377,7 +377,7 @@ def test_interactive_loop_ends_at_end_of_input(corpora):
 
 
 def test_interactive_loop_reads_bytes_that_are_not_utf8(corpora):
-    cmd = [sys.executable, str(SCRIPT), *TINY, *corpora, *FAST]
+    cmd = [*CLI, *TINY, *corpora, *FAST]
     r = subprocess.run(cmd, cwd=ROOT, input=b"caf\xe9 \xff\xfe\nexit\n", capture_output=True, timeout=60,
                        env=_env())
     assert r.returncode == 0, r.stderr
@@ -688,8 +688,8 @@ def test_resume_with_another_dtype_is_refused(corpora, tmp_path):
 @pytest.mark.parametrize("flag", ["--out", "--resume"])
 @pytest.mark.parametrize("value", ["", "  "])
 def test_empty_checkpoint_paths_are_errors(corpora, flag, value, tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), *TINY, *corpora, *FAST, "--no-chat", flag, value], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=60, env=_env(), encoding="utf-8")
+    r = subprocess.run([*CLI, *TINY, *corpora, *FAST, "--no-chat", flag, value], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env=_env(str(ROOT)), encoding="utf-8")
     assert_error(r, 2, flag, "empty")
     assert "epoch" not in r.stdout and os.listdir(tmp_path) == []
 
@@ -708,7 +708,7 @@ def test_two_runs_cannot_write_the_same_out(corpora, tmp_path):
 
 def test_checkpoint_directories_respect_the_umask(corpora, tmp_path):
     out = tmp_path / "run"
-    cmd = f"umask 022 && exec {sys.executable} {SCRIPT} {' '.join(TINY + corpora + FAST)} --no-chat --out {out}"
+    cmd = f"umask 022 && exec {sys.executable} -m llm train {' '.join(TINY + corpora + FAST)} --no-chat --out {out}"
     r = subprocess.run(["sh", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=60, env=_env())
     assert_ok(r)
     assert (out.stat().st_mode & 0o777) == 0o755
@@ -829,7 +829,8 @@ def _interrupting_package(tmp_path: Path, name: str) -> str:
 
 
 def test_ctrl_c_during_startup_imports_exits_130_without_a_traceback(tmp_path):
-    r = train(*FAST, pythonpath=_interrupting_package(tmp_path, "array_api_compat"))  # imported by `import llm`
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), *FAST], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT, env=_env(_interrupting_package(tmp_path, "array_api_compat")))  # `import llm`
     no_traceback(r)
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert r.stderr.strip() == "interrupted" and r.stdout == "", r.stderr

@@ -1,4 +1,4 @@
-"""Data-parallel training (backends/distributed.py, llm/distributed.py) under `mpiexec -n 2` with the PyPI MPI.
+"""Data-parallel training (backends/comm/, llm/training/ranks.py) under `mpiexec -n 2` with the PyPI MPI.
 
 The MPI tests launch tests/mpi_scripts/dp_worker.py through the mpiexec next to this Python (where the `mpich`
 wheel puts it), one BLAS thread per rank. They are skipped, with the reason, when mpi4py or mpiexec is missing, and
@@ -159,7 +159,7 @@ def test_one_rank_under_mpiexec_is_allowed(mpi, tmp_path):
 
 # -- (e) set-up errors: one line naming the fix ----------------------------------------------------------------------
 def _init_in_subprocess(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    code = ("import sys\nfrom backends.distributed import init_distributed\nfrom backends.errors import LLMError\n"
+    code = ("import sys\nfrom backends.comm import init_distributed\nfrom backends.errors import LLMError\n"
             "try:\n    init_distributed('cpu')\nexcept LLMError as e:\n    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(2)\n")
     env = _env()
@@ -187,12 +187,12 @@ def test_a_launcher_of_another_mpi_is_named(mpi):
 
 
 def test_missing_mpi4py_names_the_install(monkeypatch):
-    from backends import distributed
+    import backends.comm as comm_package
 
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # `from mpi4py import MPI` now raises ImportError
-    monkeypatch.setattr(distributed, "_CURRENT", None)
+    monkeypatch.setattr(comm_package, "_CURRENT", None)
     with pytest.raises(BackendUnavailableError) as info:
-        distributed.init_distributed("cpu")
+        comm_package.init_distributed("cpu")
     message = str(info.value)
     assert 'pip install -e ".[mpi]"' in message and "\n" not in message
 
@@ -204,11 +204,11 @@ def test_missing_mpi4py_names_the_install(monkeypatch):
     ({"backend": "cpu", "timeout": 0}, "timeout must be a positive number"),
 ])
 def test_bad_settings_are_config_errors(monkeypatch, kwargs, says):
-    from backends import distributed
+    import backends.comm as comm_package
 
-    monkeypatch.setattr(distributed, "_CURRENT", None)
+    monkeypatch.setattr(comm_package, "_CURRENT", None)
     with pytest.raises(ConfigError, match=says):
-        distributed.init_distributed(**kwargs)
+        comm_package.init_distributed(**kwargs)
 
 
 # -- pieces that need no MPI -------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class _FakeComm:
     """check_same's logic without MPI: allgather returns what the 'other ranks' would have sent."""
 
     def __init__(self, others: list[dict], rank: int = 0) -> None:
-        from backends.distributed import Communicator
+        from backends.comm import Communicator
 
         self.others, self.rank = others, rank
         self.check_same = Communicator.check_same.__get__(self)
@@ -259,7 +259,7 @@ def test_check_same_names_every_part_that_differs():
 
 # -- the Trainer and the CLI on 2 ranks (issue 12 item 2) ----------------------------------------------------------
 TRAINER = os.path.join(ROOT, "tests", "mpi_scripts", "trainer_worker.py")
-CLI = os.path.join(ROOT, "examples", "train.py")
+CLI = ["-m", "llm", "train"]  # `arraygpt train` after sys.executable
 
 
 def _trainer(mpi: str | None, spec: dict) -> dict:
@@ -295,7 +295,7 @@ def test_the_trainer_on_two_ranks_trains_like_one_process_and_resumes_with_anoth
 
 
 def test_the_cli_with_distributed_prints_once_and_trains_like_one_process(mpi, tmp_path):
-    args = [CLI, "--dtype", "float64", "--pretrain-steps", "4", "--chat-steps", "3", "--batch-size", "4", "--json",
+    args = [*CLI, "--dtype", "float64", "--pretrain-steps", "4", "--chat-steps", "3", "--batch-size", "4", "--json",
             "--no-progress", "--no-chat", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32"]
     single, _ = _run([sys.executable, *args])
     assert single.returncode == 0, single.stderr
@@ -313,14 +313,14 @@ def test_the_cli_with_distributed_prints_once_and_trains_like_one_process(mpi, t
 
 
 def test_dist_timeout_without_distributed_is_a_usage_error():
-    p, _ = _run([sys.executable, CLI, "--dist-timeout", "5", "--no-chat"])
+    p, _ = _run([sys.executable, *CLI, "--dist-timeout", "5", "--no-chat"])
     assert p.returncode == 2 and "--dist-timeout needs --distributed" in p.stderr
 
 
 def test_the_book_trainer_with_distributed_matches_one_process(mpi, tmp_path):
     text = tmp_path / "book.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
-    args = [os.path.join(ROOT, "examples", "train_text.py"), "--text", str(text), "--steps", "8", "--eval-every", "4",
+    args = ["-m", "llm", "text", "--text", str(text), "--steps", "8", "--eval-every", "4",
             "--log-every", "4", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32",
             "--max-seq-len", "16", "--batch-size", "6", "--dtype", "float64", "--sample-chars", "30"]
     one, _ = _run([sys.executable, *args])
@@ -334,7 +334,7 @@ def test_the_book_trainer_with_distributed_matches_one_process(mpi, tmp_path):
 def test_distributed_without_a_launcher_is_one_line_naming_mpiexec():
     pytest.importorskip("mpi4py", reason="mpi4py is not installed")
     env = {k: v for k, v in _env().items() if k not in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE")}
-    p = subprocess.run([sys.executable, CLI, "--distributed", "--no-chat"], capture_output=True, text=True, env=env,
+    p = subprocess.run([sys.executable, *CLI, "--distributed", "--no-chat"], capture_output=True, text=True, env=env,
                        cwd=ROOT, timeout=TIMEOUT)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert p.returncode == 2 and len(errors) == 1 and "mpiexec" in errors[0], p.stderr
@@ -344,7 +344,7 @@ def test_distributed_without_a_launcher_is_one_line_naming_mpiexec():
 def test_the_cli_on_two_ranks_prints_each_epoch_once_and_ctrl_c_saves_once(mpi, tmp_path):
     import signal as _signal
 
-    args = [CLI, "--pretrain-steps", "100000", "--chat-steps", "0", "--batch-size", "4", "--no-progress",
+    args = [*CLI, "--pretrain-steps", "100000", "--chat-steps", "0", "--batch-size", "4", "--no-progress",
             "--no-chat", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--log-every", "2",
             "--distributed", "--out", str(tmp_path / "run")]
     proc = subprocess.Popen([mpi, "-n", "2", sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

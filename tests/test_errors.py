@@ -505,7 +505,7 @@ def test_cuda_graphs_on_where_unsupported_names_the_parameter():
 
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
 # Being rewritten elsewhere in this issue: they say parameters there, then leave this set.
-_FLAGS_NOT_YET_CONVERTED = {"backends/distributed.py"}  # gone with backends/comm (the docs merge)
+_FLAGS_NOT_YET_CONVERTED: set[str] = set()  # every library module says parameters now
 
 
 def test_library_text_names_no_command_line_flag():

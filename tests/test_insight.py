@@ -230,7 +230,7 @@ def test_attention_cli_end_to_end(tmp_path):
     model = GPT(GPTConfig(vocab_size=TOK.vocab_size, **TINY), be, seed=0)
     save_checkpoint(tmp_path / "ck", model, TOK)
     out = tmp_path / "att.png"
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "attention.py"), "--checkpoint", str(tmp_path / "ck"),
+    r = subprocess.run([sys.executable, "-m", "llm", "attention", "--checkpoint", str(tmp_path / "ck"),
                         "--prompt", "What is the sun?", "--out", str(out)], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0 and r.stderr == "", r.stderr

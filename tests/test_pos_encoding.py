@@ -126,13 +126,13 @@ def test_train_cli_rejects_an_unknown_encoding(corpora):  # noqa: F811
 
 
 def test_text_cli_pos_encoding_is_saved_and_a_different_one_refused_on_resume(tmp_path):
-    from tests.test_train_text_cli import SCRIPT, TINY, _env
+    from tests.test_train_text_cli import CLI, TINY, _env
 
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
 
     def run(*args):
-        return subprocess.run([sys.executable, str(SCRIPT), "--text", str(text), *args], capture_output=True,
+        return subprocess.run([*CLI, "--text", str(text), *args], capture_output=True,
                               text=True, timeout=120, env=_env(), encoding="utf-8")
 
     out = tmp_path / "run"

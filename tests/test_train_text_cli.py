@@ -1,4 +1,4 @@
-"""examples/train_text.py in a subprocess: every flag is checked before training, and faults end in one line.
+"""`arraygpt text` (python -m llm text) in a subprocess: every flag is checked before training, and faults end in one line.
 
 Issue 11, item 12: --temperature, --sample-chars and --max-seq-len used to be checked only after training; --steps 0
 silently ran 20 steps and --steps -5 blamed "warmup steps"; --seed -1 gave a traceback; Ctrl-C exited silently;
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "train_text.py"
+CLI = [sys.executable, "-m", "llm", "text"]  # `arraygpt text`
 TINY = ["--max-seq-len", "32", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32",
         "--batch-size", "8", "--steps", "20"]
 
@@ -38,7 +38,7 @@ def _env() -> dict:
 
 
 def _run(text_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--text", str(text_file), *TINY, *args], cwd=ROOT,
+    return subprocess.run([*CLI, "--text", str(text_file), *TINY, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=_env(), encoding="utf-8")
 
 
@@ -96,7 +96,7 @@ def test_divergence_names_this_scripts_flag(text_file):
 
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT")
 def test_ctrl_c_during_training_exits_130_with_a_message(text_file):
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--text", str(text_file), *TINY, "--steps", "1000000"],
+    proc = subprocess.Popen([*CLI, "--text", str(text_file), *TINY, "--steps", "1000000"],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(), encoding="utf-8")
     try:
@@ -147,7 +147,7 @@ def test_bad_settings_are_one_line_before_training(text_file, flags, words, code
 
 
 def test_a_missing_text_file_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--text", str(tmp_path / "none.txt"), *TINY], cwd=ROOT,
+    proc = subprocess.run([*CLI, "--text", str(tmp_path / "none.txt"), *TINY], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env=_env(), encoding="utf-8")
     _nothing_ran(proc)
     assert proc.stderr.startswith("error: cannot read"), proc.stderr
@@ -294,7 +294,7 @@ def test_cli_resume_continues_and_refuses_other_settings_or_text(text_file, tmp_
     out = tmp_path / "run"
     first = _run(text_file, "--steps", "6", "--eval-every", "3", "--out", str(out), "--sample-chars", "0")
     assert first.returncode == 0 and "saved checkpoint" in first.stdout, first.stderr
-    more = subprocess.run([sys.executable, str(SCRIPT), "--text", str(text_file), "--resume", str(out), "--steps", "8",
+    more = subprocess.run([*CLI, "--text", str(text_file), "--resume", str(out), "--steps", "8",
                            "--sample-chars", "0", "--eval-every", "4"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=_env(), encoding="utf-8")
     assert more.returncode == 0, more.stderr
@@ -304,7 +304,7 @@ def test_cli_resume_continues_and_refuses_other_settings_or_text(text_file, tmp_
     assert "--batch-size 3 differs" in other.stderr, other.stderr
     changed = tmp_path / "other.txt"
     changed.write_text(text_file.read_text(encoding="utf-8").upper(), encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--text", str(changed), "--resume", str(out)], cwd=ROOT,
+    proc = subprocess.run([*CLI, "--text", str(changed), "--resume", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env=_env(), encoding="utf-8")
     _nothing_ran(proc)
     assert "is not the text" in proc.stderr, proc.stderr

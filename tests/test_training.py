@@ -147,7 +147,7 @@ def test_a_tiny_run_learns_to_reproduce_its_sentences(tok):
 def test_json_output_contract(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(FACTS))
     (tmp_path / "c.json").write_text(json.dumps(CHATS))
-    cmd = [sys.executable, str(ROOT / "examples" / "train.py"), "--pretrain-data", str(tmp_path / "p.json"),
+    cmd = [sys.executable, "-m", "llm", "train", "--pretrain-data", str(tmp_path / "p.json"),
            "--chat-data", str(tmp_path / "c.json"), "--d-model", "16", "--n-heads", "2", "--n-layers", "1",
            "--d-ff", "32", "--pretrain-epochs", "2", "--chat-epochs", "3", "--json", "--prompt", "What is the sun?"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -166,7 +166,7 @@ def test_json_output_contract(tmp_path):
 def test_character_level_example_trains_on_plain_text(tmp_path):
     text = "the quick brown fox jumps over the lazy dog. " * 40
     (tmp_path / "t.txt").write_text(text)
-    cmd = [sys.executable, str(ROOT / "examples" / "train_text.py"), "--text", str(tmp_path / "t.txt"),
+    cmd = [sys.executable, "-m", "llm", "text", "--text", str(tmp_path / "t.txt"),
            "--max-seq-len", "32", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--d-ff", "32",
            "--steps", "40", "--batch-size", "8", "--lr", "1e-2", "--temperature", "0", "--sample-chars", "16",
            "--log-every", "5"]
@@ -176,7 +176,7 @@ def test_character_level_example_trains_on_plain_text(tmp_path):
     losses = [float(line.split(": loss ")[1].split(",")[0]) for line in r.stdout.splitlines()
               if line.startswith("step") and ": loss " in line]  # issue 9: per-step log lines, no epochs
     assert losses[-1] < 0.5 * losses[0]  # it learns the repeated sentence
-    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "train_text.py"), "--text",
+    bad = subprocess.run([sys.executable, "-m", "llm", "text", "--text",
                           str(tmp_path / "missing.txt")], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read") and "Traceback" not in bad.stderr
 

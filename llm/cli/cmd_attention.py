@@ -1,7 +1,7 @@
-"""Draw a trained checkpoint's attention maps for a prompt: ``arraygpt attention`` (``python examples/attention.py``).
+"""``arraygpt attention``: draw a trained checkpoint's attention maps for a prompt.
 
-    python examples/attention.py --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
-    python examples/attention.py --checkpoint runs/demo --prompt "The sun is a star." --raw --out sun.png
+    arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
+    arraygpt attention --checkpoint runs/demo --prompt "The sun is a star." --raw --out sun.png
 
 One PNG: a grid of heatmaps, a row per layer and a column per head; in each, row t is what token t attends to
 (keys on the horizontal axis), both axes labelled with the prompt's tokens. The prompt is wrapped as the model's
@@ -16,7 +16,6 @@ import argparse
 import sys
 import warnings
 
-# Absolute imports: examples/attention.py runs this module's code as its own (see llm.cli.run_script).
 from llm.cli.common import EXIT_OK, one_line_warnings, run_cli
 from llm.errors import LLMWarning, PromptError
 

@@ -1,8 +1,8 @@
-"""Chat with a trained ArrayGPT checkpoint: ``arraygpt chat`` (``python examples/chat.py``).
+"""``arraygpt chat``: chat with a trained ArrayGPT checkpoint.
 
-    python examples/chat.py --checkpoint runs/default                      # interactive
-    python examples/chat.py --checkpoint runs/default --prompt "How do mountains form?"
-    python examples/chat.py --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
+    arraygpt chat --checkpoint runs/default                      # interactive
+    arraygpt chat --checkpoint runs/default --prompt "How do mountains form?"
+    arraygpt chat --checkpoint runs/default --temperature 0.8 --top-p 0.9 --seed 1
 
 Type ``exit`` or ``quit`` (or press Ctrl-D) to leave. Every mistake or fault ends in one ``error:`` line (see
 ``llm.cli``). Exit codes: 0 done, 1 error (or output closed), 2 bad option, 130 Ctrl-C.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Absolute imports: examples/chat.py runs this module's code as its own (see llm.cli.run_script).
 from llm.cli.common import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, print_stream, run_cli
 from llm.errors import ConfigError, PromptError
 

@@ -1,8 +1,8 @@
 """The command-line layer the ArrayGPT scripts share: exit codes, the ``error:`` line, streams, argument types.
 
-The CLIs are modules of the package: ``llm/cli_train.py``, ``llm/cli_chat.py``, ``llm/cli_text.py``, run as
-``arraygpt train|chat|text`` (``llm/__main__.py``) or as ``python examples/train.py`` etc., whose scripts run the
-module's code as their own (:func:`run_script`). Each one's ``_main(argv)`` does the work and raises;
+The CLIs are modules of the package: ``llm/cli/cmd_train.py``, ``cmd_chat.py``, ``cmd_text.py``,
+``cmd_attention.py``, run as ``arraygpt train|chat|text|attention`` (``llm/__main__.py``, also ``python -m llm``).
+Each one's ``_main(argv)`` does the work and raises;
 :func:`run_cli` turns what it raises into one line on stderr and an exit code, so no user ever sees a traceback for
 a mistake or a fault::
 
@@ -153,23 +153,6 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
     return EXIT_OK if code is None else code
 
 
-def run_script(module: str, namespace: dict) -> None:
-    """Run the CLI module `module` (``"llm.cli.cmd_train"``) as the script whose globals are `namespace`.
-
-    ``examples/train.py`` is a thin wrapper around ``llm/cli_train.py`` (which ``arraygpt train`` runs too), yet it
-    stays that CLI as a module: the module's code runs in the wrapper's own namespace (as ``runpy`` does), so
-    loading ``examples/train.py`` gives its ``main``, ``chat``, ... and patching one of them affects the run. Run as
-    a script (``__name__ == "__main__"``), the module's own ``if __name__ == "__main__"`` block starts the CLI.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    code = spec.loader.get_code(module)
-    try:
-        exec(code, namespace)
-    except KeyboardInterrupt:  # Ctrl-C while the CLI's imports load: no traceback (later ones: run_cli's)
-        print("\ninterrupted", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 # -- argparse types: a malformed value is argparse's usage + `error:` line, exit 2, before anything runs ---------------
@@ -227,7 +210,7 @@ def fraction(text: str) -> float:
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "MEMORY_HINT", "error", "exit_code",
            "setup_streams", "one_line_warnings", "run_cli", "flag_name", "flag_of", "cli_message", "SHARED_FLAGS", "int_at_least", "nonnegative_int", "positive_int",
-           "positive_float", "nonnegative_float", "fraction", "number", "workers_flag", "run_script"]
+           "positive_float", "nonnegative_float", "fraction", "number", "workers_flag"]
 
 
 def print_stream(pieces: Iterable[str], file=None) -> str:

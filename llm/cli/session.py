@@ -66,7 +66,7 @@ class Session:
         own device before any backend is made). Ranks other than 0 print nothing and warn nothing."""
         comm = None
         if distributed:
-            from backends.distributed import init_distributed
+            from backends.comm import init_distributed
 
             comm = init_distributed(device, timeout=timeout)
             if not comm.is_root:

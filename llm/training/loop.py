@@ -212,12 +212,12 @@ class Engine:
             while st.phase_step < total:
                 batches, next_rng_state = self.source.epoch(phase.name, st)
                 while st.phase_step < total:
+                    if self.source.has_epochs and st.batch >= self.source.batches_per_epoch(phase.name):
+                        break  # the epoch is done: it ends (and is recorded) before any stop
                     if self._stop_at_boundary():
                         self.read()  # before anything is saved: a diverged run must raise, not be saved
                         raise TrainingInterrupted(f"interrupted in phase {phase.name} at step {st.step}")
-                    batch = next(batches, None)  # drawn only when it will be used: the source's state follows
-                    if batch is None:
-                        break
+                    batch = next(batches)  # drawn only when it will be used: a window source's state follows
                     self.train_step(phase, total, batch)
                     steps, tokens = steps + 1, tokens + batch.n_inputs
                     self._after_step(phase, total, bar, tokens / max(time.perf_counter() - t0, 1e-9))

@@ -1,6 +1,6 @@
 """Data-parallel training: every rank steps on its shard of the global batch, and one all-reduce joins them.
 
-    comm = backends.distributed.init_distributed("cpu")      # under mpiexec -n N
+    comm = backends.comm.init_distributed("cpu")      # under mpiexec -n N
     step = DistributedStep(model, Adam(model, lr), comm)      # same call as TrainStep
     loss = step(tokens, targets, mask, lr=...)                # the GLOBAL batch, the same on every rank
 
@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from backends.distributed import fingerprint
+from backends.comm import fingerprint
 
 from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (shard_bounds: re-exported)
 from llm.errors import ConfigError

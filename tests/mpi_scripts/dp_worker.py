@@ -56,7 +56,7 @@ def main() -> None:
     opt = llm.Adam(model, lr=3e-3)
     comm = None
     if spec["mode"] == "dp":
-        from backends.distributed import init_distributed
+        from backends.comm import init_distributed
         from llm.training.ranks import DistributedStep, run_fingerprints
 
         comm = init_distributed(spec.get("backend", "numpy"), spec.get("engine", "mpi"), timeout=spec.get("timeout"),

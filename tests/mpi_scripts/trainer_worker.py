@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 
 from backends import get_backend  # noqa: E402
-from backends.distributed import init_distributed  # noqa: E402
+from backends.comm import init_distributed  # noqa: E402
 from llm import GPT, GPTConfig  # noqa: E402
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint  # noqa: E402
 from llm.data.tokenizers import WordTokenizer  # noqa: E402
