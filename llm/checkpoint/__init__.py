@@ -39,7 +39,7 @@ from llm.errors import CheckpointError, LLMWarning
 from llm.nn.model import GPT
 from llm.training.trainer import Recipe, Trainer, TrainState
 from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE,
-                      OPTIMIZER_FILE, TOKENIZER_FILE, TRAINING_FILE, _RESAVE)
+                      OPTIMIZER_FILE, TOKENIZER_FILE, TRAINING_FILE, _RESAVE, FileReads)
 from llm.checkpoint.files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
 from llm.checkpoint.state import read_state, restore_trainer, serialize_training
 from llm.checkpoint.writer import (CheckpointLock, SavedCheckpoint, _read_manifest, _target, _verify, check_destination,
@@ -129,8 +129,8 @@ def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a directory; pass the directory that holds "
                               f"{CONFIG_FILE} and {MODEL_FILE}")
 
-    reads: dict[str, bytes] = {}  # every file's bytes as parsed: checked against the manifest at the end
     manifest = _read_manifest(path)
+    reads = FileReads(manifest)  # every file's bytes as parsed, none larger than the manifest says: checked at the end
     if manifest is not None:
         for fname in manifest["files"]:
             if not os.path.lexists(path / fname):
