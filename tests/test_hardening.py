@@ -234,3 +234,54 @@ def test_well_formed_json_still_reads():
         parse_json("[")
     with pytest.raises(UnicodeDecodeError):  # bytes that are not text are the caller's to name
         parse_json(b"[\xff]")
+
+
+# -- item 13: library calls with arguments outside the error types ---------------------------------------------------
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_a_seed_that_is_not_a_nonnegative_integer_is_a_config_error(seed):
+    from llm.errors import ConfigError
+
+    msg = _one_line(ConfigError, GPT, CFG, require_backend("numpy"), seed=seed)
+    assert "seed" in msg and repr(seed) in msg
+    GPT(CFG, require_backend("numpy"), seed=np.int64(3))  # a NumPy integer is an integer
+
+
+def test_a_backend_name_builds_the_model_like_llm_load():
+    from backends import get_backend
+    from llm.errors import ConfigError
+
+    model = GPT(CFG, "cpu", seed=0)
+    assert model.backend.name == "numpy" and model.backend.dtype_name == "float32"
+    same = GPT(CFG, get_backend("cpu"), seed=0)
+    np.testing.assert_array_equal(model.backend.to_numpy(model.params["embed.token"]),
+                                  same.backend.to_numpy(same.params["embed.token"]))
+    assert "unknown backend" in _one_line(ConfigError, GPT, CFG, "gpu-please")
+    assert "get_backend" in _one_line(ConfigError, GPT, CFG, 42)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, CFG.vocab_size), (2, 4, CFG.vocab_size - 1), (8,), ()])
+def test_backward_with_dlogits_of_the_wrong_shape_is_a_config_error(shape):
+    from llm.errors import ConfigError
+
+    be = require_backend("numpy", "float64")
+    model = GPT(CFG, be, seed=0)
+    tokens = np.zeros((2, 4), dtype=np.int64)
+    model.forward(tokens)
+    msg = _one_line(ConfigError, model.backward, np.zeros(shape))
+    assert "dlogits" in msg and str((2, 4, CFG.vocab_size)) in msg and str(shape) in msg
+    model.zero_grads()
+    model.backward(np.ones((2, 4, CFG.vocab_size)))  # the refused call kept the forward's cache: this one works
+    assert float(np.abs(be.to_numpy(model.grads["embed.token"])).sum()) > 0
+    _, cache = model.forward(tokens, return_cache=True)
+    model.backward(np.ones((8, CFG.vocab_size)), cache)  # (B*T, V), as before
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, None])
+def test_evaluate_with_a_batch_size_below_one_is_a_config_error(batch_size):
+    import llm
+    from llm.errors import ConfigError
+
+    model = GPT(CFG, require_backend("numpy", "float64"), seed=0)
+    msg = _one_line(ConfigError, llm.evaluate, model, TOK, FACTS, batch_size=batch_size)
+    assert "batch_size" in msg and repr(batch_size) in msg
+    assert llm.evaluate(model, TOK, FACTS, batch_size=1).tokens == llm.evaluate(model, TOK, FACTS).tokens

@@ -9,6 +9,7 @@ batches stay on the device and come back in one transfer.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,8 @@ def exact_match(model: Any, tokenizer: Any, chat_texts: list[str], max_new_token
 
 def evaluate_examples(model: Any, examples: list[Example], pad_id: int, batch_size: int = 32) -> tuple[float, int]:
     """(mean loss per counted token, counted tokens) of encoded examples; one device -> host transfer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not examples:
         raise ConfigError("nothing to evaluate: no example has a target that counts")
     be = model.backend

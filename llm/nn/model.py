@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 
@@ -10,6 +11,7 @@ from llm.nn.config import GPTConfig
 from llm.errors import ConfigError
 from llm.nn.layers import Embedding, LayerNorm, OutputProjection, TransformerBlock
 from llm.nn.layers.base import Layer
+from backends import get_backend
 from backends.ops import index_add
 from llm.nn.loss import softmax_cross_entropy
 from llm.nn.params import FlatParameters
@@ -26,6 +28,13 @@ class GPT(Layer):
 
     def __init__(self, config: GPTConfig, backend: Any, seed: int = 0) -> None:
         super().__init__()
+        if isinstance(backend, str):  # a name, as llm.load takes: "cpu", "cuda", "torch"... in float32
+            backend = get_backend(backend)
+        if not hasattr(backend, "xp"):
+            raise ConfigError(f"backend must be a Backend (backends.get_backend(\"cpu\")) or its name, got "
+                              f"{type(backend).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         self.config, self.backend = config, backend
         c = config
         rng = backend.rng(seed)
@@ -85,11 +94,18 @@ class GPT(Layer):
 
         `cache` is what ``forward(..., return_cache=True)`` returned; None uses the last plain ``forward``'s.
         """
+        last = cache is None
+        cache = self._last_cache if last else cache
         if cache is None:
-            cache, self._last_cache = self._last_cache, None
-            if cache is None:
-                raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
+            raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
         trunk, head = cache
+        (flat_ids, T), _ = trunk  # the embedding's cache: (B*T,) ids and T
+        shape, want = tuple(getattr(dlogits, "shape", ())), (flat_ids.shape[0] // T, T, self.config.vocab_size)
+        if shape not in (want, (want[0] * T, want[2])):
+            raise ConfigError(f"backward: dlogits must have the shape of the logits forward returned, {want}; got "
+                              f"{shape if hasattr(dlogits, 'shape') else type(dlogits).__name__}")
+        if last:
+            self._last_cache = None
         xp = self.backend.xp
         dx = self._head_backward(xp.reshape(dlogits, (-1, self.config.vocab_size)), head)
         self._trunk_backward(dx, trunk)
