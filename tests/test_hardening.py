@@ -23,7 +23,7 @@ import pytest
 from llm import GPT, GPTConfig
 from llm.checkpoint import check_destination, find_checkpoint, load_checkpoint, lock_destination, save_checkpoint
 from llm.data.corpora import load_corpus
-from llm.errors import CheckpointError, DataError
+from llm.errors import CheckpointError, DataError, LLMWarning
 from llm.data.tokenizers import WordTokenizer
 from llm.training.trainer import Recipe, Trainer
 from tests.conftest import require_backend
@@ -162,7 +162,7 @@ def test_config_linked_to_dev_zero_is_refused_unread(tmp_path):
     r = _limited(f"""
         from llm.checkpoint import load_checkpoint
         from llm.data.corpora import load_corpus
-        from llm.errors import CheckpointError, DataError
+        from llm.errors import CheckpointError, DataError, LLMWarning
         for load in (lambda: load_checkpoint({str(path)!r}, "cpu"), lambda: load_corpus({str(corpus)!r})):
             try:
                 load()
@@ -285,3 +285,63 @@ def test_evaluate_with_a_batch_size_below_one_is_a_config_error(batch_size):
     msg = _one_line(ConfigError, llm.evaluate, model, TOK, FACTS, batch_size=batch_size)
     assert "batch_size" in msg and repr(batch_size) in msg
     assert llm.evaluate(model, TOK, FACTS, batch_size=1).tokens == llm.evaluate(model, TOK, FACTS).tokens
+
+
+# -- item 14 (part): the recipe sweep reads its argument, never evaluates it -----------------------------------------
+def test_recipe_sweep_reads_its_recipes_without_evaluating_them(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "benchmarks" / "recipe_sweep.py")
+    hostile = "[dict(batch_size=__import__('pathlib').Path('PWNED').touch())]"
+    r = subprocess.run([sys.executable, script, hostile, "[0]"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env=env)
+    assert not (tmp_path / "PWNED").exists(), "the argument was evaluated"
+    assert r.returncode == 2 and "cannot read the recipes" in r.stderr, r.stderr
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import recipe_sweep
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert recipe_sweep.parse_recipes("[dict(), dict(pretrain_epochs=15, chat_epochs=20)]") == [
+        {}, {"pretrain_epochs": 15, "chat_epochs": 20}]
+    assert recipe_sweep.parse_recipes('[{"batch_size": 32, "lr": 3e-3}]') == [{"batch_size": 32, "lr": 3e-3}]
+    for bad in ["dict()", "[print(1)]", "[dict(**x)]", "[{1: 2}]", "[" * 100_000, "[dict(a=[].append)]"]:
+        with pytest.raises(ValueError):
+            recipe_sweep.parse_recipes(bad)
+
+
+# -- item 14 (part): a subnormal temperature samples without NumPy warnings ------------------------------------------
+def test_a_subnormal_temperature_samples_the_top_tokens_without_warnings(tmp_path, capsys):
+    import warnings
+
+    from llm.__main__ import main
+    from llm.infer.generation import choose_token
+
+    logits = np.array([1.0, 2.0, 2.0, 0.5])
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picked = {choose_token(logits, temperature=1e-320, rng=rng) for _ in range(40)}
+        assert picked == {1, 2}  # the tied top logits share the probability, the others get none
+        assert {choose_token(logits, temperature=5e-324, top_p=0.3, rng=rng) for _ in range(10)} == {1}
+    path = _checkpoint(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["chat", "--checkpoint", str(path), "--temperature", "1e-320", "--seed", "1",
+                     "--prompt", "What is the sun?"])
+    assert code == 0 and [str(w.message) for w in caught] == [] and capsys.readouterr().err == ""
+
+
+# -- item 14 (part): chat on a character-level checkpoint says what it is ----------------------------------------------
+def test_chat_on_a_character_level_checkpoint_says_so_once(tmp_path, capsys):
+    from llm.__main__ import main
+    from llm.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_texts(["The sun is a star. Ice floats on water. </s>"])
+    cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=48)
+    path = save_checkpoint(tmp_path / "book", GPT(cfg, require_backend("numpy"), seed=0), tok)
+    with pytest.warns(LLMWarning) as record:  # the CLI prints each as one "warning: ..." line
+        assert main(["chat", "--checkpoint", str(path), "--prompt", "What is the sun?", "--prompt", "Hi",
+                     "--max-new-tokens", "5"]) == 0
+    said = [str(w.message) for w in record]
+    assert len(said) == 1 and "character-level" in said[0] and "arraygpt train" in said[0] and str(path) in said[0]
+    assert capsys.readouterr().err == ""
