@@ -345,3 +345,15 @@ def test_chat_on_a_character_level_checkpoint_says_so_once(tmp_path, capsys):
     said = [str(w.message) for w in record]
     assert len(said) == 1 and "character-level" in said[0] and "arraygpt train" in said[0] and str(path) in said[0]
     assert capsys.readouterr().err == ""
+
+
+def test_read_regular_never_takes_more_than_one_byte_past_its_limit(tmp_path):
+    from llm.data.safe_read import NotRegularFile, read_regular
+
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    assert [len(read_regular(tmp_path / "f", n)) for n in (None, 10, 0, -5, 200)] == [100, 11, 1, 1, 100]
+    os.mkfifo(tmp_path / "p")
+    with _within(20), pytest.raises(NotRegularFile, match="is a FIFO, not a regular file"):
+        read_regular(tmp_path / "p")
+    with pytest.raises(IsADirectoryError):
+        read_regular(tmp_path)

@@ -64,7 +64,7 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
         if not stat.S_ISREG(mode):
             raise NotRegularFile(path, file_kind(mode))
-        return f.read() if limit is None else f.read(limit + 1)
+        return f.read() if limit is None else f.read(max(limit, 0) + 1)  # read(-1) would read it all
 
 
 def parse_json(text: str | bytes) -> Any:
