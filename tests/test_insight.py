@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import builtins
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -239,25 +238,41 @@ def test_attention_cli_end_to_end(tmp_path):
     assert pixels.shape[0] > 100 and len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 10
 
 
-def test_attention_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
-    from llm.__main__ import main
-
+def _attention_args(tmp_path) -> list[str]:
     model = GPT(GPTConfig(vocab_size=TOK.vocab_size, **TINY), require_backend("numpy"), seed=0)
     save_checkpoint(tmp_path / "ck", model, TOK)
-    args = ["attention", "--checkpoint", str(tmp_path / "ck"), "--prompt", "What is the sun?"]
+    return ["attention", "--checkpoint", str(tmp_path / "ck"), "--prompt", "What is the sun?"]
+
+
+def _assert_one_line_error(main, argv, code, words, capsys) -> None:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+
+
+def test_attention_cli_errors_are_one_line(tmp_path, capsys):
+    from llm.__main__ import main
+
+    pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install -e \".[plot]\"")  # past --out
+    args = _attention_args(tmp_path)
     cases = [(args + ["--out", str(tmp_path / "no" / "a.png")], 2, "does not exist"),
              (args[:-1] + ["  ", "--out", str(tmp_path / "a.png")], 2, "--prompt is empty"),
              (["attention", "--checkpoint", str(tmp_path / "nope"), "--prompt", "hi", "--out",
                str(tmp_path / "a.png")], 1, "does not exist")]
     for argv, code, words in cases:
-        assert main(argv) == code
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+        _assert_one_line_error(main, argv, code, words, capsys)
     long = " ".join(["sun"] * 40)  # longer than the context: its last tokens, with one warning
-    if importlib.util.find_spec("matplotlib") is not None:
-        with pytest.warns(LLMWarning, match="--prompt is 40 tokens.*drawing its last 24"):
-            assert main(args[:-1] + [long, "--out", str(tmp_path / "long.png"), "--raw"]) == 0
-        assert (tmp_path / "long.png").exists()
+    with pytest.warns(LLMWarning, match="--prompt is 40 tokens.*drawing its last 24"):
+        assert main(args[:-1] + [long, "--out", str(tmp_path / "long.png"), "--raw"]) == 0
+    assert (tmp_path / "long.png").exists()
+
+
+def test_attention_cli_without_matplotlib_is_one_line(tmp_path, monkeypatch, capsys):
+    """Runs with or without the [plot] extra: the --out check first, then the line naming the install."""
+    from llm.__main__ import main
+
+    args = _attention_args(tmp_path)
     _no_matplotlib(monkeypatch)
+    _assert_one_line_error(main, args + ["--out", str(tmp_path / "no" / "a.png")], 2, "does not exist", capsys)
     assert main(args + ["--out", str(tmp_path / "b.png")]) == 1
     assert "pip install -e \".[plot]\"" in capsys.readouterr().err

@@ -40,7 +40,7 @@ from typing import Any
 from llm.errors import CheckpointError, LLMWarning
 from llm.nn.model import GPT
 from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE,
-                      OPTIMIZER_FILE, TOKENIZER_FILE, TRAINING_FILE, _RESAVE)
+                      OPTIMIZER_FILE, TOKENIZER_FILE, TRAINING_FILE, _RESAVE, FileReads)
 from llm.checkpoint.files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
 from llm.checkpoint.resume import restore_trainer
 from llm.checkpoint.state import SavedTraining, read_state, serialize_training
@@ -149,8 +149,8 @@ def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a directory; pass the directory that holds "
                               f"{CONFIG_FILE} and {MODEL_FILE}")
 
-    reads: dict[str, bytes] = {}  # every file's bytes as parsed: checked against the manifest at the end
     manifest = _read_manifest(path)
+    reads = FileReads(manifest)  # every file's bytes as parsed, none larger than the manifest says: checked at the end
     if manifest is not None:
         for fname in manifest["files"]:
             if not os.path.lexists(path / fname):

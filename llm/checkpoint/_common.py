@@ -1,4 +1,5 @@
-"""What every part of a checkpoint shares: the file names, the format version, JSON and error-message helpers."""
+"""What every part of a checkpoint shares: the file names, the format version, reading files (only regular ones, never
+more than the manifest recorded), JSON and error-message helpers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from llm.data.safe_read import NotRegularFile, UnreadableJSON, parse_json, read_regular
 from llm.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -25,6 +27,20 @@ LEGACY_TEXT_STATE = "text_run.safetensors"
 LEGACY_FILES = (LEGACY_TEXT_STATE, f".{LEGACY_TEXT_STATE}.tmp")
 
 _RESAVE = "re-save the checkpoint or use another one"
+MANIFEST_LIMIT = 1 << 20  # bytes: a manifest lists six files; anything longer is not one
+EDIT_SLACK = 1 << 20  # bytes a file may exceed its recorded size and still be read (and diagnosed), not more
+
+
+class FileReads(dict):
+    """The bytes of each checkpoint file as it was parsed (name -> bytes), checked against the manifest at the end.
+
+    ``sizes`` holds the size the manifest recorded for each file: a read of that file takes no more.
+    """
+
+    def __init__(self, manifest: dict | None = None) -> None:
+        super().__init__()
+        files = manifest["files"] if manifest is not None else {}
+        self.sizes: dict[str, int] = {name: entry["bytes"] for name, entry in files.items()}
 
 
 def _json_default(obj: Any) -> Any:
@@ -53,28 +69,48 @@ def _names(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of checkpoint file `path`, at most ``limit + 1`` of them: a regular file (a FIFO or a device is
+    refused before it is read)."""
     try:
-        return path.read_bytes()
+        return read_regular(path, limit)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete: {_RESAVE}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a directory, not a file; {_RESAVE}") from None
+    except NotRegularFile as exc:
+        raise CheckpointError(f"{path} is {exc.kind}, not a regular file; a checkpoint holds only files: "
+                              f"{_RESAVE}") from None
     except PermissionError:
         raise CheckpointError(f"cannot read {path}: permission denied; fix its permissions (chmod +r)") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {_os_reason(exc)}; check the disk or {_RESAVE}") from None
 
 
-def _read_json(path: Path, reads: dict[str, bytes] | None = None) -> Any:
-    data = _read_bytes(path)
+def _read_file(path: Path, reads: dict[str, bytes] | None = None) -> bytes:
+    """:func:`_read_bytes` of a checkpoint file, kept in `reads`; with a :class:`FileReads` that knows its size, a
+    file more than EDIT_SLACK bytes over it is refused unread (one a little over is parsed, so that the message
+    says what changed; the checksum refuses it at the end anyway)."""
+    recorded = getattr(reads, "sizes", {}).get(path.name)
+    data = _read_bytes(path, None if recorded is None else recorded + EDIT_SLACK)
+    if recorded is not None and len(data) > recorded + EDIT_SLACK:
+        raise CheckpointError(f"{path} is more than {EDIT_SLACK} bytes larger than the {recorded} bytes "
+                              f"{MANIFEST_FILE} recorded (with its SHA-256) when it was saved: the file was changed "
+                              f"or replaced since; {_RESAVE}")
     if reads is not None:
         reads[path.name] = data
+    return data
+
+
+def _read_json(path: Path, reads: dict[str, bytes] | None = None, limit: int | None = None) -> Any:
+    """A checkpoint JSON file, parsed (see :func:`_read_file`); `limit` bounds a file no manifest records."""
+    data = _read_file(path, reads) if limit is None else _read_bytes(path, limit)
+    if limit is not None and len(data) > limit:
+        raise CheckpointError(f"{path} is larger than any ArrayGPT {path.name} ({limit} bytes); {_RESAVE}")
     try:
-        return json.loads(data.decode("utf-8"))
+        return parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); the file is corrupt: "
                               f"{_RESAVE}") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                              f"the file is corrupt: {_RESAVE}") from None
+    except UnreadableJSON as exc:  # malformed, nested too deeply, or an integer too long: before any checksum
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt: {_RESAVE}") from None

@@ -15,7 +15,7 @@ from llm.errors import CheckpointError, SaveRefusedError, ConfigError, DataError
 from llm.nn.model import GPT
 from llm.data.tokenizers import tokenizer_from_dict
 from llm.checkpoint._common import (CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, _RESAVE, _json_bytes, _names,
-                      _one_line, _read_bytes, _read_json)
+                      _one_line, _read_file, _read_json)
 
 
 def serialize_model(model: GPT, tokenizer: Any) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
@@ -96,9 +96,7 @@ def param_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
 def _read_tensors(path: Path, expected: dict[str, tuple[int, ...]], what: str,
                   reads: dict[str, bytes] | None = None) -> dict[str, np.ndarray]:
     """Load a safetensors file and check it holds exactly `expected` (name -> shape), finite floats."""
-    data = _read_bytes(path)
-    if reads is not None:
-        reads[path.name] = data
+    data = _read_file(path, reads)  # a regular file, no larger than the manifest says
     try:
         tensors = safetensors.numpy.load(data)
     except (safetensors.SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as exc:

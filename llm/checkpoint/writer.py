@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import secrets
+import stat
 import tempfile
 import time
 import warnings
@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from llm.checks import is_int
+from llm.data.safe_read import file_kind, parse_json, read_regular
 from llm.errors import CheckpointError, LLMWarning
-from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, LEGACY_FILES, MANIFEST_FILE, MANIFEST_FORMAT, _RESAVE, _json_bytes,
-                      _names, _os_reason, _read_bytes, _read_json)
+from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, LEGACY_FILES, MANIFEST_FILE, MANIFEST_FORMAT,
+                                    MANIFEST_LIMIT, _RESAVE, _json_bytes, _names, _os_reason, _read_bytes, _read_json)
 
 # The advice of every error about the destination: `out` is the parameter (a command line shows it as its flag).
 _ANOTHER = "choose another destination (out)"
@@ -131,8 +132,9 @@ class SavedCheckpoint:
 
 def _manifest_of(directory: Path) -> dict | None:
     """The directory's manifest if it is a well-formed ArrayGPT manifest; None otherwise (no exception)."""
-    try:
-        raw = json.loads((directory / MANIFEST_FILE).read_bytes().decode("utf-8"))
+    try:  # a FIFO or a device named manifest.json must not hang or fill memory: regular files only, bounded
+        data = read_regular(directory / MANIFEST_FILE, MANIFEST_LIMIT)
+        raw = parse_json(data.decode("utf-8")) if len(data) <= MANIFEST_LIMIT else None
     except (OSError, ValueError):
         return None
     return raw if _manifest_problem(raw) is None else None
@@ -166,7 +168,7 @@ def _complete(directory: Path) -> dict | None:
         return None
     for fname, entry in manifest["files"].items():
         try:
-            data = (directory / fname).read_bytes()
+            data = read_regular(directory / fname, entry["bytes"])
         except OSError:
             return None
         if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
@@ -346,11 +348,7 @@ def lock_destination(path: str | os.PathLike) -> CheckpointLock:
         raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)} "
                               f"({exc.filename or target.parent}); choose a directory you can write to") from None
     while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise CheckpointError(f"cannot lock {lock_path}: {_os_reason(exc)}; choose a destination (out) in a "
-                                  "directory you can write to", param="out") from None
+        fd = _open_lock_file(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -363,7 +361,7 @@ def lock_destination(path: str | os.PathLike) -> CheckpointLock:
             raise CheckpointError(f"another run{who} is writing checkpoints to {target} (it holds {lock_path}); "
                                   f"wait for it to finish, stop it, or {_ANOTHER}", param="out") from None
         try:
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(lock_path).st_ino
         except OSError:
             same = False
         if not same:  # released and removed between our open and our lock: take the new file instead
@@ -375,6 +373,26 @@ def lock_destination(path: str | os.PathLike) -> CheckpointLock:
         except OSError:
             pass
         return CheckpointLock(lock_path, fd)
+
+
+def _open_lock_file(lock_path: Path) -> int:
+    """The lock file, opened (created if missing) without following a symbolic link: a link or anything else that
+    is not a regular file there is refused, so that taking the lock never writes through it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    refuse = (f"cannot lock {lock_path}: it is not a regular file (%s), and a lock must never write through it; "
+              "remove it or choose another destination (out)")
+    try:
+        fd = os.open(lock_path, flags, 0o666)
+    except OSError as exc:
+        if os.path.islink(lock_path):  # O_NOFOLLOW: ELOOP on Linux, EMLINK on some BSDs
+            raise CheckpointError(refuse % "a symbolic link", param="out") from None
+        raise CheckpointError(f"cannot lock {lock_path}: {_os_reason(exc)}; choose a destination (out) in a "
+                              "directory you can write to", param="out") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # a FIFO, a device, a socket
+        os.close(fd)
+        raise CheckpointError(refuse % file_kind(mode), param="out")
+    return fd
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -425,7 +443,7 @@ def _read_manifest(path: Path) -> dict | None:
     mpath = path / MANIFEST_FILE
     if not os.path.lexists(mpath):
         return None
-    raw = _read_json(mpath)
+    raw = _read_json(mpath, limit=MANIFEST_LIMIT)
     problem = _manifest_problem(raw)
     if problem is not None:
         raise CheckpointError(f"{mpath} is invalid: {problem}; {_RESAVE}")
@@ -435,7 +453,7 @@ def _read_manifest(path: Path) -> dict | None:
 def _verify(path: Path, manifest: dict, reads: dict[str, bytes]) -> None:
     """Every file read has the size and SHA-256 the manifest recorded when it was saved."""
     for fname, entry in manifest["files"].items():
-        data = reads[fname] if fname in reads else _read_bytes(path / fname)
+        data = reads[fname] if fname in reads else _read_bytes(path / fname, entry["bytes"])
         if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CheckpointError(f"{path / fname} does not match the SHA-256 recorded in {MANIFEST_FILE} when it was "
                                   f"saved: the file was changed or corrupted since; {_RESAVE}")

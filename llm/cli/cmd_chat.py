@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from llm.cli.common import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, print_stream, run_cli
-from llm.errors import ConfigError, PromptError
+from llm.errors import ConfigError, LLMWarning, PromptError
 
+CHAR_HINT = ("{} holds a character-level model (trained by `arraygpt text` on a plain text): it continues text, "
+             "it was never taught to answer; chat expects a word-level model trained by `arraygpt train`")
 MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memory (see d_model, d_ff, n_layers and "
                "vocab_size in its config.json): use a smaller checkpoint or a --device with more memory")
 
@@ -39,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     from llm.checkpoint import load
+    from llm.data.tokenizers import CharTokenizer
     from llm.infer.generation import chat_stream, check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p)  # bad input: exit 2 (run_cli), before loading
@@ -46,6 +50,8 @@ def _main(argv: list[str] | None) -> int:
         raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     one_line_warnings()
     model, tok = load(args.checkpoint, args.device)  # CheckpointError, BackendUnavailableError: exit 1
+    if isinstance(tok, CharTokenizer):  # a book model never saw "User: ... Assistant:": say why it answers so
+        warnings.warn(LLMWarning(CHAR_HINT.format(args.checkpoint)), stacklevel=1)
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                     max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
 

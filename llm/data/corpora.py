@@ -12,7 +12,6 @@ what is wrong and what to do.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from llm import checks
+from llm.data.safe_read import NotRegularFile, UnreadableJSON, check_regular, parse_json
 from llm.errors import ConfigError, DataError, LLMWarning
 
 EOS_MARKER = "</s>"
@@ -57,7 +57,10 @@ def _read_text(path: Path) -> str:
     if path.is_dir():
         raise DataError(f"corpus path {str(path)!r} is a directory; pass the JSON file inside it instead")
     try:
+        check_regular(path)  # a FIFO would block, a device (/dev/zero) never end: refused before reading
         raw = path.read_bytes()
+    except NotRegularFile as exc:
+        raise DataError(f"corpus path {str(path)!r} is {exc.kind}, not a regular file; pass a JSON file") from None
     except PermissionError:
         raise DataError(f"cannot read corpus file {str(path)!r}: permission denied; fix its permissions (chmod +r)") from None
     except OSError as exc:
@@ -90,13 +93,9 @@ def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -
 
     text = _read_text(path)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        what = exc.msg.removesuffix(" at")  # "Invalid control character at": the position follows, said once
-        raise DataError(
-            f"corpus file {name!r} is not valid JSON: {what} at line {exc.lineno}, column {exc.colno}; "
-            f"it must be a JSON array of strings"
-        ) from None
+        data = parse_json(text)
+    except UnreadableJSON as exc:  # malformed, nested too deeply, or an integer too long to read
+        raise DataError(f"corpus file {name!r} is not valid JSON: {exc}; it must be a JSON array of strings") from None
     if not isinstance(data, list):
         raise DataError(f"corpus file {name!r} holds {_type_name(data)}, not a JSON array of strings; wrap the entries in [...]")
     if not data:

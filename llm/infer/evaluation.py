@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from llm.data.corpora import Example, collate, encode_corpus, split_dialogue
+from llm import checks
 from llm.errors import ConfigError, DataError
 from llm.infer.generation import greedy_batch
 from llm.nn.loss import cross_entropy
@@ -74,6 +75,7 @@ def exact_match(model: Any, tokenizer: Any, chat_texts: list[str], max_new_token
 
 def evaluate_examples(model: Any, examples: list[Example], pad_id: int, batch_size: int = 32) -> tuple[float, int]:
     """(mean loss per counted token, counted tokens) of encoded examples; one device -> host transfer."""
+    checks.positive_int(batch_size, "batch_size")
     if not examples:
         raise ConfigError("nothing to evaluate: no example has a target that counts")
     be = model.backend

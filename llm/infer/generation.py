@@ -37,7 +37,10 @@ def choose_token(logits: np.ndarray, temperature: float = 0.0, top_k: int | None
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return int(np.argmax(logits))
-    z = (logits - np.max(logits)) / temperature  # shift first: a tiny temperature must not overflow
+    # Shift first: the top logit is 0. A temperature so small (1e-320) that the others overflow sends them to -inf,
+    # their limit as the temperature goes to 0 (the top ones share the probability): no warning.
+    with np.errstate(over="ignore"):
+        z = (logits - np.max(logits)) / temperature
     if top_k is not None and top_k < z.size:
         # Ranked on the logits as given: the shift above can round two distinct logits into a tie (1e-30 - 1 == -1),
         # which would let a (k+1)-th token in.

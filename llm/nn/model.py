@@ -7,12 +7,14 @@ from typing import Any, NamedTuple
 
 
 from llm.nn.config import GPTConfig
+from llm import checks
 from llm.errors import ConfigError
 from llm.nn.layers import Embedding, LayerNorm, OutputProjection, TransformerBlock
 from llm.nn.layers.attention import KVCache
 from llm.nn.layers.base import Layer
 from llm.nn.layers.block import BlockCache
 from llm.nn.layers.embedding import EmbeddingCache
+from backends import get_backend
 from backends.ops import index_add
 from llm.nn.loss import softmax_cross_entropy
 from llm.nn.params import FlatParameters
@@ -50,6 +52,12 @@ class GPT(Layer):
 
     def __init__(self, config: GPTConfig, backend: Any, seed: int = 0) -> None:
         super().__init__()
+        if isinstance(backend, str):  # a name, as llm.load takes: "cpu", "cuda", "torch"... in float32
+            backend = get_backend(backend)
+        if not hasattr(backend, "xp"):
+            raise ConfigError(f"backend must be a Backend (backends.get_backend(\"cpu\")) or its name, got "
+                              f"{type(backend).__name__}")
+        checks.nonnegative_int(seed, "seed", allow_none=True)
         self.config, self.backend = config, backend
         c = config
         rng = backend.rng(seed)
@@ -109,10 +117,18 @@ class GPT(Layer):
 
         `cache` is what ``forward(..., return_cache=True)`` returned; None uses the last plain ``forward``'s.
         """
+        last = cache is None
+        cache = self._last_cache if last else cache
         if cache is None:
-            cache, self._last_cache = self._last_cache, None
-            if cache is None:
-                raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
+            raise ConfigError("backward() needs a forward() first (or pass the cache forward returned)")
+        embed = cache.trunk.embed  # the embedding's cache: (B*T,) ids and T
+        want = (embed.flat_ids.shape[0] // embed.T, embed.T, self.config.vocab_size)
+        shape = tuple(getattr(dlogits, "shape", ()))
+        if shape not in (want, (want[0] * want[1], want[2])):
+            raise ConfigError(f"backward: dlogits must have the shape of the logits forward returned, {want}; got "
+                              f"{shape if hasattr(dlogits, 'shape') else type(dlogits).__name__}", param="dlogits")
+        if last:
+            self._last_cache = None
         xp = self.backend.xp
         dx = self._head_backward(xp.reshape(dlogits, (-1, self.config.vocab_size)), cache.head)
         self._trunk_backward(dx, cache.trunk)
