@@ -10,8 +10,8 @@ cosine-decayed to 1e-4 at the last step, AdamW betas (0.9, 0.99), weight decay 0
 at 1.0, no dropout; the first 90% of the characters train, the last 10% validate (the loss averaged over 20 batches).
 
 Both contenders get exactly the same data: the same vocabulary (llm.CharTokenizer), the same random training windows
-(one NumPy generator, seeded), the same learning rate per step (llm.text_run.cosine_lr) and the same validation
-windows (spread evenly over the validation part). ArrayGPT runs the loop of ``arraygpt text`` (llm.text_run.TextRun)
+(one NumPy generator, seeded), the same learning rate per step (llm.training.text_run.cosine_lr) and the same validation
+windows (spread evenly over the validation part). ArrayGPT runs the loop of ``arraygpt text`` (llm.training.text_run.TextRun)
 on its NumPy backend, float32; PyTorch runs the same architecture (pre-LN, learned positions, ReLU, no QKV bias,
 untied output projection with a bias) written below, float32, eager, with autograd and torch.optim.AdamW. Each runs in
 a process of its own, one after the other; the wall time is that of the training steps (the data drawn on the host
