@@ -38,7 +38,6 @@ those of ``llm.cli.common`` (2: bad input, 1: failed or diverged, 130: Ctrl-C, 1
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys

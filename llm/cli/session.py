@@ -248,8 +248,6 @@ def read_prompt(prompt_to_stderr: bool) -> str | None:
 def chat_loop(model: Any, tokenizer: Any, sampling: dict, out: Output) -> None:
     """Read prompts until ``exit`` / ``quit`` or the end of input and answer each word by word; a bad prompt gets
     a one-line message, then the next."""
-    from llm.infer.generation import chat_stream
-
     out.say("Type a question (exit or quit to leave; Ctrl-D too).")
     while True:
         text = read_prompt(out.as_json)
