@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..base_errors import ConfigError
 
 
 def array_library(a: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..base_errors import ConfigError
 
 
 def one_line(exc: BaseException) -> str:

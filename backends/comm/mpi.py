@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError
+from ..base_errors import BackendUnavailableError, ConfigError
 from .buffers import array_library, copy_back, device_sync, host_copy, host_view
 from .communicator import Communicator, Request, one_line, say
 
