@@ -39,6 +39,7 @@ def _launcher_size() -> tuple[int | None, str | None]:
 
 
 def launch_hint() -> str:
+    """How to start a data-parallel run under MPI (said when MPI is missing or misused)."""
     return ("start one process per rank with an MPI launcher, e.g. mpiexec -n 2 python -m llm train ... "
             "(-n 1 is allowed)")
 
