@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ConfigError
+from .base_errors import BackendUnavailableError, ConfigError
 
 from .ops import index_add, index_add_onehot
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
-from .errors import BackendUnavailableError, ConfigError
+from .base_errors import BackendUnavailableError, ConfigError
 
 __all__ = ["graphs_supported", "StepGraphs", "set_tf32"]
 

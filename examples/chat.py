@@ -7,19 +7,12 @@
 The full-featured command line (top-k / top-p, --prompt, streaming) is ``arraygpt chat`` (``python -m llm chat``).
 """
 
-import sys
+import _program  # this checkout's llm and backends, without installing them
 
-try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
-    if __package__ in (None, ""):  # run from a checkout without installing
-        import os
-
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+with _program.ctrl_c_exits():  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
     import argparse
 
     import llm
-except KeyboardInterrupt:
-    print("\ninterrupted", file=sys.stderr, flush=True)
-    sys.exit(130)
 
 
 def main() -> None:
@@ -31,7 +24,13 @@ def main() -> None:
     args = p.parse_args()
 
     model, tok = llm.load(args.checkpoint, args.device)  # the checkpoint's dtype, on this device
-    print(f"{model!r}\nType a question (exit or Ctrl-D to quit).")
+    print(repr(model))
+    chat_loop(model, tok, temperature=args.temperature, seed=args.seed)
+
+
+def chat_loop(model: llm.GPT, tok: llm.WordTokenizer | llm.CharTokenizer, **sampling) -> None:
+    """Answer the questions typed at a prompt with `llm.chat` until `exit` or Ctrl-D (examples/train.py uses it too)."""
+    print("Type a question (exit or Ctrl-D to quit).")
     while True:
         try:
             question = input("> ")
@@ -41,17 +40,9 @@ def main() -> None:
         if question.strip().lower() in ("exit", "quit"):
             break
         try:
-            print(llm.chat(model, tok, question, temperature=args.temperature, seed=args.seed))
+            print(llm.chat(model, tok, question, **sampling))
         except llm.PromptError as exc:  # empty, or longer than the context: say so and ask again
             print(f"error: {exc}")
 
-
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
-    except llm.LLMError as exc:  # no checkpoint there, a damaged file, a backend that is not installed, ...
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    _program.run(main)  # an LLMError (no checkpoint there, a damaged file, ...): one line, exit 1; Ctrl-C: exit 130

@@ -7,20 +7,14 @@ The whole recipe is `llm.train` (its default: 120 steps on the facts, 160 on the
 command line (recipes, --resume, JSON lines, plots, data-parallel runs) is ``arraygpt train`` (``python -m llm train``).
 """
 
-import sys
+import _program  # this checkout's llm and backends, without installing them
 
-try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
-    if __package__ in (None, ""):  # run from a checkout without installing
-        import os
-
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+with _program.ctrl_c_exits():  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
     import argparse
 
     import backends
     import llm
-except KeyboardInterrupt:
-    print("\ninterrupted", file=sys.stderr, flush=True)
-    sys.exit(130)
+    from chat import chat_loop  # examples/chat.py's prompt loop
 
 
 def main() -> None:
@@ -48,27 +42,8 @@ def main() -> None:
 
         print(f"saved {save_checkpoint(args.out, model, tok, trainer)}")
 
-    print("Type a question (exit or Ctrl-D to quit).")
-    while True:
-        try:
-            question = input("> ")
-        except EOFError:  # Ctrl-D: end the line the prompt is on
-            print()
-            break
-        if question.strip().lower() in ("exit", "quit"):
-            break
-        try:
-            print(llm.chat(model, tok, question))
-        except llm.PromptError as exc:  # empty, or longer than the context: say so and ask again
-            print(f"error: {exc}")
+    chat_loop(model, tok)  # greedy answers, until exit or Ctrl-D
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C: training stops at the next step; in the chat loop, at once
-        print("\ninterrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
-    except llm.LLMError as exc:  # a backend that is not installed, a checkpoint that cannot be written, ...
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    _program.run(main)  # an LLMError (no backend, a full disk, ...): one line, exit 1; Ctrl-C: exit 130

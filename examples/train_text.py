@@ -8,22 +8,15 @@ and a cosine, a fixed validation split. The full-featured command line (model si
 runs) is ``arraygpt text`` (``python -m llm text``).
 """
 
-import sys
+import _program  # this checkout's llm and backends, without installing them
 
-try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
-    if __package__ in (None, ""):  # run from a checkout without installing
-        import os
-
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+with _program.ctrl_c_exits():  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
     import argparse
 
     import backends
     import llm
     from llm.infer.generation import generate_long
     from llm.training.text_run import TextRun, TextSettings, read_text, split_ids
-except KeyboardInterrupt:
-    print("\ninterrupted", file=sys.stderr, flush=True)
-    sys.exit(130)
 
 
 def main() -> None:
@@ -55,11 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
-    except llm.LLMError as exc:  # a missing file, a text shorter than the context, a backend not installed, ...
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    _program.run(main)  # an LLMError (a missing file, a text too short, ...): one line, exit 1; Ctrl-C: exit 130

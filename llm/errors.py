@@ -8,7 +8,7 @@ and exit non-zero instead of showing a traceback.
 
 
 # The first three are defined by the floor (``backends`` imports nothing from ``llm``) and re-exported here.
-from backends.errors import BackendUnavailableError, ConfigError, LLMError
+from backends.base_errors import BackendUnavailableError, ConfigError, LLMError
 
 
 class DataError(LLMError, ValueError):

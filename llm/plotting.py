@@ -169,57 +169,19 @@ def plot_history(history: Any, path: str | os.PathLike, *, clip_norm: float | No
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 1, sharex=True)
     fig.suptitle(title or "training history")
-    x = [int(r["step"]) for r in steps]
     ax_loss, ax_lr, ax_norm = axes[0], axes[1], axes[2]
     if not steps:
         ax_loss.text(0.5, 0.5, "no training steps recorded", ha="center", va="center", transform=ax_loss.transAxes)
     else:
-        ax_loss.plot(x, [r["loss"] for r in steps], lw=0.8, alpha=0.6, color="tab:blue", label="loss per step")
-        means = _epoch_means(steps, epochs)
-        for i, phase in enumerate(dict.fromkeys(m[2] for m in means)):  # one line per phase: no jump between
-            mine = [m for m in means if m[2] == phase]
-            ax_loss.plot([m[0] for m in mine], [m[1] for m in mine], "o-", ms=3, lw=1.2, color="tab:orange",
-                         label="epoch mean" if i == 0 else None)
-        val = [(int(e["step"]), float(e["val_loss"])) for e in epochs
-               if e.get("val_loss") is not None and e.get("step") is not None]
-        if val:
-            ax_loss.plot([v[0] for v in val], [v[1] for v in val], "s--", ms=3, lw=1.2, color="tab:purple",
-                         label="validation loss")
-        if any(r["loss"] > 0 for r in steps):
-            ax_loss.set_yscale("log", nonpositive="mask")
-        ax_loss.legend(loc="upper right", fontsize=8)
-        ax_lr.plot(x, [r["lr"] for r in steps], color="tab:green", lw=1.2)
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        norms = [r["grad_norm"] for r in steps]
-        ax_norm.plot(x, norms, lw=0.8, color="tab:red", label="global norm (before clipping)")
-        if clip_norm is not None:
-            ax_norm.axhline(clip_norm, color="gray", ls=":", lw=1, label=f"clip at {clip_norm:g}")
-        if any(n > 0 for n in norms if math.isfinite(n)):
-            ax_norm.set_yscale("log", nonpositive="mask")
-        ax_norm.legend(loc="upper right", fontsize=8)
+        _draw_losses(ax_loss, steps, epochs)
+        _draw_learning_rate(ax_lr, steps)
+        _draw_global_norm(ax_norm, steps, clip_norm)
     ax_loss.set_ylabel("loss")
     ax_lr.set_ylabel("learning rate")
     ax_norm.set_ylabel("gradient norm")
     if per_tensor:
-        ax_t = axes[3]
-        names = list(per_tensor[0]["grad_norms"])
-        xs = [int(r["step"]) for r in per_tensor]
-        for name in names:
-            ax_t.plot(xs, [r["grad_norms"].get(name, float("nan")) for r in per_tensor], lw=0.8, marker=".",
-                      ms=3, label=name)
-        ax_t.set_yscale("log", nonpositive="mask")
-        ax_t.set_ylabel("per-tensor norm")
-        if len(names) <= 12:
-            ax_t.legend(loc="upper right", fontsize=6, ncol=2)
-        else:
-            ax_t.text(0.01, 0.97, f"{len(names)} tensors (names in the CSV)", transform=ax_t.transAxes,
-                      va="top", fontsize=7)
-    for i, (start, phase) in enumerate(_phase_starts(steps)):
-        for ax in axes:
-            if i > 0:
-                ax.axvline(start - 0.5, color="black", ls="--", lw=0.8, alpha=0.7)
-        ax_loss.annotate(phase, xy=(start - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
-                         textcoords="offset points", va="top", fontsize=8, color="black")
+        _draw_tensor_norms(axes[3], per_tensor)
+    _mark_phases(axes, steps)
     axes[-1].set_xlabel("optimizer step")
     for ax in axes:
         ax.grid(True, alpha=0.3)
@@ -227,6 +189,68 @@ def plot_history(history: Any, path: str | os.PathLike, *, clip_norm: float | No
     _save(fig, path)
     write_history_csv(history, csv_path)
     return path, csv_path
+
+
+def _draw_losses(ax: Any, steps: list[dict], epochs: list[dict]) -> None:
+    """The loss per step, each phase's epoch means and the validation losses, on a log scale when positive."""
+    ax.plot([int(r["step"]) for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, color="tab:blue",
+            label="loss per step")
+    means = _epoch_means(steps, epochs)
+    for i, phase in enumerate(dict.fromkeys(m[2] for m in means)):  # one line per phase: no jump between
+        mine = [m for m in means if m[2] == phase]
+        ax.plot([m[0] for m in mine], [m[1] for m in mine], "o-", ms=3, lw=1.2, color="tab:orange",
+                label="epoch mean" if i == 0 else None)
+    val = [(int(e["step"]), float(e["val_loss"])) for e in epochs
+           if e.get("val_loss") is not None and e.get("step") is not None]
+    if val:
+        ax.plot([v[0] for v in val], [v[1] for v in val], "s--", ms=3, lw=1.2, color="tab:purple",
+                label="validation loss")
+    if any(r["loss"] > 0 for r in steps):
+        ax.set_yscale("log", nonpositive="mask")
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def _draw_learning_rate(ax: Any, steps: list[dict]) -> None:
+    """The learning rate per step."""
+    ax.plot([int(r["step"]) for r in steps], [r["lr"] for r in steps], color="tab:green", lw=1.2)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+
+def _draw_global_norm(ax: Any, steps: list[dict], clip_norm: float | None) -> None:
+    """The global gradient norm before clipping, with the clipping threshold when there is one."""
+    norms = [r["grad_norm"] for r in steps]
+    ax.plot([int(r["step"]) for r in steps], norms, lw=0.8, color="tab:red", label="global norm (before clipping)")
+    if clip_norm is not None:
+        ax.axhline(clip_norm, color="gray", ls=":", lw=1, label=f"clip at {clip_norm:g}")
+    if any(n > 0 for n in norms if math.isfinite(n)):
+        ax.set_yscale("log", nonpositive="mask")
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def _draw_tensor_norms(ax: Any, per_tensor: list[dict]) -> None:
+    """Each tensor's gradient norm on the steps that logged them (a legend only when it stays readable)."""
+    names = list(per_tensor[0]["grad_norms"])
+    xs = [int(r["step"]) for r in per_tensor]
+    for name in names:
+        ax.plot(xs, [r["grad_norms"].get(name, float("nan")) for r in per_tensor], lw=0.8, marker=".",
+                ms=3, label=name)
+    ax.set_yscale("log", nonpositive="mask")
+    ax.set_ylabel("per-tensor norm")
+    if len(names) <= 12:
+        ax.legend(loc="upper right", fontsize=6, ncol=2)
+    else:
+        ax.text(0.01, 0.97, f"{len(names)} tensors (names in the CSV)", transform=ax.transAxes,
+                va="top", fontsize=7)
+
+
+def _mark_phases(axes: Sequence[Any], steps: list[dict]) -> None:
+    """A dashed line on every panel where a new phase starts, and each phase's name at the top of the first."""
+    for i, (start, phase) in enumerate(_phase_starts(steps)):
+        for ax in axes:
+            if i > 0:
+                ax.axvline(start - 0.5, color="black", ls="--", lw=0.8, alpha=0.7)
+        axes[0].annotate(phase, xy=(start - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                         textcoords="offset points", va="top", fontsize=8, color="black")
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from backends.errors import BackendUnavailableError, ConfigError
+from backends.base_errors import BackendUnavailableError, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "mpi_scripts", "dp_worker.py")
@@ -159,7 +159,7 @@ def test_one_rank_under_mpiexec_is_allowed(mpi, tmp_path):
 
 # -- (e) set-up errors: one line naming the fix ----------------------------------------------------------------------
 def _init_in_subprocess(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    code = ("import sys\nfrom backends.comm import init_distributed\nfrom backends.errors import LLMError\n"
+    code = ("import sys\nfrom backends.comm import init_distributed\nfrom backends.base_errors import LLMError\n"
             "try:\n    init_distributed('cpu')\nexcept LLMError as e:\n    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(2)\n")
     env = _env()

@@ -12,6 +12,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import re
 
@@ -47,6 +48,15 @@ def one_line(exc_info) -> str:
     msg = str(exc_info.value)
     assert msg and "\n" not in msg, msg
     return msg
+
+
+def assert_config_error(build: Callable[[], object], words: list[str]) -> None:
+    """`build()` raises a ConfigError of one line that contains every one of `words`."""
+    with pytest.raises(ConfigError) as exc:
+        build()
+    msg = one_line(exc)
+    for word in words:
+        assert word in msg, msg
 
 
 # -- the hierarchy -----------------------------------------------------------------------------------------------------
@@ -112,11 +122,7 @@ def test_no_assert_statements_in_the_clis():
     (dict(vocab_size=10, norm="mid"), ["norm"]),
 ])
 def test_gpt_config_out_of_range(kwargs, words):
-    with pytest.raises(ConfigError) as exc:
-        GPTConfig(**kwargs)
-    msg = one_line(exc)
-    for word in words:
-        assert word in msg, msg
+    assert_config_error(lambda: GPTConfig(**kwargs), words)
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -131,11 +137,7 @@ def test_gpt_config_out_of_range(kwargs, words):
 ])
 def test_gpt_config_rejects_non_finite_and_non_bool_settings(kwargs, words):
     """Issue 11, item 10: inf/nan scales and a truthy string for a switch were accepted."""
-    with pytest.raises(ConfigError) as exc:
-        GPTConfig(vocab_size=10, **kwargs)
-    msg = one_line(exc)
-    for word in words:
-        assert word in msg, msg
+    assert_config_error(lambda: GPTConfig(vocab_size=10, **kwargs), words)
 
 
 def test_gpt_config_takes_numpy_scalars_and_stores_plain_values():
@@ -211,11 +213,7 @@ def test_auto_falls_back_to_numpy_without_cupy(monkeypatch, fresh_backends):
     (dict(loss_on="some"), ["loss_on"]),
 ])
 def test_recipe_out_of_range(kwargs, words):
-    with pytest.raises(ConfigError) as exc:
-        Recipe(**kwargs)
-    msg = one_line(exc)
-    for word in words:
-        assert word in msg, msg
+    assert_config_error(lambda: Recipe(**kwargs), words)
 
 
 def test_zero_epochs_are_allowed():

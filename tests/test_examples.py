@@ -67,12 +67,12 @@ def test_chat_without_a_checkpoint_is_one_error_line(tmp_path):
 def test_attention_draws_a_png(saved, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install -e \".[plot]\"")
     out = tmp_path / "att.png"
-    lines = _ok(_run("attention.py", str(saved), "How do mountains form?", "--out", str(out)))
+    lines = _ok(_run("draw_attention.py", str(saved), "How do mountains form?", "--out", str(out)))
     assert lines == [f"wrote {out}"] and out.stat().st_size > 1000
 
 
 def test_loop_trains_prints_the_loss_and_generates():
-    lines = _ok(_run("loop.py", "--steps", "60"))
+    lines = _ok(_run("training_loop.py", "--steps", "60"))
     losses = [float(ln.split("loss ")[1]) for ln in lines if ln.startswith("step ")]
     assert [ln.split(":")[0] for ln in lines if ln.startswith("step ")] == ["step 50", "step 60"]
     assert all(0 < loss < 7 for loss in losses), lines  # below the untrained ~ln(vocab)
@@ -99,5 +99,5 @@ def test_attention_ctrl_c_during_imports_exits_130_without_a_traceback(tmp_path)
     (pkg / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path / "ctrl_c"),
                                                                     os.environ.get("PYTHONPATH")])))
-    r = _run("attention.py", "--help", env=env, timeout=60)
+    r = _run("draw_attention.py", "--help", env=env, timeout=60)
     assert r.returncode == 130 and r.stderr.strip() == "interrupted" and r.stdout == "", r.stderr

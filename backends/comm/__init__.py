@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, LLMError
+from ..base_errors import ConfigError, LLMError
 from .communicator import Communicator, Request, one_line, say
 from .mpi import LAUNCHER_ENV, MPI_INSTALL_HINT, MPICommunicator, mpi_world
 from .nccl import CupyNCCLCommunicator

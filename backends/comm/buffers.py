@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..base_errors import ConfigError
 
 
 def array_library(a: Any) -> str:
+    """The array library that holds `a` ("numpy", "torch", "torch:cuda", "cupy" or "strict"); ConfigError otherwise."""
     mod = type(a).__module__.split(".")[0]
     if mod == "numpy":
         return "numpy"
@@ -47,6 +48,7 @@ def host_view(a: Any) -> np.ndarray | None:
 
 
 def device_sync(lib: str) -> None:
+    """Wait for the device queue of `lib` to drain (CuPy, torch:cuda); nothing for host libraries."""
     if lib == "cupy":
         import cupy
 
@@ -58,6 +60,7 @@ def device_sync(lib: str) -> None:
 
 
 def host_copy(a: Any, lib: str) -> np.ndarray:
+    """A NumPy copy of the device array `a` (after the device has finished writing it)."""
     if lib == "cupy":
         import cupy
 
@@ -66,6 +69,7 @@ def host_copy(a: Any, lib: str) -> np.ndarray:
 
 
 def copy_back(a: Any, host: np.ndarray, lib: str) -> None:
+    """Copy the host array `host` back into the device array `a`, in place."""
     if lib == "cupy":
         a.set(host)
     else:
@@ -76,6 +80,7 @@ def copy_back(a: Any, host: np.ndarray, lib: str) -> None:
 
 
 def write_back(a: Any, t: Any) -> None:
+    """Write the torch tensor `t` (the reduced result) back into `a`, in place."""
     host = t.cpu().numpy()
     view = host_view(a)
     if view is not None:

@@ -13,10 +13,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..base_errors import ConfigError
 
 
 def one_line(exc: BaseException) -> str:
+    """`exc` as one line: its class name and the first line of its message."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -24,6 +25,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def say(comm: Communicator | None, message: str) -> None:
+    """Print `message` as one `error:` line on stderr, tagged with the rank when there are several."""
     tag = f"[rank {comm.rank}/{comm.size}] " if comm is not None and comm.size > 1 else ""
     try:
         print(f"error: {tag}{message}", file=sys.stderr, flush=True)

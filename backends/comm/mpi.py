@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError
+from ..base_errors import BackendUnavailableError, ConfigError
 from .buffers import array_library, copy_back, device_sync, host_copy, host_view
 from .communicator import Communicator, Request, one_line, say
 
@@ -39,6 +39,7 @@ def _launcher_size() -> tuple[int | None, str | None]:
 
 
 def launch_hint() -> str:
+    """How to start a data-parallel run under MPI (said when MPI is missing or misused)."""
     return ("start one process per rank with an MPI launcher, e.g. mpiexec -n 2 python -m llm train ... "
             "(-n 1 is allowed)")
 

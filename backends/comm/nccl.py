@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BackendUnavailableError, ConfigError
+from ..base_errors import BackendUnavailableError, ConfigError
 from .buffers import array_library
 from .communicator import Request
 from .mpi import MPICommunicator

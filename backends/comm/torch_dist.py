@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..base_errors import BackendUnavailableError
 from .buffers import array_library, host_view, write_back
 from .communicator import Communicator, Request
 from .mpi import MPICommunicator, mpi_world

@@ -90,6 +90,7 @@ def read_model(path: Path, config: GPTConfig, backend: Any, reads: dict[str, byt
 
 
 def param_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
+    """The shape of each of `model`'s parameters, by name."""
     return {name: tuple(int(n) for n in p.shape) for name, p in model.params.items()}
 
 

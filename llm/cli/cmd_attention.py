@@ -24,6 +24,7 @@ MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memor
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line of `arraygpt attention`."""
     p = argparse.ArgumentParser(description="Draw the attention maps (layers x heads) of a checkpoint for a prompt.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text whose attention is drawn")

@@ -24,6 +24,7 @@ MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memor
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line of `arraygpt chat`."""
     p = argparse.ArgumentParser(description="Chat with a trained ArrayGPT checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch", "torch:cuda", "strict"],

@@ -67,6 +67,7 @@ RUN_DEFAULTS = {"batch_size": 12, "steps": 300, "lr": 1e-3, "min_lr": None, "war
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `arraygpt text`."""
     p = argparse.ArgumentParser(description="Train a character-level ArrayGPT on a plain-text file (a book), "
                                             "then sample from it.")
     p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 plain-text file")
@@ -122,6 +123,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> TextSettings:
+    """The TextSettings the flags ask for (the defaults where a flag is not given), checked."""
     values = {f.name: getattr(args, f.name) for f in fields(TextSettings)}
     s = TextSettings(**{k: RUN_DEFAULTS[k] if v is None else v for k, v in values.items()})
     s.min_lr, s.warmup_steps = s.final_lr, s.warmup  # resolved now: --steps given on resume must not move them
@@ -130,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> TextSettings:
 
 
 def check_resume_flags(args: argparse.Namespace, explicit: set[str], run: TextRun) -> None:
+    """Refuse flags given with --resume that differ from the resumed checkpoint's settings."""
     where, fix = f"the checkpoint in {args.resume}", "leave the flag out, or start a new run without --resume"
     saved = {**{k: getattr(run.model.config, k) for k in (*MODEL_DEFAULTS, "pos_encoding")},
              **asdict(run.settings), "dtype": run.model.backend.dtype_name}
@@ -240,6 +243,7 @@ def _log_event(session: Session, event: dict) -> None:
 # -- run -----------------------------------------------------------------------------------------------------------------
 
 def train_and_sample(args: argparse.Namespace, session: Session, run: TextRun, text: str) -> int:
+    """Train to the last step (a stop or divergence: its exit code), then report, plot and sample; the exit code."""
     model, tok, s = run.model, run.tokenizer, run.settings
     out = session.out
     out.say(f"{len(text):,} characters, {tok.vocab_size} symbols; {len(run.train_ids):,} for training, "

@@ -54,6 +54,7 @@ FLAGS = {"pretrain_texts": "--pretrain-data", "chat_texts": "--chat-data"}  # li
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `arraygpt train`."""
     d = RECIPES["default"]
     p = argparse.ArgumentParser(description="Train ArrayGPT (pre-training, then instruction tuning), then chat.")
     add_device(p)
@@ -144,6 +145,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace, base: Any) -> Any:
+    """`base` with the recipe flags that were given (a budget in steps replaces the epochs)."""
     overrides = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     for phase in ("pretrain", "chat"):  # a budget in steps replaces the base recipe's epochs
         if getattr(args, f"{phase}_steps") is not None:

@@ -15,12 +15,14 @@ from llm.nn.config import POS_ENCODINGS
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
+    """The --device and --dtype flags."""
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, torch, torch:cuda or strict (default cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"],
                    help="float32 for a new run (default); a resumed run keeps its checkpoint's")
 
 
 def add_model_size(p: argparse.ArgumentParser, defaults: Mapping[str, int]) -> None:
+    """The model-size flags (one per entry of `defaults`) and --pos-encoding."""
     m = p.add_argument_group("model size (a resumed run keeps its checkpoint's)")
     for name, default in defaults.items():
         m.add_argument(flag_name(name), type=int_at_least(1), help=f"(default {default})")
@@ -29,6 +31,7 @@ def add_model_size(p: argparse.ArgumentParser, defaults: Mapping[str, int]) -> N
 
 
 def add_checkpoints(p: argparse.ArgumentParser, when: str) -> argparse._ArgumentGroup:
+    """The --out, --resume and --overwrite flags (and the group, for a command's own); `when` says when --out saves."""
     c = p.add_argument_group("checkpoints")
     c.add_argument("--out", metavar="DIR", help=f"save a checkpoint here {when} (and on Ctrl-C or SIGTERM)")
     c.add_argument("--resume", metavar="DIR",
@@ -39,6 +42,7 @@ def add_checkpoints(p: argparse.ArgumentParser, when: str) -> argparse._Argument
 
 
 def add_speed(p: argparse.ArgumentParser, script: str) -> None:
+    """The speed flags (--cuda-graphs, --tf32, --workers, ...); `script` names the command in their help."""
     f = p.add_argument_group("speed")
     f.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
@@ -57,6 +61,7 @@ def add_speed(p: argparse.ArgumentParser, script: str) -> None:
 
 
 def add_plot(p: argparse.ArgumentParser) -> None:
+    """The --plot flag."""
     p.add_argument("--plot", metavar="PATH.png",
                    help="after training, draw the history (loss, learning rate, gradient norm, validation loss) into "
                         "PATH.png and write its numbers to PATH.csv (needs matplotlib: pip install -e \".[plot]\")")

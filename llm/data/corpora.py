@@ -81,57 +81,14 @@ def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -
     :class:`~llm.errors.LLMWarning` says how many entries were fixed. With ``kind="chat"`` every entry must contain
     ``"User:"`` followed later by ``"Assistant:"``. Any other problem raises :class:`~llm.errors.DataError`.
     """
-    if kind not in BUILTIN_CORPORA:
-        raise DataError(f"unknown corpus kind {kind!r}; use one of {sorted(BUILTIN_CORPORA)}")
-    if path is None:
-        path = BUILTIN_CORPORA[kind]
-    try:
-        path = Path(os.fspath(path)).expanduser()
-    except TypeError:
-        raise DataError(f"corpus path must be a str or path, got {type(path).__name__}") from None
+    path = _corpus_path(path, kind)
     name = str(path)
-
-    text = _read_text(path)
-    try:
-        data = parse_json(text)
-    except UnreadableJSON as exc:  # malformed, nested too deeply, or an integer too long to read
-        raise DataError(f"corpus file {name!r} is not valid JSON: {exc}; it must be a JSON array of strings") from None
-    if not isinstance(data, list):
-        raise DataError(f"corpus file {name!r} holds {_type_name(data)}, not a JSON array of strings; wrap the entries in [...]")
-    if not data:
-        raise DataError(f"corpus file {name!r} is an empty array; add at least one training text")
-
+    items = _json_array(_read_text(path), name)
     entries: list[str] = []
     fixed = 0
-    for i, item in enumerate(data):
-        if not isinstance(item, str):
-            raise DataError(f"corpus file {name!r}: entry {i} is {_type_name(item)}, expected a string; quote it or remove it")
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800": not a character, cannot be printed or saved
-            raise DataError(
-                f"corpus file {name!r}: entry {i} holds a lone surrogate {item[exc.start]!r} at character "
-                f"{exc.start}, which is not text; remove it, or write the character itself (an escape pair such as "
-                f"\"\\ud83d\\ude42\" for one emoji)"
-            ) from None
-        entry = item.strip()
-        if not entry:
-            raise DataError(f"corpus file {name!r}: entry {i} is empty or whitespace only; remove it or add text")
-        if not entry.endswith(EOS_MARKER):
-            entry = entry + " " + EOS_MARKER
-            fixed += 1
-        if not entry[: -len(EOS_MARKER)].strip():
-            raise DataError(f"corpus file {name!r}: entry {i} has no text before {EOS_MARKER}; remove it or add text")
-        if kind == "chat":
-            u = entry.find(USER_TAG)
-            a = entry.find(ASSISTANT_TAG, u + len(USER_TAG)) if u >= 0 else -1
-            if a < 0:
-                raise DataError(
-                    f"chat corpus file {name!r}: entry {i} is not a dialogue; write it as "
-                    f"'{USER_TAG} <question> {ASSISTANT_TAG} <answer> {EOS_MARKER}'"
-                )
-        entries.append(entry)
-
+    for i, item in enumerate(items):
+        entries.append(_checked_entry(item, i, name, kind))
+        fixed += not item.strip().endswith(EOS_MARKER)
     if fixed:
         warnings.warn(
             f"corpus file {name!r}: {fixed} of {len(entries)} entries did not end with '{EOS_MARKER}'; "
@@ -140,6 +97,61 @@ def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -
             stacklevel=2,
         )
     return entries
+
+
+def _corpus_path(path: str | os.PathLike | None, kind: str) -> Path:
+    """The file to read: `path`, or the built-in corpus of `kind` when it is None."""
+    if kind not in BUILTIN_CORPORA:
+        raise DataError(f"unknown corpus kind {kind!r}; use one of {sorted(BUILTIN_CORPORA)}")
+    if path is None:
+        path = BUILTIN_CORPORA[kind]
+    try:
+        return Path(os.fspath(path)).expanduser()
+    except TypeError:
+        raise DataError(f"corpus path must be a str or path, got {type(path).__name__}") from None
+
+
+def _json_array(text: str, name: str) -> list:
+    """The non-empty JSON array that a corpus file's text holds."""
+    try:
+        data = parse_json(text)
+    except UnreadableJSON as exc:  # malformed, nested too deeply, or an integer too long to read
+        raise DataError(f"corpus file {name!r} is not valid JSON: {exc}; it must be a JSON array of strings") from None
+    if not isinstance(data, list):
+        raise DataError(f"corpus file {name!r} holds {_type_name(data)}, not a JSON array of strings; wrap the entries in [...]")
+    if not data:
+        raise DataError(f"corpus file {name!r} is an empty array; add at least one training text")
+    return data
+
+
+def _checked_entry(item: object, i: int, name: str, kind: str) -> str:
+    """Entry `i` of corpus file `name`, stripped and ending in ``</s>`` (appended when missing), or DataError."""
+    if not isinstance(item, str):
+        raise DataError(f"corpus file {name!r}: entry {i} is {_type_name(item)}, expected a string; quote it or remove it")
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800": not a character, cannot be printed or saved
+        raise DataError(
+            f"corpus file {name!r}: entry {i} holds a lone surrogate {item[exc.start]!r} at character "
+            f"{exc.start}, which is not text; remove it, or write the character itself (an escape pair such as "
+            f"\"\\ud83d\\ude42\" for one emoji)"
+        ) from None
+    entry = item.strip()
+    if not entry:
+        raise DataError(f"corpus file {name!r}: entry {i} is empty or whitespace only; remove it or add text")
+    if not entry.endswith(EOS_MARKER):
+        entry = entry + " " + EOS_MARKER
+    if not entry[: -len(EOS_MARKER)].strip():
+        raise DataError(f"corpus file {name!r}: entry {i} has no text before {EOS_MARKER}; remove it or add text")
+    if kind == "chat":
+        u = entry.find(USER_TAG)
+        a = entry.find(ASSISTANT_TAG, u + len(USER_TAG)) if u >= 0 else -1
+        if a < 0:
+            raise DataError(
+                f"chat corpus file {name!r}: entry {i} is not a dialogue; write it as "
+                f"'{USER_TAG} <question> {ASSISTANT_TAG} <answer> {EOS_MARKER}'"
+            )
+    return entry
 
 
 def split_dialogue(text: str) -> tuple[str, str]:

@@ -50,6 +50,7 @@ def shuffled_order(state: dict, n: int) -> tuple[np.ndarray, dict]:
 
 
 def num_batches(n_examples: int, batch_size: int) -> int:
+    """How many batches of `batch_size` cover `n_examples` (the last one may be short)."""
     return -(-n_examples // batch_size)
 
 

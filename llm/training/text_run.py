@@ -110,6 +110,7 @@ def cosine_lr(step: int, s: TextSettings) -> float:
 # -- the data ------------------------------------------------------------------------------------------------------
 
 def read_text(path: str, max_chars: int | None) -> str:
+    """The UTF-8 text of the file at `path` (its first `max_chars` characters when given), or DataError."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read(max_chars) if max_chars is not None else f.read()
@@ -134,6 +135,7 @@ def split_ids(ids: np.ndarray, fraction: float, seq_len: int, path: str = "the t
 
 
 def text_sha256(text: str) -> str:
+    """The SHA-256 of `text` as UTF-8, in hex: how a checkpoint recognizes its book."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

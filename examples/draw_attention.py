@@ -2,27 +2,20 @@
 `llm.plotting.plot_attention` draws them as a grid (a row per layer, a column per head). Needs matplotlib.
 
     python examples/train.py --out runs/demo
-    python examples/attention.py runs/demo "How do mountains form?" --out attention.png
+    python examples/draw_attention.py runs/demo "How do mountains form?" --out attention.png
 
 In each map, row t is how token t spreads its attention over tokens 0..t. The full-featured command line (a raw
 prompt, long prompts, another device) is ``arraygpt attention`` (``python -m llm attention``).
 """
 
-import sys
+import _program  # this checkout's llm and backends, without installing them
 
-try:  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
-    if __package__ in (None, ""):  # run from a checkout without installing
-        import os
-
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+with _program.ctrl_c_exits():  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
     import argparse
 
     import llm
     from llm.infer.generation import format_chat_prompt
     from llm.plotting import plot_attention
-except KeyboardInterrupt:
-    print("\ninterrupted", file=sys.stderr, flush=True)
-    sys.exit(130)
 
 
 def main() -> None:
@@ -40,11 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
-    except llm.LLMError as exc:  # no checkpoint there, no matplotlib, a question longer than the context, ...
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    _program.run(main)  # an LLMError (no checkpoint there, no matplotlib, ...): one line, exit 1; Ctrl-C: exit 130

@@ -1,24 +1,21 @@
 """How training works: an explicit loop over GPT, Adam and TrainStep on the built-in facts, then a generation.
 
-    python examples/loop.py --device cpu --steps 300
+    python examples/training_loop.py --device cpu --steps 300
 
 Each step takes a random batch of facts, pads them to one length and asks the model to predict every next word
 (the mask leaves the padding out of the loss). `llm.train` does the same with more care (epochs, warmup, a chat
 phase, checkpoints); this is the bare idea.
 """
 
-import sys
+import _program  # this checkout's llm and backends, without installing them
 
-if __package__ in (None, ""):  # run from a checkout without installing
-    import os
+with _program.ctrl_c_exits():  # Ctrl-C while the libraries load: "interrupted", exit 130, no traceback
+    import argparse
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import argparse
+    import numpy as np
 
-import numpy as np
-
-import backends
-import llm
+    import backends
+    import llm
 
 p = argparse.ArgumentParser(description="A bare training loop on the built-in facts.")
 p.add_argument("--device", default="cpu", help="cpu, cuda, torch, torch:cuda or strict (default cpu)")
