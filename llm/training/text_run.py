@@ -166,51 +166,24 @@ class TextRun:
                              stop_signals=stop_signals)
         self.text_info: dict | None = None  # {"sha256", "chars"} of the text trained on (the CLI's; saved)
 
-    # -- the run's state, seen through the trainer ------------------------------------------------------------------
-    @property
-    def state(self) -> TrainState:
-        return self.engine.state
-
-    @property
-    def step(self) -> int:
-        """Steps taken."""
-        return self.engine.state.step
-
-    @property
-    def steps(self) -> list[dict]:
-        """One record per step read back (llm.plotting draws them)."""
-        return self.engine.state.steps
-
-    @property
-    def history(self) -> list[dict]:
-        """One record per evaluation."""
-        return self.engine.state.history
-
-    @property
-    def train_seconds(self) -> float:
-        return self.engine.state.train_seconds
-
-    @property
-    def optimizer(self) -> Any:
-        return self.engine.optimizer
-
-    opt = optimizer  # the name the book trainer used
-
-    @property
-    def rng(self) -> np.random.Generator:
-        return self.source.rng
+    # -- the run's state, seen through the trainer (the engine and the source own it) --------------------------------
+    state = property(lambda self: self.engine.state, doc="Where the run stands (a TrainState).")
+    step = property(lambda self: self.engine.state.step, doc="Steps taken.")
+    steps = property(lambda self: self.engine.state.steps, doc="One record per step read back (llm.plotting).")
+    history = property(lambda self: self.engine.state.history, doc="One record per evaluation.")
+    train_seconds = property(lambda self: self.engine.state.train_seconds, doc="Host time in steps and reads.")
+    optimizer = opt = property(lambda self: self.engine.optimizer, doc="The step's optimizer (AdamW).")
+    rng = property(lambda self: self.source.rng, doc="The window generator (NumPy), part of the run's state.")
+    val_ids = property(lambda self: self.source.val_ids, doc="The validation part's token ids.")
 
     @property
     def train_ids(self) -> np.ndarray:
+        """The training part's token ids (settable: a resumed run gets them from the text)."""
         return self.source.train_ids
 
     @train_ids.setter
     def train_ids(self, ids: np.ndarray) -> None:
         self.source.train_ids = np.asarray(ids, np.int64)
-
-    @property
-    def val_ids(self) -> np.ndarray:
-        return self.source.val_ids
 
     def set_val(self, val_ids: np.ndarray) -> None:
         self.source.set_val(val_ids)

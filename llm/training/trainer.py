@@ -95,41 +95,16 @@ class Trainer:
                                         for p in self.phases]})
 
     # -- the loop's state, seen through the trainer ------------------------------------------------------------------
-    @property
-    def state(self) -> TrainState:
-        return self.engine.state
-
-    @state.setter
-    def state(self, state: TrainState) -> None:
-        self.engine.state = state
-
-    @property
-    def step_fn(self) -> Any:
-        return self.engine.step_fn
-
-    @property
-    def optimizer(self) -> Any:
-        return self.engine.optimizer
-
-    @property
-    def comm(self) -> Any:
-        return self.engine.comm
-
-    @property
-    def stop(self) -> Any:
-        return self.engine.stop
-
-    @property
-    def summaries(self) -> list[PhaseSummary]:
-        return self.engine.summaries
-
-    @property
-    def last_loss(self) -> float | None:
-        return self.engine.last_loss
-
-    @property
-    def finished(self) -> bool:
-        return self.engine.finished
+    # What the loop keeps, seen through the trainer (the engine owns it all).
+    state = property(lambda self: self.engine.state, lambda self, st: setattr(self.engine, "state", st),
+                     doc="Where training stands (a TrainState); set it to continue a saved run.")
+    step_fn = property(lambda self: self.engine.step_fn, doc="The built step the run takes.")
+    optimizer = property(lambda self: self.engine.optimizer, doc="The step's optimizer (Adam).")
+    comm = property(lambda self: self.engine.comm, doc="The communicator of a data-parallel run, or None.")
+    stop = property(lambda self: self.engine.stop, doc="The stop requests (StopSignals): stop.request() stops.")
+    summaries = property(lambda self: self.engine.summaries, doc="A PhaseSummary per phase run.")
+    last_loss = property(lambda self: self.engine.last_loss, doc="The last loss read back.")
+    finished = property(lambda self: self.engine.finished, doc="Whether every phase has run.")
 
     def phase_steps(self, phase: Phase) -> int:
         """The optimizer steps `phase` takes on this trainer's data."""
