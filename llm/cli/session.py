@@ -245,12 +245,14 @@ def read_prompt(prompt_to_stderr: bool) -> str | None:
         raise
 
 
-def chat_loop(model: Any, tokenizer: Any, sampling: dict, out: Output) -> None:
-    """Read prompts until ``exit`` / ``quit`` or the end of input and answer each word by word; a bad prompt gets
-    a one-line message, then the next."""
-    from llm.infer.generation import chat_stream
-
-    out.say("Type a question (exit or quit to leave; Ctrl-D too).")
+def chat_loop(model: Any, tokenizer: Any, sampling: dict, out: Output, banner: str | None = None) -> None:
+    """Read prompts until ``exit`` / ``quit`` or the end of input (Ctrl-D, a closed stdin) and answer each word by
+    word; a bad prompt gets a one-line message, then the next. `banner` replaces the greeting and goes to stderr
+    (``arraygpt chat`` keeps stdout for the answers)."""
+    if banner is None:
+        out.say("Type a question (exit or quit to leave; Ctrl-D too).")
+    else:
+        out.warn(banner)
     while True:
         text = read_prompt(out.as_json)
         if text is None:
