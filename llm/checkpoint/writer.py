@@ -281,6 +281,31 @@ def _check_destination(path: Path) -> None:
                               f"{_ANOTHER}", param="out")
 
 
+def adopt_checkpoint(path: str | os.PathLike) -> bool:
+    """Give a checkpoint saved before manifests existed (one just loaded, to be resumed in place) a manifest of the
+    checkpoint files it holds, so that the next save may replace them; True when one was written. A directory that
+    has a manifest, or no checkpoint files, is left as it is. Links are never listed (a save never deletes through
+    them)."""
+    target = _target(path)
+    if not target.is_dir() or os.path.lexists(target / MANIFEST_FILE):
+        return False
+    files = {}
+    for fname in DATA_FILES:
+        f = target / fname
+        if os.path.isfile(f) and not os.path.islink(f):
+            files[fname] = read_regular(f, os.path.getsize(f))
+    if CONFIG_FILE not in files:
+        return False
+    tmp = target / f".{MANIFEST_FILE}.tmp-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_manifest_bytes(files, None))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target / MANIFEST_FILE)
+    return True
+
+
 def check_destination(path: str | os.PathLike) -> None:
     """Fail early (before hours of training) when a checkpoint could not be saved to `path`.
 

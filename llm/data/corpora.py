@@ -51,6 +51,15 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _corpus_path(path: str | os.PathLike) -> Path:
+    """The corpus path as a Path; "" is refused here, since Path("") would name the current directory."""
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise DataError("the corpus path is empty; give a JSON file (is a shell variable unset?), or leave it out to "
+                        "use a built-in corpus")
+    return Path(text).expanduser()
+
+
 def _read_text(path: Path) -> str:
     if not path.exists():
         raise DataError(f"corpus file {str(path)!r} does not exist; check the path, or leave it out to use a built-in corpus")
@@ -86,7 +95,7 @@ def load_corpus(path: str | os.PathLike | None = None, kind: str = "pretrain") -
     if path is None:
         path = BUILTIN_CORPORA[kind]
     try:
-        path = Path(os.fspath(path)).expanduser()
+        path = _corpus_path(path)
     except TypeError:
         raise DataError(f"corpus path must be a str or path, got {type(path).__name__}") from None
     name = str(path)
