@@ -1,16 +1,29 @@
-"""ArrayGPT: a small GPT whose every layer and backward pass is hand-written on the Python array API."""
+"""ArrayGPT: a small GPT whose every layer and backward pass is hand-written on the Python array API.
 
-from llm.errors import *  # noqa: F401,F403
-from llm.nn.config import GPTConfig
-from llm.nn.model import GPT
-from llm.training.optim import Adam
-from llm.training.step import TrainStep
-from llm.nn.loss import cross_entropy
-from llm.data.tokenizers import CharTokenizer, WordTokenizer
-from llm.data.corpora import load_corpus
-from llm.infer.generation import chat, generate
-from llm.training.trainer import RECIPES, Phase, Recipe, Trainer, exact_match, train
-from llm.infer.evaluation import Evaluation, evaluate
+``python -m llm`` and the ``arraygpt`` script import this package before their own code runs: a Ctrl-C while it
+loads ends them with "interrupted" (exit 130) instead of a traceback; any other program that imports it gets the
+KeyboardInterrupt as usual.
+"""
+
+import sys as _sys
+
+try:
+    from llm.errors import *  # noqa: F401,F403
+    from llm.nn.config import GPTConfig
+    from llm.nn.model import GPT
+    from llm.training.optim import Adam
+    from llm.training.step import TrainStep
+    from llm.nn.loss import cross_entropy
+    from llm.data.tokenizers import CharTokenizer, WordTokenizer
+    from llm.data.corpora import load_corpus
+    from llm.infer.generation import chat, generate
+    from llm.training.trainer import RECIPES, Phase, Recipe, Trainer, exact_match, train
+    from llm.infer.evaluation import Evaluation, evaluate
+except KeyboardInterrupt:  # Ctrl-C while NumPy and the rest load, before the command line can catch it
+    if _sys.argv[:1] == ["-m"] or _sys.argv[0].endswith(("arraygpt", "arraygpt.exe")):  # python -m llm, arraygpt
+        print("\ninterrupted", file=_sys.stderr, flush=True)
+        raise SystemExit(130) from None  # llm.cli.common's EXIT_INTERRUPTED, with no traceback
+    raise  # imported by a program: its own handler decides
 
 
 def load(path, backend):

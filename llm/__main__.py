@@ -19,6 +19,8 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
 }
 
 
+EXIT_INTERRUPTED = 130  # llm.cli.common's, known before it is imported (a Ctrl-C may come first)
+
 # Commands that draw instead of training or chatting: each gets a usage line of its own.
 TOOLS = ("attention",)
 
@@ -39,21 +41,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "arraygpt") -> int:
     """Run the command named by ``argv[0]`` with the rest of `argv`; return its exit code."""
     import importlib
 
-    from llm.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+    try:  # Ctrl-C while the libraries load, from the first one on (NumPy comes with llm.cli.common): no traceback
+        from llm.cli.common import EXIT_BAD_INPUT, EXIT_OK
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage(prog), file=sys.stdout if argv else sys.stderr)
-        return EXIT_OK if argv else EXIT_BAD_INPUT
-    if argv[0] not in COMMANDS:
-        print(f"{_usage(prog)}\n{prog}: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    command, rest = argv[0], argv[1:]
-    sys.argv[0] = f"{prog} {command}"  # what argparse shows in the command's usage and error lines
-    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_usage(prog), file=sys.stdout if argv else sys.stderr)
+            return EXIT_OK if argv else EXIT_BAD_INPUT
+        if argv[0] not in COMMANDS:
+            print(f"{_usage(prog)}\n{prog}: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        command, rest = argv[0], argv[1:]
+        sys.argv[0] = f"{prog} {command}"  # what argparse shows in the command's usage and error lines
         module = importlib.import_module(COMMANDS[command][0])
-    except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback
+    except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     return module.main(rest)

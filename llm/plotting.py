@@ -41,10 +41,12 @@ def require_matplotlib() -> None:
                                    "(or pip install matplotlib)") from None
 
 
-def check_plot_path(path: str | os.PathLike, what: str | None = None, *, param: str | None = None) -> Path:
+def check_plot_path(path: str | os.PathLike, what: str | None = None, *, param: str | None = None,
+                    checkpoint: str | os.PathLike | None = None) -> Path:
     """Check, before any work, that a PNG can be written at `path` (and its CSV beside it); returns it as a Path.
 
-    ConfigError for a path that is empty, not ``.png``, a directory, or in a directory that is missing or not
+    ConfigError for a path that is empty, not ``.png``, a directory (or its CSV one), the run's `checkpoint`
+    directory itself, or in a directory that is missing (other than `checkpoint`, which the run creates) or not
     writable; PlotUnavailableError when matplotlib is missing. The messages call the path `what`, by default the
     parameter it was given as (`param`, which the errors carry: ``check_plot_path(p, param="plot")``).
     """
@@ -56,9 +58,17 @@ def check_plot_path(path: str | os.PathLike, what: str | None = None, *, param: 
     if p.suffix.lower() != ".png":
         raise ConfigError(f"{what} {text} does not end in .png: the figure is written as a PNG (its numbers go to "
                           "a .csv beside it)", param=param)
-    if p.is_dir():
-        raise ConfigError(f"{what} {text} is a directory: give a file name ending in .png", param=param)
+    ckpt = Path(os.path.realpath(checkpoint)) if checkpoint is not None and str(checkpoint).strip() else None
+    for file in (p, p.with_suffix(".csv")):
+        if file.is_dir():
+            raise ConfigError(f"{what} {text}: {file} is a directory: give a file name ending in .png", param=param)
+        if ckpt is not None and Path(os.path.realpath(file)) == ckpt:
+            raise ConfigError(f"{what} {text}: {file} is the checkpoint directory of this run: give another file "
+                              "name (a plot inside the checkpoint directory is fine)", param=param)
     parent = p.parent if str(p.parent) else Path(".")
+    if ckpt is not None and Path(os.path.realpath(parent)) == ckpt and not parent.exists():
+        require_matplotlib()  # the run creates its checkpoint directory before the plot is drawn there
+        return p
     if not parent.exists():
         raise ConfigError(f"{what} {text}: directory {parent} does not exist; create it first", param=param)
     if not parent.is_dir():

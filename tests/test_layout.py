@@ -169,11 +169,8 @@ def test_no_import_cycles_at_load_time():
 
 # -- (b) sizes -----------------------------------------------------------------------------------------------------------
 def test_no_module_over_the_size_limit():
-    # llm/checkpoint/writer.py is being split in its own change (issue 16); the limit holds for it once that lands
-    pending_split = {"llm.checkpoint.writer"}
     long = {m: n for m, p in SOURCES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
-    assert not set(long) - pending_split, f"modules over {MAX_MODULE_LINES} lines: {long}"
-    assert pending_split <= set(long), f"{pending_split - set(long)} fits now: take it out of pending_split"
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 def test_no_function_over_the_size_limit():

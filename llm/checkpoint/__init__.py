@@ -24,7 +24,7 @@ Loading checks every file, then its SHA-256 against the manifest, and raises :cl
 with one line naming the file, the problem and the fix.
 
 The package has one module per concern: ``writer.py`` (the atomic directory writer: temporary directory, fsync,
-renames, manifest, lock, recovery of a killed save), ``files.py`` (the model, config and tokenizer files) and
+renames, manifest, recovery of a killed save), ``lock.py`` (one run per destination), ``files.py`` (the model, config and tokenizer files) and
 ``state.py`` (the one training-state format of both trainers), ``resume.py`` (:func:`restore_trainer`) and
 ``legacy.py`` (the book trainer's older state file); this module puts them together.
 """
@@ -44,8 +44,10 @@ from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MAN
 from llm.checkpoint.files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
 from llm.checkpoint.resume import restore_trainer
 from llm.checkpoint.state import SavedTraining, read_state, serialize_training
-from llm.checkpoint.writer import (CheckpointLock, SavedCheckpoint, _read_manifest, _target, _verify, check_destination,
-                     find_checkpoint, lock_destination, write_checkpoint)
+from llm.checkpoint.memory import check_loadable
+from llm.checkpoint.lock import CheckpointLock, lock_destination
+from llm.checkpoint.writer import (SavedCheckpoint, _read_manifest, _target, _verify, adopt_checkpoint, check_destination,
+                                   find_checkpoint, write_checkpoint)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -64,6 +66,7 @@ __all__ = [
     "restore_trainer",
     "SavedTraining",
     "check_destination",
+    "adopt_checkpoint",
     "find_checkpoint",
     "lock_destination",
     "CheckpointLock",
@@ -166,6 +169,8 @@ def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
         from backends import get_backend  # a name: load in the dtype the checkpoint was saved in
 
         backend = get_backend(backend, dtype)
+    gpu = backend.name == "cuda" or "cuda" in str(backend.device).lower()
+    check_loadable(path, path / MODEL_FILE, config, backend.dtype_name, gpu)  # before the model is built
     tokenizer = read_tokenizer(path, config, reads)
     model = read_model(path, config, backend, reads)
     training = read_state(path, param_shapes(model), model, reads)

@@ -197,6 +197,9 @@ def _read_counters(raw: dict) -> dict[str, int]:
     return counters
 
 
+POSITION_KEYS = ("phase", "epoch", "batch", "step", "phase_step")  # where the run stands: every save writes them
+
+
 def _read_train_state(raw: Any, trainer: str, settings: Any) -> Any:
     from llm.training.loop import TrainState
 
@@ -205,6 +208,9 @@ def _read_train_state(raw: Any, trainer: str, settings: Any) -> Any:
     unknown = set(raw) - {f.name for f in fields(TrainState)}
     if unknown:
         raise ValueError(f"state has unknown keys {sorted(unknown)}")
+    missing = [k for k in POSITION_KEYS if k not in raw]  # a default would silently restart the run from there
+    if missing:
+        raise ValueError(f"state is missing {', '.join(missing)}")
     st = TrainState.from_dict(raw)
     check_train_state(st, trainer, settings)
     return st

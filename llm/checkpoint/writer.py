@@ -4,8 +4,8 @@ Everything is written into a fresh hidden sibling directory (``.NAME.tmp-*``), f
 swapped into place (the previous checkpoint goes aside to ``.NAME.old-*`` in between). ``manifest.json``, written last,
 lists every file with its size and SHA-256: it is what makes a directory a checkpoint, what a save may delete, and
 what loading verifies. Also here: finding the newest complete checkpoint a killed save left, tidying the hidden
-siblings, checking a destination before training, and the lock that keeps two runs from writing one directory.
-This module knows nothing about what the files hold (see ``files.py`` and ``state.py``).
+siblings, and checking a destination before training (the lock that keeps two runs from writing one directory is
+in ``lock.py``). This module knows nothing about what the files hold (see ``files.py`` and ``state.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import errno
 import hashlib
 import os
 import secrets
-import stat
 import tempfile
 import time
 import warnings
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm.checks import is_int
-from llm.data.safe_read import file_kind, parse_json, read_regular
+from llm.data.safe_read import parse_json, read_regular
 from llm.errors import CheckpointError, LLMWarning
 from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, LEGACY_FILES, MANIFEST_FILE, MANIFEST_FORMAT,
                                     MANIFEST_LIMIT, _RESAVE, _json_bytes, _names, _os_reason, _read_bytes, _read_json)
@@ -282,6 +281,31 @@ def _check_destination(path: Path) -> None:
                               f"{_ANOTHER}", param="out")
 
 
+def adopt_checkpoint(path: str | os.PathLike) -> bool:
+    """Give a checkpoint saved before manifests existed (one just loaded, to be resumed in place) a manifest of the
+    checkpoint files it holds, so that the next save may replace them; True when one was written. A directory that
+    has a manifest, or no checkpoint files, is left as it is. Links are never listed (a save never deletes through
+    them)."""
+    target = _target(path)
+    if not target.is_dir() or os.path.lexists(target / MANIFEST_FILE):
+        return False
+    files = {}
+    for fname in DATA_FILES:
+        f = target / fname
+        if os.path.isfile(f) and not os.path.islink(f):
+            files[fname] = read_regular(f, os.path.getsize(f))
+    if CONFIG_FILE not in files:
+        return False
+    tmp = target / f".{MANIFEST_FILE}.tmp-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_manifest_bytes(files, None))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target / MANIFEST_FILE)
+    return True
+
+
 def check_destination(path: str | os.PathLike) -> None:
     """Fail early (before hours of training) when a checkpoint could not be saved to `path`.
 
@@ -302,97 +326,6 @@ def check_destination(path: str | os.PathLike) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)} "
                               f"({exc.filename or parent}); choose a directory you can write to") from None
-
-
-class CheckpointLock:
-    """An exclusive lock on a checkpoint destination, held by one training run: ``.NAME.lock`` beside it.
-
-    The lock is ``flock`` on that file, so the kernel releases it when the process dies (even by kill -9): a lock
-    file left behind never blocks the next run. :meth:`release` (or leaving the ``with`` block) removes it.
-    """
-
-    def __init__(self, path: Path, fd: int | None) -> None:
-        self.path, self._fd = path, fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:  # unlink while still holding it: a run that opened the old file sees it is gone and retries
-            os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> "CheckpointLock":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_destination(path: str | os.PathLike) -> CheckpointLock:
-    """Take the lock that keeps two runs from writing checkpoints to the same `path` (raises CheckpointError if held).
-
-    Where ``fcntl`` is missing (Windows) nothing is locked.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        return CheckpointLock(Path(os.devnull), None)
-    target = Path(os.path.realpath(os.path.abspath(_target(path))))  # every spelling of one directory: one lock
-    lock_path = target.parent / f".{target.name}.lock"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot save a checkpoint to {path}: {_os_reason(exc)} "
-                              f"({exc.filename or target.parent}); choose a directory you can write to") from None
-    while True:
-        fd = _open_lock_file(lock_path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            except OSError:
-                holder = ""
-            os.close(fd)
-            who = f" (process {holder})" if holder.isdigit() else ""
-            raise CheckpointError(f"another run{who} is writing checkpoints to {target} (it holds {lock_path}); "
-                                  f"wait for it to finish, stop it, or {_ANOTHER}", param="out") from None
-        try:
-            same = os.fstat(fd).st_ino == os.lstat(lock_path).st_ino
-        except OSError:
-            same = False
-        if not same:  # released and removed between our open and our lock: take the new file instead
-            os.close(fd)
-            continue
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        except OSError:
-            pass
-        return CheckpointLock(lock_path, fd)
-
-
-def _open_lock_file(lock_path: Path) -> int:
-    """The lock file, opened (created if missing) without following a symbolic link: a link or anything else that
-    is not a regular file there is refused, so that taking the lock never writes through it."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    refuse = (f"cannot lock {lock_path}: it is not a regular file (%s), and a lock must never write through it; "
-              "remove it or choose another destination (out)")
-    try:
-        fd = os.open(lock_path, flags, 0o666)
-    except OSError as exc:
-        if os.path.islink(lock_path):  # O_NOFOLLOW: ELOOP on Linux, EMLINK on some BSDs
-            raise CheckpointError(refuse % "a symbolic link", param="out") from None
-        raise CheckpointError(f"cannot lock {lock_path}: {_os_reason(exc)}; choose a destination (out) in a "
-                              "directory you can write to", param="out") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):  # a FIFO, a device, a socket
-        os.close(fd)
-        raise CheckpointError(refuse % file_kind(mode), param="out")
-    return fd
 
 
 def _write_file(path: Path, data: bytes) -> None:

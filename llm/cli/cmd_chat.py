@@ -14,11 +14,13 @@ import argparse
 import sys
 import warnings
 
-from llm.cli.common import EXIT_FAILED, EXIT_OK, error, nonnegative_int, one_line_warnings, print_stream, run_cli
-from llm.errors import ConfigError, LLMWarning, PromptError
+from llm.cli.common import EXIT_FAILED, EXIT_OK, nonnegative_int, one_line_warnings, run_cli
+from llm.cli.session import Output, answer, chat_loop
+from llm.errors import ConfigError, LLMWarning
 
 CHAR_HINT = ("{} holds a character-level model (trained by `arraygpt text` on a plain text): it continues text, "
              "it was never taught to answer; chat expects a word-level model trained by `arraygpt train`")
+BANNER = "Chat with the model; type 'exit' or 'quit' (or Ctrl-D) to leave."
 MEMORY_HINT = ("the model in the checkpoint does not fit in this machine's memory (see d_model, d_ff, n_layers and "
                "vocab_size in its config.json): use a smaller checkpoint or a --device with more memory")
 
@@ -44,7 +46,7 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     from llm.checkpoint import load
     from llm.data.tokenizers import CharTokenizer
-    from llm.infer.generation import chat_stream, check_sampling
+    from llm.infer.generation import check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p)  # bad input: exit 2 (run_cli), before loading
     if args.max_new_tokens < 0:
@@ -56,28 +58,11 @@ def _main(argv: list[str] | None) -> int:
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                     max_new_tokens=args.max_new_tokens, use_cache=not args.no_cache)
 
-    def answer(text: str) -> bool:
-        try:  # word by word as the model writes it (the prompt is checked before the first word)
-            print_stream(chat_stream(model, tok, text, **settings))
-            return True
-        except PromptError as exc:  # an empty prompt, for one: say so and carry on (anything else: run_cli)
-            error(exc)
-            return False
-
     if args.prompt is not None:
-        ok = [answer(text) for text in args.prompt]
+        ok = [answer(model, tok, text, settings) for text in args.prompt]
         return EXIT_OK if all(ok) else EXIT_FAILED
-
-    print("Chat with the model; type 'exit' or 'quit' (or Ctrl-D) to leave.", file=sys.stderr, flush=True)
-    while True:
-        try:
-            text = input("Enter prompt: ")
-        except EOFError:
-            print(file=sys.stderr)
-            return EXIT_OK
-        if text.strip().lower() in ("exit", "quit"):
-            return EXIT_OK
-        answer(text)
+    chat_loop(model, tok, settings, Output(as_json=False), banner=BANNER)  # a closed stdin ends it as Ctrl-D does
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

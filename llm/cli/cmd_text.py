@@ -116,10 +116,12 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.dist_timeout is not None and not args.distributed:
         raise ConfigError("--dist-timeout needs --distributed")
     check_paths(args.out, args.resume, args.overwrite)
+    if not args.text.strip():  # open("") would say "No such file or directory: ''"
+        raise ConfigError("--text is empty: give a UTF-8 plain-text file (is a shell variable unset?)")
     if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training
         from llm.plotting import check_plot_path
 
-        check_plot_path(args.plot, "--plot")
+        check_plot_path(args.plot, "--plot", checkpoint=args.out or args.resume)
 
 
 def settings_from_args(args: argparse.Namespace) -> TextSettings:

@@ -133,7 +133,7 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training
         from llm.plotting import check_plot_path
 
-        check_plot_path(args.plot, "--plot")
+        check_plot_path(args.plot, "--plot", checkpoint=args.out or args.resume)
     if args.save_every and not (args.out or args.resume):
         raise ConfigError("--save-every needs --out DIR (or --resume DIR, saved back into): say where to save")
     for i, prompt in enumerate(args.prompt or []):
@@ -282,6 +282,10 @@ def train_and_report(args: argparse.Namespace, session: Session, run: TrainRun) 
     out.say(f"{model!r}")
     out.say(f"vocabulary {tok.vocab_size} words; {len(run.pretrain)} facts, {len(run.dialogues)} dialogues; "
             f"recipe {trainer.recipe}")
+    held = [(p.name, len(p.texts), len(p.val_texts)) for p in trainer.phases if p.val_texts]
+    if held:  # a large --val-fraction leaves little to train on: say how little, before the results
+        out.say("validation split (--val-fraction): " + "; ".join(
+            f"{name} trains on {n} text{'s' * (n != 1)}, {v} held out" for name, n, v in held))
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     seed=args.seed if args.seed is not None else run.seed, max_new_tokens=args.max_new_tokens)
     if session.root:

@@ -93,12 +93,14 @@ class Session:
         checkpoint unless `overwrite`. `resumed` is the Checkpoint resumed (its run id carries over)."""
         import secrets
 
-        from llm.checkpoint import check_destination, find_checkpoint, lock_destination
+        from llm.checkpoint import adopt_checkpoint, check_destination, find_checkpoint, lock_destination
 
         self.run_id = (resumed.run_id if resumed is not None else None) or secrets.token_hex(8)
         self.out_dir = out or resume
         if self.out_dir is None or not self.root:
             return self.out_dir
+        if resumed is not None and os.path.realpath(resumed.path) == os.path.realpath(self.out_dir):
+            adopt_checkpoint(self.out_dir)  # saved before manifests: its files become the next save's to replace
         check_destination(self.out_dir)
         self.lock = lock_destination(self.out_dir)  # one run per destination; released by close()
         existing = find_checkpoint(self.out_dir)
@@ -184,38 +186,31 @@ def check_paths(out: str | None, resume: str | None, overwrite: bool) -> None:
 # -- before anything is allocated ----------------------------------------------------------------------------------------
 
 def step_memory(config: Any, batch: int, seq_len: int, dtype_bytes: int) -> int:
-    """Bytes a training step needs, estimated from the configuration alone: the parameters, their gradients and
-    Adam's two moments, plus the activations of `batch` sequences of `seq_len` positions (the (B*T, V) logits and
-    their gradient dominate a large vocabulary; attention's (T, T) scores a long context)."""
+    """Bytes a training run needs, estimated from the configuration alone: the parameters, their gradients and
+    Adam's two moments, the float64 draw of the largest parameter when the model is built, plus the activations of
+    `batch` sequences of `seq_len` positions (the (B*T, V) logits and their gradient dominate a large vocabulary;
+    attention's (T, T) scores per head and layer a long context)."""
+    from llm.checkpoint.memory import largest_tensor
+
     c = config
     per_position = c.d_model * 16 * c.n_layers + c.n_heads * seq_len * 3 * c.n_layers + c.vocab_size * 2
-    return (c.num_parameters() * 4 + batch * seq_len * per_position) * dtype_bytes
+    return (c.num_parameters() * 4 + batch * seq_len * per_position) * dtype_bytes + largest_tensor(c) * 16
 
 
 def available_memory() -> int | None:
     """Bytes the machine can still give this process (MemAvailable), or None where that is unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
+    from llm.checkpoint.memory import available_memory as available
 
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+    return available()
 
 
 def check_memory(config: Any, batch: int, seq_len: int, dtype: str, device: str, hint: str,
                  unit: str = "tokens") -> None:
     """Refuse, before the model is built, a run whose step would not fit in the machine's memory (the kernel would
     kill it with no message). GPU devices are not checked: their memory is not the machine's."""
-    if device in ("cuda", "torch:cuda") or device.startswith("torch:") and device != "torch:cpu":
+    from llm.checkpoint.memory import on_gpu, size_text
+
+    if on_gpu(device):
         return
     available = available_memory()
     if available is None:
@@ -223,9 +218,9 @@ def check_memory(config: Any, batch: int, seq_len: int, dtype: str, device: str,
     need = step_memory(config, batch, seq_len, 8 if dtype == "float64" else 4)
     if need > available:
         c = config
-        raise ConfigError(f"out of memory: training would need about {_size(need)} of memory (vocabulary "
+        raise ConfigError(f"out of memory: training would need about {size_text(need)} of memory (vocabulary "
                           f"{c.vocab_size} {unit}, batch {batch}, {seq_len} positions, d_model {c.d_model}, "
-                          f"{c.n_layers} layers) but this machine has {_size(available)} available; {hint}")
+                          f"{c.n_layers} layers) but this machine has {size_text(available)} available; {hint}")
 
 
 # -- the one chat loop ---------------------------------------------------------------------------------------------------
@@ -245,10 +240,14 @@ def read_prompt(prompt_to_stderr: bool) -> str | None:
         raise
 
 
-def chat_loop(model: Any, tokenizer: Any, sampling: dict, out: Output) -> None:
-    """Read prompts until ``exit`` / ``quit`` or the end of input and answer each word by word; a bad prompt gets
-    a one-line message, then the next."""
-    out.say("Type a question (exit or quit to leave; Ctrl-D too).")
+def chat_loop(model: Any, tokenizer: Any, sampling: dict, out: Output, banner: str | None = None) -> None:
+    """Read prompts until ``exit`` / ``quit`` or the end of input (Ctrl-D, a closed stdin) and answer each word by
+    word; a bad prompt gets a one-line message, then the next. `banner` replaces the greeting and goes to stderr
+    (``arraygpt chat`` keeps stdout for the answers)."""
+    if banner is None:
+        out.say("Type a question (exit or quit to leave; Ctrl-D too).")
+    else:
+        out.warn(banner)
     while True:
         text = read_prompt(out.as_json)
         if text is None:

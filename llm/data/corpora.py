@@ -106,9 +106,13 @@ def _corpus_path(path: str | os.PathLike | None, kind: str) -> Path:
     if path is None:
         path = BUILTIN_CORPORA[kind]
     try:
-        return Path(os.fspath(path)).expanduser()
+        text = os.fspath(path)
     except TypeError:
         raise DataError(f"corpus path must be a str or path, got {type(path).__name__}") from None
+    if not str(text).strip():  # Path("") would name the current directory
+        raise DataError("the corpus path is empty; give a JSON file (is a shell variable unset?), or leave it out to "
+                        "use a built-in corpus")
+    return Path(text).expanduser()
 
 
 def _json_array(text: str, name: str) -> list:
