@@ -17,8 +17,9 @@ try:
     from llm.data.tokenizers import CharTokenizer, WordTokenizer
     from llm.data.corpora import load_corpus
     from llm.infer.generation import chat, generate
-    from llm.training.trainer import RECIPES, Phase, Recipe, Trainer, exact_match, train
-    from llm.infer.evaluation import Evaluation, evaluate
+    from llm.training.schedule import RECIPES, Phase, Recipe
+    from llm.training.trainer import Trainer, train
+    from llm.infer.evaluation import Evaluation, evaluate, exact_match
 except KeyboardInterrupt:  # Ctrl-C while NumPy and the rest load, before the command line can catch it
     if _sys.argv[:1] == ["-m"] or _sys.argv[0].endswith(("arraygpt", "arraygpt.exe")):  # python -m llm, arraygpt
         print("\ninterrupted", file=_sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from llm.checkpoint import FORMAT_VERSION, load, load_checkpoint, restore_traine
 from llm.errors import CheckpointError
 from llm.data.tokenizers import WordTokenizer
 from llm.training.loop import build_step
-from llm.training.trainer import Recipe, Trainer, TrainingInterrupted
+from llm.training import Recipe, Trainer, TrainingInterrupted
 from tests.conftest import require_backend
 
 PRETRAIN = [

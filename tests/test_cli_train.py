@@ -598,7 +598,7 @@ def _fresh_checkpoint(path: Path, dtype: str = "float64") -> Path:
     from llm import GPT, GPTConfig
     from llm.checkpoint import save_checkpoint
     from llm.data.tokenizers import WordTokenizer
-    from llm.training.trainer import Recipe, Trainer
+    from llm.training import Recipe, Trainer
 
     tok = WordTokenizer.from_texts(PRETRAIN + CHAT)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32),
@@ -761,9 +761,9 @@ def test_resume_with_another_seed_is_refused(corpora, checkpoint, tmp_path):
 def test_a_run_that_would_not_fit_in_memory_is_refused_before_training(corpora, monkeypatch, capsys):
     """The step's memory is estimated before training and compared with what the machine has available."""
     cli = load_cli()
-    import llm.cli.session as session  # where the check lives, shared by the commands that train
+    import backends.host_memory as host_memory  # what the machine has left, read by every memory check
 
-    monkeypatch.setattr(session, "available_memory", lambda: 20_000)  # a machine with 20 kB left
+    monkeypatch.setattr(host_memory, "available_memory", lambda: 20_000)  # a machine with 20 kB left
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
     with warnings.catch_warnings():
         code = cli.main([*TINY, *corpora, *FAST, "--no-chat"])
@@ -774,7 +774,7 @@ def test_a_run_that_would_not_fit_in_memory_is_refused_before_training(corpora, 
     for word in ("kB of memory", "vocabulary 43 words", "20.0 kB available", "--max-vocab", "--batch-size",
                  "--d-model"):
         assert word in errors[0], (word, errors[0])
-    monkeypatch.setattr(session, "available_memory", lambda: None)  # unknown: not checked
+    monkeypatch.setattr(host_memory, "available_memory", lambda: None)  # unknown: not checked
     with warnings.catch_warnings():
         assert cli.main([*TINY, *corpora, *FAST, "--no-chat"]) == 0
 
@@ -782,7 +782,7 @@ def test_a_run_that_would_not_fit_in_memory_is_refused_before_training(corpora, 
 def test_the_step_memory_estimate_of_a_huge_vocabulary():
     """The issue's run: 300k distinct words at --batch-size 64 grew to 24 GB; the estimate says over 10 GB."""
     from llm import GPTConfig
-    from llm.cli.session import step_memory
+    from llm.nn.footprint import training_memory as step_memory
 
     config = GPTConfig(vocab_size=300_000, **load_cli().MODEL_SIZE)
     assert 10e9 < step_memory(config, batch=64, seq_len=80, dtype_bytes=4) < 30e9

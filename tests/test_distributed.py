@@ -373,7 +373,7 @@ def test_workers_with_a_communicator_is_refused():
     from llm import GPT, GPTConfig
     from llm.data.tokenizers import WordTokenizer
     from llm.training.loop import build_step
-    from llm.training.trainer import Recipe
+    from llm.training import Recipe
     from tests.conftest import require_backend
 
     class OneRank:  # no collective is reached: the check comes first

@@ -28,7 +28,7 @@ from llm.errors import (BackendUnavailableError, CheckpointError, ConfigError, D
                         PromptError, TrainingDivergedError)
 from llm.infer.generation import chat, check_sampling, generate, generate_ids
 from llm.data.tokenizers import WordTokenizer, tokenizer_from_dict
-from llm.training.trainer import Recipe, Trainer, TrainingInterrupted, train
+from llm.training import Recipe, Trainer, TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from llm.infer.generation import (DecodingSettings, check_sampling, chat, choose
                                   generate_ids, greedy_batch)
 from llm.nn.layers.attention import KVCache
 from llm.data.tokenizers import WordTokenizer
-from llm.training.trainer import Recipe, Trainer
+from llm.training import Recipe, Trainer
 from tests.conftest import require_backend
 
 V, CTX = 23, 12

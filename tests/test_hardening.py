@@ -25,7 +25,7 @@ from llm.checkpoint import check_destination, find_checkpoint, load_checkpoint, 
 from llm.data.corpora import load_corpus
 from llm.errors import CheckpointError, DataError, LLMWarning
 from llm.data.tokenizers import WordTokenizer
-from llm.training.trainer import Recipe, Trainer
+from llm.training import Recipe, Trainer
 from tests.conftest import require_backend
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from llm import GPT, GPTConfig
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint
 from llm.errors import ConfigError, LLMWarning
 from llm.data.tokenizers import WordTokenizer
-from llm.training.trainer import Recipe, Trainer
+from llm.training import Recipe, Trainer
 from tests.conftest import require_backend
 from tests.test_step import count_host_reads
 from tests.test_training import CHATS, FACTS, TINY

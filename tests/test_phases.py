@@ -21,7 +21,7 @@ from llm.infer.evaluation import evaluate, evaluate_examples
 from llm.infer.generation import chat, chat_stream, decode_stream
 from llm.nn.loss import cross_entropy
 from llm.data.tokenizers import CharTokenizer, WordTokenizer
-from llm.training.trainer import Phase, Recipe, Trainer, scheduled_lr, split_validation
+from llm.training import Phase, Recipe, Trainer, scheduled_lr, split_validation
 from tests.conftest import require_backend
 from tests.test_training import CHATS, FACTS, TINY
 

@@ -15,7 +15,7 @@ import pytest
 from llm import GPT, GPTConfig
 from llm.checkpoint import load, load_checkpoint, restore_trainer, save_checkpoint
 from llm.errors import ConfigError
-from llm.training.trainer import Trainer
+from llm.training import Trainer
 from tests.conftest import require_backend
 from tests.test_checkpoint import CFG, CHAT, PRETRAIN, RECIPE, TOK, TOKENS, _assert_same_run, _Stop
 from tests.test_cli_train import FAST, assert_error, assert_ok, corpora, train  # noqa: F401 (corpora: a fixture)

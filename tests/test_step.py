@@ -21,7 +21,7 @@ from llm.training.optim import AdamCoefficients, AdamState
 from llm.errors import BackendUnavailableError, ConfigError, TrainingDivergedError
 from llm.infer.generation import generate_ids
 from llm.data.tokenizers import WordTokenizer
-from llm.training.trainer import Recipe, Trainer
+from llm.training import Recipe, Trainer
 from tests.conftest import require_backend
 from tests.test_training import CHATS, FACTS  # the same tiny corpus
 

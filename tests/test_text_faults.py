@@ -197,7 +197,7 @@ GB = 1 << 30
 @pytest.fixture()
 def small_machine(monkeypatch):
     """8 GB available, whatever this machine has; building a model fails the test (nothing may be allocated)."""
-    import llm.checkpoint.memory as memory
+    import backends.host_memory as memory  # what the machine has left, read by every memory check
     from llm.nn.model import GPT
 
     monkeypatch.setattr(memory, "available_memory", lambda: 8 * GB)
@@ -247,7 +247,7 @@ def test_a_checkpoint_whose_config_is_too_large_is_refused_before_building(edit,
 
 
 def test_a_model_too_large_for_this_machine_is_refused_on_load(book_checkpoint, monkeypatch):
-    import llm.checkpoint.memory as memory
+    import backends.host_memory as memory  # what the machine has left, read by every memory check
 
     monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     with pytest.raises(CheckpointError, match="out of memory.*n_layers 1"):

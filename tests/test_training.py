@@ -14,7 +14,8 @@ from llm.training.sources import iterate_batches
 from llm.errors import ConfigError
 from llm.infer.generation import generate_ids, greedy_batch
 from llm.data.tokenizers import WordTokenizer
-from llm.training.trainer import RECIPES, Recipe, Trainer, exact_match, train
+from llm.infer.evaluation import exact_match
+from llm.training import RECIPES, Recipe, Trainer, train
 from tests.conftest import require_backend
 
 ROOT = Path(__file__).resolve().parent.parent

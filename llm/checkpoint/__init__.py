@@ -44,7 +44,7 @@ from llm.checkpoint._common import (CONFIG_FILE, DATA_FILES, FORMAT_VERSION, MAN
 from llm.checkpoint.files import param_shapes, read_config, read_model, read_tokenizer, serialize_model
 from llm.checkpoint.resume import restore_trainer
 from llm.checkpoint.state import SavedTraining, read_state, serialize_training
-from llm.checkpoint.memory import check_loadable
+from llm.checkpoint.preflight import check_loadable
 from llm.checkpoint.lock import CheckpointLock, lock_destination
 from llm.checkpoint.writer import (SavedCheckpoint, _read_manifest, _target, _verify, adopt_checkpoint, check_destination,
                                    find_checkpoint, write_checkpoint)

@@ -185,42 +185,24 @@ def check_paths(out: str | None, resume: str | None, overwrite: bool) -> None:
 
 # -- before anything is allocated ----------------------------------------------------------------------------------------
 
-def step_memory(config: Any, batch: int, seq_len: int, dtype_bytes: int) -> int:
-    """Bytes a training run needs, estimated from the configuration alone: the parameters, their gradients and
-    Adam's two moments, the float64 draw of the largest parameter when the model is built, plus the activations of
-    `batch` sequences of `seq_len` positions (the (B*T, V) logits and their gradient dominate a large vocabulary;
-    attention's (T, T) scores per head and layer a long context)."""
-    from llm.checkpoint.memory import largest_tensor
-
-    c = config
-    per_position = c.d_model * 16 * c.n_layers + c.n_heads * seq_len * 3 * c.n_layers + c.vocab_size * 2
-    return (c.num_parameters() * 4 + batch * seq_len * per_position) * dtype_bytes + largest_tensor(c) * 16
-
-
-def available_memory() -> int | None:
-    """Bytes the machine can still give this process (MemAvailable), or None where that is unknown."""
-    from llm.checkpoint.memory import available_memory as available
-
-    return available()
-
-
 def check_memory(config: Any, batch: int, seq_len: int, dtype: str, device: str, hint: str,
                  unit: str = "tokens") -> None:
     """Refuse, before the model is built, a run whose step would not fit in the machine's memory (the kernel would
     kill it with no message). GPU devices are not checked: their memory is not the machine's."""
-    from llm.checkpoint.memory import on_gpu, size_text
+    from backends import host_memory
+    from llm.nn.footprint import training_memory
 
-    if on_gpu(device):
+    if host_memory.on_gpu(device):
         return
-    available = available_memory()
+    available = host_memory.available_memory()
     if available is None:
         return
-    need = step_memory(config, batch, seq_len, 8 if dtype == "float64" else 4)
+    need = training_memory(config, batch, seq_len, 8 if dtype == "float64" else 4)
     if need > available:
         c = config
-        raise ConfigError(f"out of memory: training would need about {size_text(need)} of memory (vocabulary "
+        raise ConfigError(f"out of memory: training would need about {host_memory.size_text(need)} of memory (vocabulary "
                           f"{c.vocab_size} {unit}, batch {batch}, {seq_len} positions, d_model {c.d_model}, "
-                          f"{c.n_layers} layers) but this machine has {size_text(available)} available; {hint}")
+                          f"{c.n_layers} layers) but this machine has {host_memory.size_text(available)} available; {hint}")
 
 
 # -- the one chat loop ---------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 
 from llm import checks
 from llm.errors import CheckpointError, ConfigError, DataError
-from llm.training.loop import Engine, TrainState, build_step
+from llm.training.loop import Engine, build_step
 from llm.training.schedule import Phase
 from llm.training.sources import TokenWindows
 

@@ -13,12 +13,10 @@ import signal
 from dataclasses import asdict, replace
 from typing import Any, Callable
 
-from llm.data.corpora import Example, encode_corpus, split_validation  # noqa: F401  (split_validation: re-exported)
-from llm.errors import CheckpointError, SaveRefusedError, ConfigError
-from llm.infer.evaluation import ExactMatch, exact_match  # noqa: F401  (re-exported)
-from llm.training.loop import Engine, PhaseSummary, TrainingInterrupted, TrainState, build_step  # noqa: F401
-from llm.training.schedule import (PHASES, RECIPES, SCHEDULES, Phase, Recipe, check_fraction,  # noqa: F401
-                                   check_schedule, scheduled_lr)
+from llm.data.corpora import Example, encode_corpus
+from llm.errors import ConfigError, SaveRefusedError
+from llm.training.loop import Engine, PhaseSummary, build_step
+from llm.training.schedule import PHASES, RECIPES, Phase, Recipe
 from llm.training.sources import ExampleEpochs
 
 

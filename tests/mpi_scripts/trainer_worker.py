@@ -24,7 +24,7 @@ from llm import GPT, GPTConfig  # noqa: E402
 from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint  # noqa: E402
 from llm.data.tokenizers import WordTokenizer  # noqa: E402
 from llm.training.loop import build_step  # noqa: E402
-from llm.training.trainer import Recipe, Trainer  # noqa: E402
+from llm.training import Recipe, Trainer  # noqa: E402
 
 FACTS = [f"Fact {i}: the {w} is {c}. </s>" for i, (w, c) in
          enumerate(zip(["sky", "sea", "grass", "sun", "snow", "coal", "rose"],

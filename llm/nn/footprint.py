@@ -1,0 +1,28 @@
+"""What a model needs in bytes, estimated from its configuration alone, before anything is allocated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def largest_tensor(config: Any) -> int:
+    """Elements of the largest parameter: the embedding, the learned positions, a feed-forward or QKV matrix."""
+    c = config
+    position = c.max_seq_len * c.d_model if c.pos_encoding == "learned" else 0
+    return max(c.vocab_size * c.d_model, position, c.d_model * c.d_ff, 3 * c.d_model * c.d_model)
+
+
+def build_memory(config: Any, dtype_bytes: int) -> int:
+    """Bytes building the model takes at its peak: the parameters, plus the float64 draw of the largest one and
+    its scaled copy (weights are drawn on the host in float64, then cast)."""
+    return config.num_parameters() * dtype_bytes + largest_tensor(config) * 16
+
+
+def training_memory(config: Any, batch: int, seq_len: int, dtype_bytes: int) -> int:
+    """Bytes a training run needs: the parameters, their gradients and Adam's two moments, the float64 draw of the
+    largest parameter when the model is built, plus the activations of `batch` sequences of `seq_len` positions (the
+    (B*T, V) logits and their gradient dominate a large vocabulary; attention's (T, T) scores per head and layer a
+    long context)."""
+    c = config
+    per_position = c.d_model * 16 * c.n_layers + c.n_heads * seq_len * 3 * c.n_layers + c.vocab_size * 2
+    return (c.num_parameters() * 4 + batch * seq_len * per_position) * dtype_bytes + largest_tensor(c) * 16
