@@ -93,12 +93,12 @@ class Session:
         checkpoint unless `overwrite`. `resumed` is the Checkpoint resumed (its run id carries over)."""
         import secrets
 
-        from llm.checkpoint import adopt_checkpoint, check_destination, find_checkpoint, lock_destination
-
         self.run_id = (resumed.run_id if resumed is not None else None) or secrets.token_hex(8)
         self.out_dir = out or resume
         if self.out_dir is None or not self.root:
             return self.out_dir
+        from llm.checkpoint import adopt_checkpoint, check_destination, find_checkpoint, lock_destination
+
         if resumed is not None and os.path.realpath(resumed.path) == os.path.realpath(self.out_dir):
             adopt_checkpoint(self.out_dir)  # saved before manifests: its files become the next save's to replace
         check_destination(self.out_dir)
