@@ -351,18 +351,22 @@ def test_a_closed_stdin_ends_the_chat_as_end_of_input(command, recipe_checkpoint
         proc.stderr
 
 
+def _kill_after_first_save(cmd: list[str], cwd: Path) -> None:
+    """Run `cmd` and kill -9 it as soon as it says it saved a checkpoint."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env())
+    for line in proc.stdout:
+        if line.startswith("saved checkpoint"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
 # -- item 12: --save-every with --resume saves back into the resumed directory ------------------------------------------
 
 def test_train_resume_with_save_every_saves_back_into_it(tmp_path):
-    run = subprocess.Popen([*TRAIN, *TINY_TRAIN, "--no-chat", "--pretrain-steps", "30", "--chat-steps", "30",
-                            "--save-every", "1", "--out", "ck"], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True, env=_env())
-    for line in run.stdout:
-        if line.startswith("saved checkpoint"):
-            break
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-    run.stdout.close()
+    _kill_after_first_save([*TRAIN, *TINY_TRAIN, "--no-chat", "--pretrain-steps", "30", "--chat-steps", "30",
+                            "--save-every", "1", "--out", "ck"], tmp_path)
     before = load_checkpoint(tmp_path / "ck", "numpy").train_state.step
     proc = _ok(_run([*TRAIN, "--no-chat", "--no-progress", "--resume", "ck", "--save-every", "5"], tmp_path))
     assert "saved checkpoint ck" in proc.stdout
@@ -448,14 +452,7 @@ def test_a_checkpoint_without_a_manifest_resumes_in_place(kind, book, tmp_path):
         again = [*TRAIN, "--no-chat", "--no-progress"]
     run = _ok(_run([*first, "--out", "ck"], tmp_path)) if kind == "text" else None
     if kind == "recipe":  # stop after the first save so that the resumed run has steps left
-        proc = subprocess.Popen([*first, "--out", "ck"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=_env())
-        for line in proc.stdout:
-            if line.startswith("saved checkpoint"):
-                break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        _kill_after_first_save([*first, "--out", "ck"], tmp_path)
         shutil.rmtree(tmp_path / "ck", ignore_errors=True) if not (tmp_path / "ck").exists() else None
     del run
     (tmp_path / "ck" / "manifest.json").unlink()  # as saved by a version before manifests
