@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Mapping
 
-from llm.cli.common import (WORKERS_HELP, flag_name, int_at_least, nonnegative_float, positive_float, positive_int,
-                            workers_flag)
+from llm.cli.common import WORKERS_HELP, flag_name, int_at_least, positive_float, positive_int, workers_flag
 from llm.nn.config import POS_ENCODINGS
 
 
@@ -65,8 +64,3 @@ def add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PATH.png",
                    help="after training, draw the history (loss, learning rate, gradient norm, validation loss) into "
                         "PATH.png and write its numbers to PATH.csv (needs matplotlib: pip install -e \".[plot]\")")
-
-
-def nonnegative_rate(text: str) -> float:
-    """An argparse type: a finite number >= 0 (a learning rate that may end at 0)."""
-    return nonnegative_float(text)
