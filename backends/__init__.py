@@ -197,7 +197,40 @@ def _make_cupy(dtype: str) -> Backend:
     return Backend("cupy", xp, cupy.cuda.Device(), getattr(xp, dtype), dtype, sync, to_host)
 
 
-def _make_torch(dtype: str, cuda: bool) -> Backend:
+def _torch_device(torch: Any, spec: str) -> Any:
+    """The ``torch.device`` named by `spec` ("cpu", "cuda", "cuda:1", "mps", "xpu", ...), once PyTorch says it is there.
+
+    PyTorch is asked, not guessed at: the name must parse, the device type's own module (``torch.cuda``,
+    ``torch.mps``, ``torch.xpu``, ...) must say it is available when it has ``is_available``, an index must be below
+    its ``device_count``, and one small tensor must be creatable on it.
+    """
+    what = f'backend "torch:{spec}"'
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise BackendUnavailableError(f"{what}: PyTorch does not know the device {spec!r} ({_one_line(exc)}); use a "
+                                      "torch device string such as cpu, cuda, cuda:1, mps or xpu", param="backend") from None
+    if dev.type == "meta":
+        raise BackendUnavailableError(f"{what}: the meta device holds shapes, not numbers, so nothing can be trained or "
+                                      "read there; use a real device", param="backend")
+    module = getattr(torch, dev.type, None)
+    available = getattr(module, "is_available", None)
+    if dev.type != "cpu" and callable(available) and not available():
+        raise BackendUnavailableError(f"{what}: PyTorch {torch.__version__} sees no {dev.type} device here (or was "
+                                      f"built without {dev.type} support); use backend torch (CPU)", param="backend")
+    count = getattr(module, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise BackendUnavailableError(f"{what}: PyTorch sees {count()} {dev.type} device(s), so index {dev.index} "
+                                      "does not exist; count from 0", param="backend")
+    try:
+        torch.zeros(1, device=dev)
+    except Exception as exc:  # a device type PyTorch parses but cannot reach (no driver, wrong build)
+        raise BackendUnavailableError(f"{what}: PyTorch cannot create a tensor there ({_one_line(exc)}); check its "
+                                      "install for that device, or use backend torch (CPU)", param="backend") from None
+    return dev
+
+
+def _make_torch(dtype: str, spec: str = "cpu") -> Backend:
     try:
         import torch
         import array_api_compat.torch as xp
@@ -205,11 +238,12 @@ def _make_torch(dtype: str, cuda: bool) -> Backend:
         raise BackendUnavailableError(
             'backend "torch" needs PyTorch: pip install -e ".[torch]" (CPU only: pip install torch==2.13.0)'
         ) from None
-    if cuda and not torch.cuda.is_available():
+    if spec == "cuda" and not torch.cuda.is_available():  # the common case's message names the fix
         raise BackendUnavailableError('backend "torch:cuda": no CUDA device visible to PyTorch; use backend torch',
                                       param="backend")
+    dev = _torch_device(torch, spec)
     _tune_allocator()
-    dev = torch.device("cuda" if cuda else "cpu")
+    cuda = dev.type == "cuda"
 
     def to_host(a: Any) -> np.ndarray:
         return a.detach().cpu().numpy().copy()
@@ -223,9 +257,11 @@ def _make_torch(dtype: str, cuda: bool) -> Backend:
             t = t.to(dt)
         return t.pin_memory().to(dev, non_blocking=True)
 
-    sync = torch.cuda.synchronize if cuda else None
-    return Backend("torch:cuda" if cuda else "torch", xp, dev, getattr(xp, dtype), dtype, sync, to_host,
-                   from_host if cuda else None)
+    # Waiting for queued work: the device type's own synchronize (torch.cuda, torch.mps, torch.xpu ...), if any.
+    sync = None if dev.type == "cpu" else getattr(getattr(torch, dev.type, None), "synchronize", None)
+    # The canonical name: "torch" on the CPU, "torch:cuda" on any CUDA (or ROCm) GPU, else "torch:<type>".
+    name = "torch" if dev.type == "cpu" else f"torch:{dev.type}"
+    return Backend(name, xp, dev, getattr(xp, dtype), dtype, sync, to_host, from_host if cuda else None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -237,11 +273,18 @@ def _one_line(exc: BaseException) -> str:
 def get_backend(name: str = "auto", dtype: str = "float32") -> Backend:
     """Return the backend called `name` (cpu/numpy, cuda/cupy, strict, torch, torch:cuda, auto) in `dtype`.
 
+    ``torch:DEVICE`` takes any device string PyTorch accepts (``torch:mps``, ``torch:xpu``, ``torch:cuda:1``);
+    PyTorch is asked whether that device is there (see :func:`_torch_device`).
+
     Raises ConfigError for an unknown name or dtype, BackendUnavailableError when the library or device is missing.
     """
-    key = BACKEND_ALIASES.get(str(name).strip().lower())
+    text = str(name).strip().lower()
+    key = BACKEND_ALIASES.get(text)
+    if key is None and text.startswith("torch:") and text[6:]:
+        key = text  # any other torch device string: torch:mps, torch:xpu, torch:cuda:1 ... (PyTorch is asked)
     if key is None:
-        raise ConfigError(f"unknown backend {name!r}: choose one of cpu, cuda, auto, torch, torch:cuda, strict")
+        raise ConfigError(f"unknown backend {name!r}: choose one of cpu, cuda, auto, torch, torch:cuda, strict, or "
+                          "torch:DEVICE for any device PyTorch has (torch:mps, torch:xpu, torch:cuda:1, ...)")
     if dtype not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}: choose float32 or float64")
     if key == "numpy":
@@ -250,8 +293,8 @@ def get_backend(name: str = "auto", dtype: str = "float32") -> Backend:
         return _make_strict(dtype)
     if key == "cupy":
         return _make_cupy(dtype)
-    if key in ("torch", "torch:cuda"):
-        return _make_torch(dtype, cuda=key == "torch:cuda")
+    if key == "torch" or key.startswith("torch:"):
+        return _make_torch(dtype, "cpu" if key == "torch" else key[len("torch:"):])
     try:  # auto: the GPU when one is usable, else NumPy
         return _make_cupy(dtype)
     except BackendUnavailableError:

@@ -10,7 +10,8 @@ computes. The operations below run as one kernel each instead of five to forty:
     layernorm_backward the input gradient of each row                                               (8 -> 1)
 
 ``fast_path(name, like)`` returns the kernel for arrays like `like`, or None: the caller then runs the reference.
-Only CuPy has entries (torch:cuda gets its speed from CUDA graphs instead). ``ARRAYGPT_FUSED=0`` in the environment,
+Only CuPy on NVIDIA GPUs has entries (torch:cuda gets its speed from CUDA graphs instead; on ROCm the reference
+runs). ``ARRAYGPT_FUSED=0`` in the environment,
 or ``with reference_only():``, turns every fast path off: the parity tests compare the two ways on the same data.
 Every kernel expects C-contiguous inputs and makes them so.
 """
@@ -44,9 +45,19 @@ def reference_only() -> Iterator[None]:
         _DISABLED[0] = saved
 
 
+def _on_rocm() -> bool:
+    """Whether CuPy runs on AMD's ROCm (HIP): there a wavefront is 64 lanes, and the kernels below reduce within
+    32-lane warps with ``__shfl_down_sync``, so they are not used (the array-API reference runs instead)."""
+    if not hasattr(_on_rocm, "value"):
+        import cupy
+
+        _on_rocm.value = bool(getattr(cupy.cuda.runtime, "is_hip", False))
+    return _on_rocm.value
+
+
 def fast_path(name: str, like: Any) -> Callable[..., Any] | None:
     """The fused kernel `name` for arrays like `like`, or None where there is none (or fast paths are off)."""
-    if not fused_enabled() or not compat.is_cupy_array(like):
+    if not fused_enabled() or not compat.is_cupy_array(like) or _on_rocm():
         return None
     return _CUPY.get(name)
 

@@ -35,7 +35,7 @@ def test_missing_library_names_the_fix(monkeypatch):
     with pytest.raises(BackendUnavailableError, match=r'pip install -e "\.\[cuda\]"'):
         backends._make_cupy("float32")
     with pytest.raises(BackendUnavailableError, match=r"torch"):
-        backends._make_torch("float32", cuda=False)
+        backends._make_torch("float32", "cpu")
     assert issubclass(BackendUnavailableError, LLMError)
 
 

@@ -26,6 +26,17 @@ def test_no_fast_path_off_cupy_or_when_turned_off(monkeypatch):
     assert not fused_enabled()
 
 
+def test_no_fast_path_on_rocm(monkeypatch):
+    # The kernels reduce within 32-lane warps: on ROCm's 64-lane wavefronts the reference must run instead.
+    import backends.fused as fused
+
+    be = require_backend("cupy")
+    x = be.asarray(np.zeros((2, 3)))
+    assert fast_path("softmax_rows", x) is not None or fused._on_rocm()  # NVIDIA: the kernel is there
+    monkeypatch.setattr(fused._on_rocm, "value", True, raising=False)
+    assert fast_path("softmax_rows", x) is None
+
+
 def _both(fn):
     # (fused result, reference result), both as host arrays
     fused = fn()

@@ -169,7 +169,7 @@ def load_checkpoint(path: str | os.PathLike, backend: Any) -> Checkpoint:
         from backends import get_backend  # a name: load in the dtype the checkpoint was saved in
 
         backend = get_backend(backend, dtype)
-    gpu = backend.name == "cuda" or "cuda" in str(backend.device).lower()
+    gpu = backend.name == "cupy" or backend.name.startswith("torch:")  # its memory is the device's, not the host's
     check_loadable(path, path / MODEL_FILE, config, backend.dtype_name, gpu)  # before the model is built
     tokenizer = read_tokenizer(path, config, reads)
     model = read_model(path, config, backend, reads)

@@ -16,6 +16,7 @@ import argparse
 import sys
 import warnings
 
+from llm.cli.flags import add_device
 from llm.cli.common import EXIT_OK, one_line_warnings, run_cli
 from llm.errors import LLMWarning, PromptError
 
@@ -29,8 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text whose attention is drawn")
     p.add_argument("--out", required=True, metavar="PATH.png", help="where to write the figure (PNG)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch", "torch:cuda", "strict"],
-                   help="where the model runs (default: cpu)")
+    add_device(p, dtype=False)
     p.add_argument("--raw", action="store_true",
                    help="use the prompt as it is, not wrapped as the chat question 'User: TEXT Assistant:'")
     return p.parse_args(argv)

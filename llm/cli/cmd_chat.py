@@ -14,6 +14,7 @@ import argparse
 import sys
 import warnings
 
+from llm.cli.flags import add_device
 from llm.cli.common import EXIT_FAILED, EXIT_OK, nonnegative_int, one_line_warnings, run_cli
 from llm.cli.session import Output, answer, chat_loop
 from llm.errors import ConfigError, LLMWarning
@@ -29,8 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The parsed command line of `arraygpt chat`."""
     p = argparse.ArgumentParser(description="Chat with a trained ArrayGPT checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory written by training (--out)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch", "torch:cuda", "strict"],
-                   help="where the model runs (default: cpu)")
+    add_device(p, dtype=False)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more varied")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set reaching probability p")

@@ -13,11 +13,16 @@ from llm.cli.common import WORKERS_HELP, flag_name, int_at_least, positive_float
 from llm.nn.config import POS_ENCODINGS
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    """The --device and --dtype flags."""
-    p.add_argument("--device", default="cpu", help="cpu, cuda, auto, torch, torch:cuda or strict (default cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
-                   help="float32 for a new run (default); a resumed run keeps its checkpoint's")
+DEVICE_HELP = ("where the model runs: cpu (default), cuda, auto, strict, torch, or torch:DEVICE for any device PyTorch "
+               "has (torch:cuda, torch:mps, torch:xpu, torch:cuda:1, ...)")
+
+
+def add_device(p: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """The --device flag (checked by the backend, which asks the library whether the device is there) and --dtype."""
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    if dtype:
+        p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                       help="float32 for a new run (default); a resumed run keeps its checkpoint's")
 
 
 def add_model_size(p: argparse.ArgumentParser, defaults: Mapping[str, int]) -> None:
