@@ -3,9 +3,16 @@
     python benchmarks/train_bench.py --device cpu                     # reference, baby, large; 5 contenders
     python benchmarks/train_bench.py --device cuda --json cuda.json   # + gpt2-small; 5 contenders
     python benchmarks/train_bench.py --device cpu --configs reference --contenders ours-numpy,torch-eager --rounds 5
+    python benchmarks/train_bench.py --device cpu --configs gpt2-small --rounds 1   # batch 1 on the CPU
+    python benchmarks/train_bench.py --device cuda --configs gpt2-small --precision bf16 --micro-batch 4
 
 A step is forward + backward + global-norm clipping (5.0) + Adam (lr 1e-3) in float32, with the loss (mean
 cross-entropy) on every position of a (B, T) batch of random tokens handed over as host NumPy int64 arrays.
+``--precision fp16|bf16`` runs ours with ``TrainStep(precision=...)`` (float32 master weights) and the PyTorch
+contenders under ``torch.autocast`` with the same dtype (fp16 with a GradScaler); ``--micro-batch M`` runs each
+batch as slices of M sequences (ours: ``TrainStep(micro_batch=M)``; PyTorch: the same slices, gradients
+accumulated, the loss of each slice weighted by its share). ``--batch B`` replaces every config's batch size;
+gpt2-small runs on the CPU with batch 1 unless ``--batch`` says otherwise, so the path is exercised without a GPU.
 Contenders:
 
     ours-numpy, ours-torch           --device cpu:  llm.TrainStep on the numpy / torch (CPU) backend (workers=1)
@@ -68,7 +75,8 @@ CONFIGS: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "large": (384, 6, 6, 1536, 256, 65, 8),  # nanoGPT's Shakespeare-char model
     "gpt2-small": (768, 12, 12, 3072, 1024, 50304, 8),  # GPT-2 124M (vocab padded to 50304, untied head)
 }
-CUDA_ONLY_CONFIGS = ("gpt2-small",)
+CPU_BATCH = {"gpt2-small": 1}  # on the CPU, unless --batch: a step of batch 8 would take minutes on 2 cores
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 # ours-* contender -> (backend name, cuda_graphs, workers)
 OURS = {
@@ -91,7 +99,7 @@ SDPA = "torch-sdpa"
 # (warmup, steps) when not given: the default CPU run (3 configs x 4 contenders x 3 rounds) takes a few minutes on
 # 2 cores; on a GPU process start and CUDA set-up dominate anyway.
 DEFAULT_STEPS = {
-    "cpu": {"reference": (5, 20), "baby": (5, 20), "large": (2, 5)},
+    "cpu": {"reference": (5, 20), "baby": (5, 20), "large": (2, 5), "gpt2-small": (1, 2)},
     "cuda": {"reference": (5, 50), "baby": (5, 50), "large": (5, 30), "gpt2-small": (5, 20)},
 }
 N_BATCHES = 4  # distinct random batches, cycled
@@ -100,9 +108,12 @@ LR = 1e-3
 CLIP = 5.0
 
 
-def dims(config: str) -> dict[str, int]:
+def dims(config: str, batch: int | None = None, device: str = "cuda") -> dict[str, int]:
     C, H, L, F, T, V, B = CONFIGS[config]
-    return {"d_model": C, "n_heads": H, "n_layers": L, "d_ff": F, "seq_len": T, "vocab": V, "batch": B}
+    if batch is None and device == "cpu":
+        batch = CPU_BATCH.get(config)
+    return {"d_model": C, "n_heads": H, "n_layers": L, "d_ff": F, "seq_len": T, "vocab": V,
+            "batch": B if batch is None else batch}
 
 
 def num_parameters(config: str) -> int:
@@ -111,9 +122,10 @@ def num_parameters(config: str) -> int:
     return V * C + T * C + L * block + 2 * C + V * C + V
 
 
-def step_flops(config: str) -> int:
+def step_flops(config: str, batch: int | None = None) -> int:
     """Model FLOPs of one training step (see the module docstring): (6 N_mm + 12 L C T) * B * T."""
     C, H, L, F, T, V, B = CONFIGS[config]
+    B = B if batch is None else batch
     n_mm = L * (3 * C * C + C * C + 2 * C * F) + C * V
     return (6 * n_mm + 12 * L * C * T) * B * T
 
@@ -227,7 +239,12 @@ def _run_ours(spec: dict[str, Any]) -> dict[str, Any]:
                         d_ff=d["d_ff"], max_seq_len=d["seq_len"])
     model = llm.GPT(cfg, be, seed=0)
     opt = llm.Adam(model, lr=LR, clip_norm=CLIP)
-    train_step = llm.TrainStep(model, opt, cuda_graphs=graphs, tf32=tf32, workers=workers)
+    extra: dict[str, Any] = {}  # only what differs from the default, so the default step is the plain one
+    if spec.get("precision", "fp32") != "fp32":
+        extra["precision"] = spec["precision"]
+    if spec.get("micro_batch"):
+        extra["micro_batch"] = spec["micro_batch"]
+    train_step = llm.TrainStep(model, opt, cuda_graphs=graphs, tf32=tf32, workers=workers, **extra)
     info["workers"] = train_step.workers
 
     def step(tokens: Any, targets: Any) -> Any:
@@ -351,14 +368,29 @@ def _run_torch(spec: dict[str, Any]) -> dict[str, Any]:
         t = torch.from_numpy(a)
         return t.pin_memory().to(dev, non_blocking=True) if on_cuda else t
 
+    precision, micro = spec.get("precision", "fp32"), spec.get("micro_batch") or d["batch"]
+    low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+
     def step(tokens: Any, targets: Any) -> Any:
         tokens, targets = to_dev(tokens), to_dev(targets)
         opt.zero_grad(set_to_none=True)
-        loss = model(tokens, targets)
-        loss.backward()
+        B, total = tokens.shape[0], 0.0
+        for s in range(0, B, micro):  # one slice when there are no micro-batches
+            share = min(micro, B - s) / B
+            with torch.autocast(dev.type, dtype=low, enabled=low is not None):
+                loss = model(tokens[s:s + micro], targets[s:s + micro]) * share
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total = total + loss.detach()
+        if scaler is not None:
+            scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, CLIP)
-        opt.step()
-        return loss.detach()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return total
 
     batches = _batches(d)
     if on_cuda:
@@ -501,7 +533,9 @@ def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], c
     probes = probes or []
     peak = max((p["gflops_2t"] for p in probes), default=None)
     v = mach["versions"]
-    lines = [f"## Training step: {args.device}, float32, TF32 {'on' if args.tf32 else 'off'}", "",
+    precision = "float32" if args.precision == "fp32" else f"{args.precision} with float32 master weights"
+    micro = f", micro-batches of {args.micro_batch}" if args.micro_batch else ""
+    lines = [f"## Training step: {args.device}, {precision}{micro}, TF32 {'on' if args.tf32 else 'off'}", "",
              f"- machine: {mach['platform']}; {mach['cpu']}; {mach['cpu_count']} CPUs "
              f"({mach['cpus_usable']} usable)" + (f"; NumPy BLAS {mach['blas']}" if mach["blas"] else "")]
     gpus = mach["gpus"] or sorted({r["gpu"] for rs in rows.values() for r in rs.get("runs", []) if "gpu" in r})
@@ -515,7 +549,7 @@ def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], c
     lines.append(f"- {args.rounds} round(s), contenders interleaved, each run in a fresh process; "
                  "step time = median over rounds")
     for c in configs:
-        d = dims(c)
+        d = dims(c, args.batch, args.device)
         w, s = steps_for(args, c)
         lines.append(f"- {c}: d_model {d['d_model']}, {d['n_heads']} heads, {d['n_layers']} layers, d_ff {d['d_ff']}, "
                      f"T {d['seq_len']}, V {d['vocab']}, batch {d['batch']} ({d['batch'] * d['seq_len']:,} tokens a "
@@ -529,7 +563,8 @@ def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], c
               "peak memory | final loss |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     notes = []
     for c in configs:
-        tokens = dims(c)["batch"] * dims(c)["seq_len"]
+        d = dims(c, args.batch, args.device)
+        tokens = d["batch"] * d["seq_len"]
         base = rows.get((c, BASELINE), {})
         base_ms = base.get("median_ms")
         sdpa_ms = rows.get((c, SDPA), {}).get("median_ms")
@@ -544,8 +579,8 @@ def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], c
                 continue
             ratio = f"{base_ms / r['median_ms']:.2f}x" if base_ms else "—"
             ratio_sdpa = f"{sdpa_ms / r['median_ms']:.2f}x" if sdpa_ms else "—"
-            mfu = f"{step_flops(c) / (r['median_ms'] / 1e3) / (peak * 1e9):.0%}" if peak and args.device == "cpu" \
-                else "—"
+            flops = step_flops(c, dims(c, args.batch, args.device)["batch"])
+            mfu = f"{flops / (r['median_ms'] / 1e3) / (peak * 1e9):.0%}" if peak and args.device == "cpu" else "—"
             mem = _mib(r["peak_bytes"])
             if r.get("rss_base_bytes") is not None:
                 mem += f" (+{r['peak_bytes'] / 2**20 - r['rss_base_bytes'] / 2**20:,.0f})"
@@ -559,9 +594,10 @@ def report(mach: dict[str, Any], args: argparse.Namespace, configs: list[str], c
     if peak and args.device == "cpu":
         lines.append(f"- MFU: model FLOPs per step (6 N_mm + 12 L C T) B T / median step time / {peak:.0f} GFLOP/s, "
                      "the float32 GEMM peak measured in this run; FLOPs per step: " +
-                     ", ".join(f"{c} {step_flops(c) / 1e9:.1f} G" for c in configs))
+                     ", ".join(f"{c} {step_flops(c, dims(c, args.batch, args.device)['batch']) / 1e9:.1f} G"
+                               for c in configs))
     if "reference" in configs:
-        ref_tokens = dims("reference")["batch"] * dims("reference")["seq_len"]
+        ref_tokens = dims("reference", args.batch, args.device)["batch"] * dims("reference", args.batch, args.device)["seq_len"]
         best = [(rows[("reference", n)]["median_ms"], n) for n in contenders
                 if n.startswith("ours") and rows.get(("reference", n), {}).get("status") == "ok"]
         if best:
@@ -612,6 +648,11 @@ def main() -> None:
                                               "gpt2-small 20)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (torch flags, CUPY_TF32=1, tf32=True "
                                                         "for TrainStep); off by default")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="fp32 (default); fp16 or bf16: ours with TrainStep(precision=...), PyTorch under autocast")
+    ap.add_argument("--micro-batch", type=int, metavar="M", help="run each batch as slices of M sequences")
+    ap.add_argument("--batch", type=int, metavar="B", help="batch size of every config (default: each config's; "
+                                                           "gpt2-small on cpu: 1)")
     ap.add_argument("--json", metavar="PATH", help="also write every run's numbers here")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process (default 1800)")
     ap.add_argument("--no-probe", action="store_true", help="cpu: skip the 1- vs 2-thread GEMM probe (and MFU)")
@@ -626,8 +667,8 @@ def main() -> None:
     for c in configs:
         if c not in CONFIGS:
             ap.error(f"unknown config {c!r}: choose from {', '.join(CONFIGS)}")
-        if c in CUDA_ONLY_CONFIGS and args.device != "cuda":
-            ap.error(f"config {c} runs only with --device cuda")
+    if (args.batch is not None and args.batch < 1) or (args.micro_batch is not None and args.micro_batch < 1):
+        ap.error("--batch and --micro-batch must be >= 1")
     contenders = args.contenders.split(",") if args.contenders else list(CONTENDERS[args.device])
     for n in contenders:
         if n not in CONTENDERS[args.device]:
@@ -659,8 +700,9 @@ def main() -> None:
                     continue
                 if row.get("status") in ("failed", "skipped"):
                     continue
-                spec = {"contender": n, "config": c, "dims": dims(c), "device": args.device, "warmup": warm,
-                        "steps": steps, "tf32": args.tf32}
+                spec = {"contender": n, "config": c, "dims": dims(c, args.batch, args.device), "device": args.device,
+                        "warmup": warm, "steps": steps, "tf32": args.tf32, "precision": args.precision,
+                        "micro_batch": args.micro_batch}
                 result = run_worker(spec, args.timeout)
                 if result["status"] == "skipped":
                     dead[n] = {"status": "skipped", "reason": result["reason"]}
@@ -695,9 +737,10 @@ def main() -> None:
         out = {"machine": mach, "args": {k: val for k, val in vars(args).items() if k != "worker"}, "results": [],
                "gemm_probes": probes}
         for (c, n), row in rows.items():
-            tokens = dims(c)["batch"] * dims(c)["seq_len"]
+            d = dims(c, args.batch, args.device)
+        tokens = d["batch"] * d["seq_len"]
             base = rows.get((c, BASELINE), {}).get("median_ms")
-            entry = {"config": c, "dims": dims(c), "contender": n, "warmup_steps": steps_for(args, c)[0],
+            entry = {"config": c, "dims": d, "contender": n, "warmup_steps": steps_for(args, c)[0],
                      "timed_steps": steps_for(args, c)[1], **row}
             if row.get("status") == "ok":
                 entry |= {"tokens_per_s": tokens / (row["median_ms"] / 1e3),
