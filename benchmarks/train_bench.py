@@ -738,7 +738,7 @@ def main() -> None:
                "gemm_probes": probes}
         for (c, n), row in rows.items():
             d = dims(c, args.batch, args.device)
-        tokens = d["batch"] * d["seq_len"]
+            tokens = d["batch"] * d["seq_len"]
             base = rows.get((c, BASELINE), {}).get("median_ms")
             entry = {"config": c, "dims": d, "contender": n, "warmup_steps": steps_for(args, c)[0],
                      "timed_steps": steps_for(args, c)[1], **row}
