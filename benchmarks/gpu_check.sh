@@ -2,7 +2,9 @@
 # The GPU checks of one device session, in one go (each stage bounded, every log written to $OUT):
 #   1. the GPU backends' tests, with cupy and torch:cuda required (nothing may skip);
 #   2. the default run (python -m llm train) on cpu, cuda and torch:cuda, timed by the run itself;
-#   3. benchmarks/train_bench.py --device cuda (all configs, all contenders), then a TF32 pass at large and gpt2-small.
+#   3. benchmarks/train_bench.py --device cuda (all configs, all contenders), then a TF32 pass at large and gpt2-small;
+#   4. gpt2-small in low precision (bf16 on torch:cuda, fp16 on CuPy, PyTorch eager under autocast with the same
+#      dtype) and with micro-batches (issue 18's GPU floors).
 # Wheels the machine lacks (array-api-compat, -extra, -strict) are installed from .whl/ when present.
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -34,3 +36,11 @@ timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/train_bench.py --device cuda 
     --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.md"
 timeout 120 python3 benchmarks/train_bench.py --device cuda --rounds 1 --tf32 --configs large,gpt2-small \
     --contenders ours-cupy,ours-torch:cuda+graphs,torch-eager --json "$OUT/bench-tf32.json" 2>&1 | tee "$OUT/bench-tf32.md"
+
+echo "== 4. gpt2-small: mixed precision and micro-batches"
+timeout 150 python3 benchmarks/train_bench.py --device cuda --rounds 1 --configs gpt2-small --precision bf16 \
+    --contenders ours-torch:cuda+graphs,torch-eager,torch-sdpa --json "$OUT/bench-bf16.json" 2>&1 | tee "$OUT/bench-bf16.md"
+timeout 150 python3 benchmarks/train_bench.py --device cuda --rounds 1 --configs gpt2-small --precision fp16 \
+    --contenders ours-cupy,torch-eager --json "$OUT/bench-fp16.json" 2>&1 | tee "$OUT/bench-fp16.md"
+timeout 150 python3 benchmarks/train_bench.py --device cuda --rounds 1 --configs gpt2-small --micro-batch 2 \
+    --contenders ours-cupy,ours-torch:cuda+graphs,torch-eager --json "$OUT/bench-micro.json" 2>&1 | tee "$OUT/bench-micro.md"
