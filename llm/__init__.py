@@ -15,6 +15,7 @@ try:
     from llm.training.step import TrainStep
     from llm.nn.loss import cross_entropy
     from llm.data.tokenizers import CharTokenizer, WordTokenizer
+    from llm.data.bpe import BPETokenizer
     from llm.data.corpora import load_corpus
     from llm.infer.generation import chat, generate
     from llm.training.schedule import RECIPES, Phase, Recipe
@@ -34,6 +35,7 @@ def load(path, backend):
     return _load(path, backend)
 
 
-__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
+__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "BPETokenizer",
+           "load_corpus", "chat",
            "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load"]
 __version__ = "0.1.0"
