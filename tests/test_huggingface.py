@@ -161,9 +161,23 @@ def test_hub_format_names_and_old_buffers_load(tmp_path):
     hf.config.save_pretrained(tmp_path / "hub")
     ids = np.random.default_rng(7).integers(0, SMALL["vocab_size"], (2, 8))
     np.testing.assert_allclose(read_hf_model(tmp_path / "hub", "cpu").forward(ids), hf_logits(hf, ids), atol=1e-10)
+    sd["lm_head.weight"] = sd["wte.weight"].clone()  # a tied head saved anyway: the token table, again
+    safetensors_torch.save_file(sd, tmp_path / "hub" / "model.safetensors", metadata={"format": "pt"})
+    np.testing.assert_allclose(read_hf_model(tmp_path / "hub", "cpu").forward(ids), hf_logits(hf, ids), atol=1e-10)
     hf.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     np.testing.assert_allclose(read_hf_model(tmp_path / "sharded", "cpu").forward(ids), hf_logits(hf, ids), atol=1e-10)
+
+
+def test_float16_files_load_in_float32_and_any_backend_dtype_is_kept(tmp_path):
+    hf = hf_model(dtype=torch.float16)
+    ours = read_hf_model(saved(hf, tmp_path / "hf"), "cpu")
+    assert ours.backend.dtype_name == "float32"
+    ids = np.random.default_rng(9).integers(0, SMALL["vocab_size"], (2, 8))
+    np.testing.assert_allclose(ours.forward(ids), hf_logits(hf.float(), ids), rtol=0, atol=1e-4)
+    in64 = read_hf_model(tmp_path / "hf", require_backend("numpy", "float64"))  # a Backend: its dtype, exactly
+    assert in64.backend.dtype_name == "float64"
+    np.testing.assert_array_equal(in64.params["embed.token"], hf.transformer.wte.weight.double().detach().numpy())
 
 
 # -- every error path: one line, a typed error, the parameter named -------------------------------------------------

@@ -40,16 +40,16 @@ _JSON_LIMIT = 64 << 20  # bytes: config.json and the shard index are small; voca
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16"}
 
 
-def hf_directory(source: str | os.PathLike) -> Path:
-    """The local directory `source` names; a name that is none (``gpt2``, ``openai-community/gpt2``) is downloaded
+def hf_directory(path: str | os.PathLike) -> Path:
+    """The local directory `path` names; a name that is none (``gpt2``, ``openai-community/gpt2``) is downloaded
     from the Hugging Face hub into huggingface_hub's cache (safetensors, JSON and text files only) when it can be."""
-    path = Path(os.fspath(source)).expanduser()
+    name = os.fspath(path)
+    path = Path(name).expanduser()
     if os.path.lexists(path):
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a directory; pass the directory holding {', '.join(NEEDED)}",
                                   param="path")
         return path
-    name = os.fspath(source)
     files = ", ".join(NEEDED)
     fix = (f"on a machine with internet, run huggingface_hub.snapshot_download(\"{name}\", allow_patterns="
            f"{ALLOW_PATTERNS}, local_dir=\"DIR\") (or download {files} from https://huggingface.co/{name}), copy DIR "
@@ -155,10 +155,10 @@ def _checked(tensors: dict[str, np.ndarray], model: GPT, where: Path) -> dict[st
     return out
 
 
-def read_hf_model(source: str | os.PathLike, backend: Any) -> GPT:
+def read_hf_model(path: str | os.PathLike, backend: Any) -> GPT:
     """The GPT-2 model of a transformers directory (or hub id, see :func:`hf_directory`) on `backend`, a Backend or
     its name (then in the file's precision: float64 files load in float64, others in float32)."""
-    return _read_model(hf_directory(source), backend)
+    return _read_model(hf_directory(path), backend)
 
 
 def _read_model(directory: Path, backend: Any) -> GPT:
@@ -220,9 +220,9 @@ def _read_tokenizer(directory: Path, vocab_size: int) -> Any:
     return tokenizer
 
 
-def load_hf(source: str | os.PathLike, backend: Any) -> tuple[GPT, Any]:
+def load_hf(path: str | os.PathLike, backend: Any) -> tuple[GPT, Any]:
     """A transformers GPT-2 directory (or hub id) as ``(model, tokenizer)`` on `backend`: ``llm.load_hf(dir, "cpu")``."""
-    directory = hf_directory(source)
+    directory = hf_directory(path)
     model = _read_model(directory, backend)
     return model, _read_tokenizer(directory, model.config.vocab_size)
 
