@@ -15,6 +15,7 @@ try:
     from llm.training.step import TrainStep
     from llm.nn.loss import cross_entropy
     from llm.data.tokenizers import CharTokenizer, WordTokenizer
+    from llm.data.bpe import BPETokenizer
     from llm.data.corpora import load_corpus
     from llm.infer.generation import chat, generate
     from llm.training.schedule import RECIPES, Phase, Recipe
@@ -34,6 +35,24 @@ def load(path, backend):
     return _load(path, backend)
 
 
-__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
-           "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load"]
+def load_hf(path, backend):
+    """Load a Hugging Face GPT-2 directory (or hub id) onto `backend`: ``(model, tokenizer)`` (see
+    llm.checkpoint.huggingface)."""
+    from llm.checkpoint.huggingface import load_hf as _load_hf
+
+    return _load_hf(path, backend)
+
+
+def save_hf(model, tokenizer, path):
+    """Save `model` and `tokenizer` as a Hugging Face GPT-2 directory that transformers loads (see
+    llm.checkpoint.huggingface)."""
+    from llm.checkpoint.huggingface import save_hf as _save_hf
+
+    return _save_hf(model, tokenizer, path)
+
+
+__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "BPETokenizer",
+           "load_corpus", "chat",
+           "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load",
+           "load_hf", "save_hf"]
 __version__ = "0.1.0"
