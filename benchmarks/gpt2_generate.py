@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
     except ImportError:
-        print("error: this benchmark needs transformers and PyTorch: pip install -e \".[hf-oracle]\"", file=sys.stderr)
+        print("error: this benchmark needs transformers and PyTorch: pip install -e \".[oracles]\"", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads):
