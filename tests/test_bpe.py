@@ -202,6 +202,7 @@ def test_to_dict_and_checkpoint_round_trip(tok, tmp_path):
     save_checkpoint(tmp_path / "ck", model, tok)
     model2, tok2 = llm.load(tmp_path / "ck", get_backend("cpu"))
     assert tok2 == tok and isinstance(tok2, BPETokenizer)
+    assert BPETokenizer.load(tmp_path / "ck") == tok  # a checkpoint's tokenizer.json
     out = llm.generate(model2, tok2, "the king", max_new_tokens=4)  # drops into generation as the others do
     assert isinstance(out, str)
 
@@ -263,6 +264,22 @@ def test_missing_files_and_directories(tmp_path):
     _error(exc, "merges_txt", "no such file")
 
 
+def test_hugging_faces_tokenizer_json_loads(tok, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is not installed")
+    tok.save(tmp_path / "files")
+    hf = tokenizers.ByteLevelBPETokenizer(str(tmp_path / "files" / "vocab.json"),
+                                          str(tmp_path / "files" / "merges.txt"), add_prefix_space=False)
+    hf.add_special_tokens([EOT])
+    (tmp_path / "hf").mkdir()
+    hf.save(str(tmp_path / "hf" / "tokenizer.json"))
+    assert BPETokenizer.load(tmp_path / "hf") == tok
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tokenizer.json").write_text('{"model": {"type": "WordPiece", "vocab": {}}}', encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        BPETokenizer.load(tmp_path / "bad")
+    _error(exc, "directory", "neither", "BPE")
+
+
 def test_bad_arguments(tok):
     with pytest.raises(DataError) as exc:
         BPETokenizer(dict(enumerate("ab")), [])  # ids for tokens
@@ -279,6 +296,9 @@ def test_bad_arguments(tok):
         tok.decode([tok.vocab_size])
     with pytest.raises(DataError):
         tokenizer_from_dict({"type": "bpe", "vocab": []})
+    with pytest.raises(DataError) as exc:
+        tokenizer_from_dict({"type": "bpe", "vocab": [["a"]], "merges": []})
+    _error(exc, "vocab", "entry 0")
 
 
 # -- the oracles: Hugging Face tokenizers and tiktoken, from the same vocabulary ----------------------------------------
@@ -313,6 +333,17 @@ def test_ids_equal_the_oracles_on_generated_text(oracle_tok, tmp_path, oracle):
     encode = _hf(oracle_tok, tmp_path) if oracle == "tokenizers" else _tiktoken(oracle_tok)
     for text in _oracle_texts() + [f"a{EOT}b {EOT}\n{EOT}"]:
         assert oracle_tok.encode(text) == encode(text), text[:80]
+
+
+def test_ids_are_the_vocabularys_whatever_their_order(oracle_tok, tmp_path):
+    """GPT-2's own vocab.json does not list the bytes in byte order: ids are looked up, never assumed."""
+    perm = list(range(oracle_tok.vocab_size))
+    random.Random(0).shuffle(perm)
+    shuffled = BPETokenizer({t: perm[i] for i, t in enumerate(oracle_tok.vocab)}, oracle_tok.merges)
+    encode = _hf(shuffled, tmp_path)
+    for text in _oracle_texts():
+        assert shuffled.encode(text) == [perm[i] for i in oracle_tok.encode(text)] == encode(text)
+        assert shuffled.decode(shuffled.encode(text)) == text
 
 
 @pytest.fixture(scope="module")

@@ -155,12 +155,16 @@ class BPETokenizer:
     @classmethod
     def load(cls, directory: str | Path, special_tokens: Iterable[str] | None = None) -> BPETokenizer:
         """Read a directory holding ``vocab.json`` and ``merges.txt`` (and ``special_tokens.json``, a list, as
-        :meth:`save` writes it; without it and without `special_tokens`, ``<|endoftext|>``)."""
-        from llm.data.bpe_files import read_specials
+        :meth:`save` writes it; without it and without `special_tokens`, ``<|endoftext|>``), or, without those, a
+        ``tokenizer.json``: a checkpoint's, or Hugging Face's for a byte-level BPE."""
+        from llm.data.bpe_files import read_specials, read_tokenizer_json
 
         d = Path(directory)
         if not d.is_dir():
             raise _fail(f"{d} is not a directory holding vocab.json and merges.txt", "directory")
+        if not (d / "vocab.json").exists() and (d / "tokenizer.json").exists():
+            desc = read_tokenizer_json(d / "tokenizer.json")
+            return cls.from_dict(desc if special_tokens is None else {**desc, "special_tokens": list(special_tokens)})
         if special_tokens is None:
             special_tokens = read_specials(d / "special_tokens.json")
         return cls.from_files(d / "vocab.json", d / "merges.txt", special_tokens)
@@ -174,11 +178,15 @@ class BPETokenizer:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> BPETokenizer:
-        """Rebuild from :meth:`to_dict` output."""
-        if not isinstance(d, Mapping) or not isinstance(d.get("vocab"), list) or not isinstance(d.get("merges"), list):
+        """Rebuild from :meth:`to_dict` output (its vocab a list of tokens in id order, or a ``{token: id}`` dict;
+        each merge ``"a b"`` or ``[a, b]``)."""
+        vocab = d.get("vocab") if isinstance(d, Mapping) else None
+        if not isinstance(vocab, (list, dict)) or not isinstance(d.get("merges"), list):
             raise _fail("a bpe tokenizer description needs a 'vocab' list and a 'merges' list", "vocab")
-        index: dict[str, int] = {}
-        for i, tok in enumerate(d["vocab"]):
+        index: dict[str, int] = vocab if isinstance(vocab, dict) else {}
+        for i, tok in enumerate(vocab if isinstance(vocab, list) else ()):
+            if not isinstance(tok, str):
+                raise _fail(f"vocab entry {i} is {tok!r}; tokens are non-empty strings", "vocab")
             if tok in index:
                 raise _fail(f"vocab has {tok!r} twice, at ids {index[tok]} and {i}", "vocab")
             index[tok] = i

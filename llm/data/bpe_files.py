@@ -118,12 +118,16 @@ def _read_text(path: str | os.PathLike, param: str) -> str:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); give GPT-2's text file", param=param) from None
 
 
+def _read_json(path: str | os.PathLike, param: str, what: str) -> object:
+    try:
+        return parse_json(_read_text(path, param))
+    except UnreadableJSON as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); give {what}", param=param) from None
+
+
 def read_vocab(path: str | os.PathLike) -> dict[str, int]:
     """``vocab.json`` as ``{token: id}`` (the ids are checked by :class:`BPETokenizer`)."""
-    try:
-        vocab = parse_json(_read_text(path, "vocab_json"))
-    except UnreadableJSON as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); give GPT-2's vocab.json", param="vocab_json") from None
+    vocab = _read_json(path, "vocab_json", "GPT-2's vocab.json")
     if not isinstance(vocab, dict):
         raise DataError(f"{path}: must hold one JSON object of token -> id, got a {type(vocab).__name__}",
                         param="vocab_json")
@@ -150,13 +154,34 @@ def read_specials(path: str | os.PathLike) -> list[str]:
     """``special_tokens.json`` (a JSON list of strings), or ``["<|endoftext|>"]`` when there is no such file."""
     if not os.path.lexists(path):
         return ["<|endoftext|>"]
-    try:
-        specials = parse_json(_read_text(path, "special_tokens"))
-    except UnreadableJSON as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); it holds a list of strings", param="special_tokens") from None
+    specials = _read_json(path, "special_tokens", "a JSON list of strings")
     if not isinstance(specials, list) or not all(isinstance(s, str) for s in specials):
         raise DataError(f"{path}: must hold a JSON list of strings", param="special_tokens")
     return specials
+
+
+def read_tokenizer_json(path: str | os.PathLike) -> dict:
+    """A ``tokenizer.json`` as :meth:`BPETokenizer.from_dict` takes it: ours (a checkpoint's, ``{"type": "bpe",
+    ...}``) as it is, or Hugging Face's for a byte-level BPE (model BPE, pre-tokenizer ByteLevel without prefix
+    space, no normalizer; its vocab as a ``{token: id}`` dict, its special added tokens as the special tokens)."""
+    d = _read_json(path, "directory", "a tokenizer.json")
+    if isinstance(d, dict) and d.get("type") == "bpe":
+        return d
+    model = d.get("model") if isinstance(d, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise DataError(f"{path}: neither a bpe tokenizer of this project nor a Hugging Face BPE tokenizer.json; "
+                        "give a directory with vocab.json and merges.txt", param="directory")
+    pre = d.get("pre_tokenizer")
+    if d.get("normalizer") or not isinstance(pre, dict) or pre.get("type") != "ByteLevel" \
+            or pre.get("add_prefix_space") or not pre.get("use_regex", True):
+        raise DataError(f"{path}: its pre-tokenizer or normalizer is not GPT-2's (ByteLevel, no prefix space, no "
+                        "normalizer), so its ids cannot be reproduced", param="directory")
+    vocab = dict(model["vocab"])
+    added = [t for t in d.get("added_tokens") or [] if isinstance(t, dict) and t.get("special")]
+    for t in added:
+        vocab.setdefault(t.get("content"), t.get("id"))
+    return {"type": "bpe", "vocab": vocab, "merges": list(model.get("merges") or []),
+            "special_tokens": [t.get("content") for t in added]}
 
 
 def write_files(directory: Path, index: Mapping[str, int], merges: Sequence[tuple[str, str]],
@@ -175,4 +200,4 @@ def write_files(directory: Path, index: Mapping[str, int], merges: Sequence[tupl
     return directory
 
 
-__all__ = ["MERGES_HEADER", "check_specials", "check_vocab", "check_merges", "read_vocab", "read_merges", "read_specials", "write_files"]
+__all__ = ["MERGES_HEADER", "check_specials", "check_vocab", "check_merges", "read_tokenizer_json", "read_vocab", "read_merges", "read_specials", "write_files"]
