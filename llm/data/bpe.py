@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from llm.data.bpe_files import check_merges, check_specials, check_vocab
+from llm.data.bpe_files import (check_merges, check_specials, check_vocab, read_merges, read_specials,
+                                read_tokenizer_json, read_vocab, write_files)
 from llm.errors import DataError
 
 # GPT-2's pre-tokenization pattern (published with its encoder).
@@ -148,8 +149,6 @@ class BPETokenizer:
                    special_tokens: Iterable[str] = (ENDOFTEXT,)) -> BPETokenizer:
         """Read GPT-2's two files: ``vocab.json`` (``{token: id}``) and ``merges.txt`` (``#version: 0.2``, then one
         ``a b`` pair a line, rank = order)."""
-        from llm.data.bpe_files import read_merges, read_vocab
-
         return cls(read_vocab(vocab_json), read_merges(merges_txt), special_tokens)
 
     @classmethod
@@ -157,8 +156,6 @@ class BPETokenizer:
         """Read a directory holding ``vocab.json`` and ``merges.txt`` (and ``special_tokens.json``, a list, as
         :meth:`save` writes it; without it and without `special_tokens`, ``<|endoftext|>``), or, without those, a
         ``tokenizer.json``: a checkpoint's, or Hugging Face's for a byte-level BPE."""
-        from llm.data.bpe_files import read_specials, read_tokenizer_json
-
         d = Path(directory)
         if not d.is_dir():
             raise _fail(f"{d} is not a directory holding vocab.json and merges.txt", "directory")
@@ -172,8 +169,6 @@ class BPETokenizer:
     def save(self, directory: str | Path) -> Path:
         """Write ``vocab.json``, ``merges.txt`` (GPT-2's format, which Hugging Face reads) and
         ``special_tokens.json`` into `directory` (made if need be); returns its path."""
-        from llm.data.bpe_files import write_files
-
         return write_files(Path(directory), self._index, self._merges, self._specials)
 
     @classmethod
