@@ -14,7 +14,8 @@ Both reserve the same three special tokens at the start of the vocabulary::
     2 </s>    end of sequence
 
 followed by every other token in sorted (code point) order, so the vocabulary built from the same texts is the same
-whatever order the texts come in. :func:`tokenizer_from_dict` rebuilds a tokenizer from its ``to_dict()`` output.
+whatever order the texts come in. :func:`tokenizer_from_dict` rebuilds a tokenizer from its ``to_dict()`` output,
+that of :class:`llm.data.bpe.BPETokenizer` (byte-level BPE, the same API, GPT-2's special tokens) included.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ import string
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from llm import checks
 from llm.errors import DataError
+
+if TYPE_CHECKING:
+    from llm.data.bpe import BPETokenizer
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -321,7 +326,7 @@ class CharTokenizer(_BaseTokenizer):
 _TYPES = {"word": WordTokenizer, "char": CharTokenizer}
 
 
-def tokenizer_from_dict(d: dict):
+def tokenizer_from_dict(d: dict) -> WordTokenizer | CharTokenizer | BPETokenizer:
     """Rebuild a tokenizer from ``to_dict()`` output (``{"type": "word" | "char", "vocab": [...]}``, or
     ``{"type": "bpe", "vocab": [...], "merges": [...], "special_tokens": [...]}`` for a
     :class:`~llm.data.bpe.BPETokenizer`)."""
