@@ -438,6 +438,22 @@ def test_generate_long_text_past_the_context():
     assert generate_long(model, tok, "abc", max_new_tokens=50) == ""  # stops there
 
 
+def test_generate_long_stops_at_an_end_token_that_doubles_as_padding():
+    # GPT-2's byte-level BPE has one special token, <|endoftext|>, which is also its pad and unk id
+    from backends import get_backend
+    from llm import BPETokenizer
+
+    tok = BPETokenizer.train(["abc abc abd"], vocab_size=258)
+    assert tok.pad_id == tok.eos_id == tok.unk_id
+    cfg = GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=8)
+    model = GPT(cfg, get_backend("numpy", "float64"), seed=0)
+    model.params["head.bias"][...] = 0.0
+    model.params["head.bias"][tok.eos_id] = 50.0
+    assert generate_long(model, tok, "abc", max_new_tokens=20) == ""  # the end is produced, and ends the text
+    text = generate_long(model, tok, "abc", max_new_tokens=20, stop_at_eos=False, temperature=1.0, seed=0)
+    assert text and "<|endoftext|>" not in text  # without the stop, the end is never produced: text comes
+
+
 # -- named records: the KV cache, the decoding settings ----------------------------------------------------------------
 
 def test_the_kv_cache_holds_each_layers_keys_and_values():

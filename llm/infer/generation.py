@@ -357,7 +357,9 @@ def generate_long(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int =
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         raise PromptError("the prompt has no tokens: type some text")
-    banned = (tokenizer.pad_id, tokenizer.unk_id) + (() if stop_at_eos else (tokenizer.eos_id,))
+    banned = {tokenizer.pad_id, tokenizer.unk_id, tokenizer.eos_id} - {None}
+    if stop_at_eos:  # the end may be produced, and ends the text, even where it doubles as padding (GPT-2's BPE)
+        banned.discard(tokenizer.eos_id)
     new = list(generate_stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
                                banned_ids=banned, eos_id=tokenizer.eos_id if stop_at_eos else None,
                                use_cache=use_cache))
