@@ -3,6 +3,7 @@
     arraygpt train --device cpu
     arraygpt chat --checkpoint runs/demo
     arraygpt text --text book.txt --steps 300
+    arraygpt prepare --text book.txt --out data/book && arraygpt text --data data/book --steps 300
     arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
 
@@ -15,6 +16,7 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
     "train": ("llm.cli.cmd_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
     "chat": ("llm.cli.cmd_chat", "chat with a saved checkpoint"),
     "text": ("llm.cli.cmd_text", "train a character-level model on any plain-text file, then sample from it"),
+    "prepare": ("llm.cli.cmd_prepare", "tokenize a text file once into a dataset for `text --data` (any size)"),
     "attention": ("llm.cli.cmd_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
 
