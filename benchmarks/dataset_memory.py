@@ -43,14 +43,40 @@ def write_text(path: Path, mb: float, source: Path, seed: int = 0) -> int:
     return os.path.getsize(path)
 
 
+def _status() -> dict[str, float]:
+    """This process's RssAnon and RssFile (/proc/self/status, Linux), in MB."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
 def child(command: str, argv: list[str]) -> None:
-    """Run one `arraygpt` command in this process, then print its peak RSS as JSON (the last line)."""
+    """Run one `arraygpt` command in this process, then print its peak RSS as JSON (the last line): ru_maxrss, and
+    the peaks of its anonymous memory (its own) and of its file-backed pages (the dataset's mapped pages: clean,
+    dropped by the kernel when memory is short), sampled every 20 ms."""
+    import threading
+
     from llm.__main__ import main
 
+    peaks = {"RssAnon": 0.0, "RssFile": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for k, v in _status().items():
+                peaks[k] = max(peaks[k], v)
+            done.wait(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
     code = main([command, *argv])
+    done.set()
     print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_anon_mb": peaks["RssAnon"], "peak_file_mb": peaks["RssFile"]}))
 
 
 def measure(command: str, argv: list[str]) -> dict:
@@ -64,6 +90,11 @@ def measure(command: str, argv: list[str]) -> dict:
     result = json.loads(lines[-1])
     result["output"] = lines[-4:-1]
     return result
+
+
+def _peaks(r: dict) -> str:
+    return (f"peak RSS {r['peak_rss_mb']:7.1f} MB (anonymous {r['peak_anon_mb']:6.1f} MB, file-backed "
+            f"{r['peak_file_mb']:6.1f} MB)")
 
 
 def main() -> None:
@@ -82,18 +113,15 @@ def main() -> None:
         size = write_text(text, args.mb, args.source)
         print(f"text: {size / 1e6:.1f} MB ({text})", flush=True)
         prep = measure("prepare", ["--text", str(text), "--out", str(tmp / "ds")])
-        print(f"prepare:          peak RSS {prep['peak_rss_mb']:7.1f} MB in {prep['seconds']:6.1f} s  "
-              f"({prep['output'][-1] if prep['output'] else ''})", flush=True)
+        print(f"prepare:          {_peaks(prep)} in {prep['seconds']:6.1f} s", flush=True)
         train = measure("text", ["--data", str(tmp / "ds"), "--steps", str(args.steps), *MODEL])
-        print(f"text --data:      peak RSS {train['peak_rss_mb']:7.1f} MB in {train['seconds']:6.1f} s "
-              f"({args.steps} steps)", flush=True)
+        print(f"text --data:      {_peaks(train)} in {train['seconds']:6.1f} s ({args.steps} steps)", flush=True)
         result = {"text_mb": size / 1e6, "prepare": prep, "train_data": train}
         if args.compare_mb:
             small = tmp / "small.txt"
             small_size = write_text(small, args.compare_mb, args.source, seed=1)
             comp = measure("text", ["--text", str(small), "--steps", str(args.steps), *MODEL])
-            print(f"text --text ({small_size / 1e6:.0f} MB): peak RSS {comp['peak_rss_mb']:7.1f} MB in "
-                  f"{comp['seconds']:6.1f} s", flush=True)
+            print(f"text --text ({small_size / 1e6:.0f} MB): {_peaks(comp)} in {comp['seconds']:6.1f} s", flush=True)
             result["train_text"] = {**comp, "text_mb": small_size / 1e6}
         print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "output"} if isinstance(v, dict) else v)
                           for k, v in result.items()}))

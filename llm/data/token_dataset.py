@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import secrets
 from collections.abc import Iterable
@@ -182,7 +183,11 @@ def _map(d: Path, meta: dict, split: str) -> np.ndarray:
     if top >= meta["vocab_size"]:
         raise _fail(f"{path} holds the id {top}, outside the vocabulary of {meta['vocab_size']}; the file is "
                     f"corrupt or from another dataset: {_REPREPARE}")
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+    ids = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+    advise = getattr(getattr(ids, "_mmap", None), "madvise", None)
+    if advise is not None and hasattr(mmap, "MADV_RANDOM"):  # random windows: no read-ahead around each one
+        advise(mmap.MADV_RANDOM)
+    return ids
 
 
 def _largest_id(path: Path, dtype: np.dtype) -> int:
