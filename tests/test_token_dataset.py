@@ -199,7 +199,14 @@ def test_a_failed_write_leaves_only_what_was_there(text_file, tmp_path):
         write_dataset(out, CharTokenizer.from_texts(["abc"]), {"train": parts(), "val": []},
                       source={"name": "x", "bytes": 3, "sha256": "0" * 64}, split_bytes={"train": 3, "val": 0},
                       val_fraction=0.0)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # made by the failed call, so removed with its temporary files
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(out, CharTokenizer.from_texts(["abc"]), {"train": parts(), "val": []},
+                      source={"name": "x", "bytes": 3, "sha256": "0" * 64}, split_bytes={"train": 3, "val": 0},
+                      val_fraction=0.0, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_prepare_input_errors(tmp_path, text_file):

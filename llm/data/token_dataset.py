@@ -244,6 +244,7 @@ def write_dataset(path: str | os.PathLike, tokenizer: Any, parts: dict[str, Iter
     "sha256"}``. Each file goes to a hidden temporary name first and is renamed into place once complete,
     ``meta.json`` last; on any failure only those temporary files are removed. Returns the dataset, opened."""
     d = check_destination(path, overwrite)
+    created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(dtype_for(tokenizer.vocab_size)).newbyteorder("<")
     writers: list[_PartWriter] = []
@@ -277,11 +278,12 @@ def write_dataset(path: str | os.PathLike, tokenizer: Any, parts: dict[str, Iter
         for w in writers:
             if not w.file.closed:
                 w.file.close()
-        raise
-    finally:
         for tmp in tmp_files:  # only the files this call made
             if tmp.exists():
                 tmp.unlink()
+        if created and not any(d.iterdir()):
+            d.rmdir()  # the directory too, if this call made it
+        raise
     return open_dataset(d)
 
 
