@@ -3,6 +3,7 @@
     arraygpt train --device cpu
     arraygpt chat --checkpoint runs/demo
     arraygpt text --text book.txt --steps 300
+    arraygpt prepare --text book.txt --out data/book && arraygpt text --data data/book --steps 300
     arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
 
@@ -15,14 +16,15 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
     "train": ("llm.cli.cmd_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
     "chat": ("llm.cli.cmd_chat", "chat with a saved checkpoint"),
     "text": ("llm.cli.cmd_text", "train a character-level model on any plain-text file, then sample from it"),
+    "prepare": ("llm.cli.cmd_prepare", "tokenize a text file once into a dataset for `text --data` (any size)"),
     "attention": ("llm.cli.cmd_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
 
 
 EXIT_INTERRUPTED = 130  # llm.cli.common's, known before it is imported (a Ctrl-C may come first)
 
-# Commands that draw instead of training or chatting: each gets a usage line of its own.
-TOOLS = ("attention",)
+# Commands that prepare data or draw instead of training or chatting: each gets a usage line of its own.
+TOOLS = ("prepare", "attention")
 
 
 def _usage(prog: str) -> str:
