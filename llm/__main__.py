@@ -1,8 +1,10 @@
-"""``arraygpt train|chat|text|attention ...`` (also ``python -m llm ...``): the three CLIs behind one command.
+"""``arraygpt train|chat|text|eval|sample|attention ...`` (also ``python -m llm ...``): the CLIs behind one command.
 
     arraygpt train --device cpu
     arraygpt chat --checkpoint runs/demo
     arraygpt text --text book.txt --steps 300
+    arraygpt eval --model runs/book --text book.txt
+    arraygpt sample --model runs/book --prompt "ROMEO:"
     arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
 
@@ -15,6 +17,8 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
     "train": ("llm.cli.cmd_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
     "chat": ("llm.cli.cmd_chat", "chat with a saved checkpoint"),
     "text": ("llm.cli.cmd_text", "train a character-level model on any plain-text file, then sample from it"),
+    "eval": ("llm.cli.cmd_eval", "score a model on a text (loss, perplexity, bits per byte) or on HellaSwag"),
+    "sample": ("llm.cli.cmd_sample", "continue a text with a model (a checkpoint or a Hugging Face GPT-2)"),
     "attention": ("llm.cli.cmd_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
 

@@ -69,6 +69,10 @@ def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tup
     ckpt = None
     if args.resume:
         run, ckpt, text = _resumed(args, explicit, session, kwargs)
+    elif args.init_from:  # a pretrained model (llm/cli/text_init.py)
+        from llm.cli.text_init import init_run
+
+        run, text = init_run(args, explicit, session, kwargs, _step)
     else:
         run, text = _new_run(args, session, kwargs)
     run.text_info = {"sha256": text_sha256(text), "chars": len(text)}

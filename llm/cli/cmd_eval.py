@@ -1,0 +1,129 @@
+"""``arraygpt eval``: score a trained model (one of our checkpoints or a Hugging Face GPT-2) on a text or on HellaSwag.
+
+    arraygpt eval --model runs/shakespeare --text ../shared/data/tinyshakespeare.txt
+    arraygpt eval --model gpt2-local/ --text wiki.txt --seq-len 1024 --batch-size 4 --device torch:cuda --json
+    arraygpt eval --model gpt2-local/ --hellaswag hellaswag_val.jsonl --device cuda
+
+``--text FILE``: the loss (nats per token), perplexity and bits per byte (loss x tokens / the text's UTF-8 bytes /
+ln 2) of the model on the whole file, encoded with the model's own tokenizer and cut into non-overlapping windows of
+``--seq-len`` tokens (default: the model's context), ``--batch-size`` windows a forward pass; every token but the
+first is predicted once, from the tokens before it in its window (llm.infer.evaluation.evaluate_stream).
+
+``--hellaswag FILE``: HellaSwag's multiple choice as llm.c and build-nanogpt score it: for each jsonl line
+(``ctx``, four ``endings``, ``label``) the loss of each ending after the context; ``acc`` counts examples whose
+lowest total loss is the label, ``acc_norm`` those whose lowest mean loss per ending token is (llm.infer.hellaswag).
+
+Human output on stdout, or with ``--json`` one JSON object. Exit codes: those of llm.cli.common (2: bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from typing import Any
+
+from llm.cli.common import EXIT_OK, one_line_warnings, positive_int, run_cli
+from llm.cli.flags import add_model_source
+from llm.cli.session import perplexity_text
+from llm.errors import ConfigError, DataError, LLMWarning
+
+FLAGS = {"path": "--hellaswag", "limit": "--limit"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line of `arraygpt eval`."""
+    p = argparse.ArgumentParser(description="Score a trained model on a text (loss, perplexity, bits per byte) "
+                                            "or on HellaSwag (acc, acc_norm).")
+    add_model_source(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", metavar="FILE", help="a UTF-8 plain-text file")
+    what.add_argument("--hellaswag", metavar="FILE", help="HellaSwag examples, one JSON object a line "
+                                                          "(ctx, endings, label), e.g. hellaswag_val.jsonl")
+    p.add_argument("--seq-len", "--context", dest="seq_len", type=positive_int, metavar="N",
+                   help="--text: tokens per window (default: the model's context)")
+    p.add_argument("--batch-size", type=positive_int, default=4,
+                   help="windows (--text) or examples of 4 rows (--hellaswag) per forward pass (default 4)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="--hellaswag: only the first N examples")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return p.parse_args(argv)
+
+
+def _report(args: argparse.Namespace, result: dict, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps({"model": args.model, "device": args.device, **result}))
+    else:
+        print("\n".join(lines), flush=True)
+
+
+def _number(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no inf
+
+
+def eval_text(args: argparse.Namespace, model: Any, tok: Any) -> None:
+    """The --text report: loss, perplexity, bits per byte."""
+    from llm.infer.evaluation import evaluate_stream
+    from llm.training.text_run import read_text
+
+    text = read_text(args.text, None)
+    if not text.strip():
+        raise DataError(f"--text {args.text} is empty (or only whitespace): nothing to score; give a UTF-8 text")
+    ids = tok.encode(text)
+    unk = getattr(tok, "unk_id", None)
+    unknown = sum(1 for i in ids if i == unk) if unk is not None else 0
+    if unknown:
+        warnings.warn(LLMWarning(f"{unknown:,} of the text's {len(ids):,} tokens are not in the model's vocabulary: "
+                                 "they are scored as <unk>"), stacklevel=1)
+    score = evaluate_stream(model, ids, args.seq_len, args.batch_size)
+    n_bytes = len(text.encode("utf-8"))
+    bpb = score.bits_per_byte(n_bytes)
+    result = {"text": args.text, "loss": score.loss, "perplexity": _number(score.perplexity), "bits_per_byte": bpb,
+              "tokens": score.tokens, "bytes": n_bytes, "characters": len(text), "windows": score.windows,
+              "seq_len": score.seq_len, "unknown_tokens": unknown}
+    _report(args, result, [
+        f"{args.text}: {len(text):,} characters, {n_bytes:,} bytes, {len(ids):,} tokens",
+        f"loss {score.loss:.4f} nats/token, perplexity {perplexity_text(score.loss)}, {bpb:.4f} bits per byte "
+        f"({score.tokens:,} tokens predicted in {score.windows:,} windows of at most {score.seq_len})"])
+
+
+def eval_hellaswag(args: argparse.Namespace, model: Any, tok: Any) -> None:
+    """The --hellaswag report: acc and acc_norm."""
+    from llm.infer.hellaswag import read_hellaswag, score_hellaswag
+
+    examples = read_hellaswag(args.hellaswag, args.limit)
+    s = score_hellaswag(model, tok, examples, args.batch_size)
+    result = {"hellaswag": args.hellaswag, "examples": s.examples, "acc": s.acc, "acc_norm": s.acc_norm,
+              "correct": s.correct, "correct_norm": s.correct_norm}
+    _report(args, result, [f"{args.hellaswag}: {s.examples:,} examples: acc {s.acc:.4f} ({s.correct:,}), "
+                           f"acc_norm {s.acc_norm:.4f} ({s.correct_norm:,})"])
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    if args.limit is not None and args.hellaswag is None:
+        raise ConfigError("--limit counts HellaSwag examples: give it with --hellaswag")
+    if args.seq_len is not None and args.text is None:
+        raise ConfigError("--seq-len sets the windows of --text: give it with --text")
+    for flag, value in (("--text", args.text), ("--hellaswag", args.hellaswag)):
+        if value is not None and not value.strip():
+            raise DataError(f"{flag} is empty: give a file (is a shell variable unset?)")
+    one_line_warnings()
+    from llm.cli.models import load_model
+
+    model, tok = load_model(args.model, args.device, args.dtype)
+    if args.text is not None:
+        eval_text(args, model, tok)
+    else:
+        eval_hellaswag(args, model, tok)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`arraygpt eval`: the exit code; every fault ends in one line (llm.cli.common.run_cli)."""
+    return run_cli(_main, argv, flags=FLAGS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
