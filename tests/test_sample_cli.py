@@ -90,3 +90,20 @@ def test_bad_settings_are_one_line(ckpt, args, code, words):
 def test_a_missing_model_is_one_line(tmp_path):
     assert "does not exist" in one_error_line(run("sample", "--model", str(tmp_path / "nope"), "--prompt", "x"), 1)
     assert "--num-samples" in run("sample", "--model", "x", "--prompt", "x", "--num-samples", "0").stderr
+
+
+def test_a_word_level_continuation_is_spaced_after_the_prompt(tmp_path):
+    from llm import GPT, GPTConfig
+    from llm.checkpoint import save_checkpoint
+    from llm.data.tokenizers import WordTokenizer
+
+    tok = WordTokenizer.from_texts(["How do mountains form ? Rain falls from clouds ."])
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=16),
+                "cpu", seed=0)
+    model.params["head.weight"][...] = 0.0
+    model.params["head.bias"][...] = 0.0
+    model.params["head.bias"][tok.token_to_id("mountains")] = 9.0  # greedy: "mountains" every time
+    ck = save_checkpoint(tmp_path / "word", model, tok)
+    proc = run("sample", "--model", str(ck), "--prompt", "How do", "--temperature", "0", "--max-new-tokens", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "How do mountains mountains"

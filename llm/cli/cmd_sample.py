@@ -57,6 +57,13 @@ def continuations(model: Any, tok: Any, prompt: str, n: int, settings: dict) -> 
             for i in range(n)]
 
 
+def continuation_text(tok: Any, prompt_ids: list[int], new: list[int]) -> str:
+    """The text `new` adds after the prompt, spacing included: a word-level tokenizer puts the space before a word
+    only when it sees the word before it."""
+    head, whole = tok.decode(prompt_ids), tok.decode(list(prompt_ids) + list(new))
+    return whole[len(head):] if whole.startswith(head) else tok.decode(new)
+
+
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     settings = sampling_settings(args)  # bad input: exit 2 before loading
@@ -67,7 +74,7 @@ def _main(argv: list[str] | None) -> int:
 
     model, tok = load_model(args.model, args.device, args.dtype)
     new = continuations(model, tok, args.prompt, args.num_samples, settings)
-    texts = [args.prompt + tok.decode(ids) for ids in new]
+    texts = [args.prompt + continuation_text(tok, tok.encode(args.prompt), ids) for ids in new]
     if args.json:
         print(json.dumps({"prompt": args.prompt, "samples": texts, "new_tokens": [len(ids) for ids in new],
                           "settings": settings}))
