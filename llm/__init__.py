@@ -34,6 +34,23 @@ def load(path, backend):
     return _load(path, backend)
 
 
+def load_hf(path, backend):
+    """Load a Hugging Face GPT-2 directory (or hub id) onto `backend`: ``(model, tokenizer)`` (see
+    llm.checkpoint.huggingface)."""
+    from llm.checkpoint.huggingface import load_hf as _load_hf
+
+    return _load_hf(path, backend)
+
+
+def save_hf(model, tokenizer, path):
+    """Save `model` and `tokenizer` as a Hugging Face GPT-2 directory that transformers loads (see
+    llm.checkpoint.huggingface)."""
+    from llm.checkpoint.huggingface import save_hf as _save_hf
+
+    return _save_hf(model, tokenizer, path)
+
+
 __all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
-           "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load"]
+           "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load",
+           "load_hf", "save_hf"]
 __version__ = "0.1.0"

@@ -65,11 +65,13 @@ class GPT(Layer):
         self.embed = Embedding(backend, rng, c.vocab_size, c.max_seq_len, c.d_model, std=c.init_std,
                                pos_encoding=c.pos_encoding)
         self.blocks = [TransformerBlock(backend, rng, c.d_model, c.n_heads, c.d_ff, c.activation, c.norm,
-                                        c.ln_eps, out_std, rope=c.pos_encoding == "rope", max_seq_len=c.max_seq_len)
+                                        c.ln_eps, out_std, rope=c.pos_encoding == "rope", max_seq_len=c.max_seq_len,
+                                        qkv_bias=c.qkv_bias)
                        for _ in range(c.n_layers)]
         self.ln_f = LayerNorm(backend, c.d_model, c.ln_eps) if c.norm == "pre" else None
         self.head = OutputProjection(backend, rng, c.d_model, c.vocab_size,
-                                     tied_to=self.embed if c.tie_weights else None, std=c.init_std)
+                                     tied_to=self.embed if c.tie_weights else None, std=c.init_std,
+                                     bias=c.head_bias)
         self.children = {"embed": self.embed, **{f"blocks.{i}": b for i, b in enumerate(self.blocks)}}
         if self.ln_f is not None:
             self.children["ln_f"] = self.ln_f

@@ -103,13 +103,14 @@ class CausalSelfAttention(Layer):
     """
 
     def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, out_std: float = 0.02,
-                 rope: bool = False, max_seq_len: int | None = None) -> None:
+                 rope: bool = False, max_seq_len: int | None = None, qkv_bias: bool = False) -> None:
         super().__init__()  # d_model divisible by n_heads, an even head size for rope: GPTConfig's rules
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        # No QKV bias: the key bias has an identically zero gradient (softmax ignores a per-row shift), so Adam
-        # would only turn its rounding noise into lr-sized steps; the value bias duplicates the output bias.
-        self.qkv = Linear(backend, rng, d_model, 3 * d_model, bias=False)
+        # No QKV bias by default: the key bias has an identically zero gradient (softmax ignores a per-row shift), so
+        # Adam would only turn its rounding noise into lr-sized steps; the value bias duplicates the output bias.
+        # qkv_bias=True is GPT-2's layout (its c_attn has one), for its checkpoints.
+        self.qkv = Linear(backend, rng, d_model, 3 * d_model, bias=qkv_bias)
         self.proj = Linear(backend, rng, d_model, d_model, std=out_std)
         self.children = {"qkv": self.qkv, "proj": self.proj}
         self._causal_cache: dict[tuple, Any] = {}  # a constant per shape, not an activation
@@ -217,7 +218,7 @@ class CausalSelfAttention(Layer):
         # x: (B*T_new, C), kv: keys and values (B, H, T_past, D), or none yet -> (B*T_new, C). Inference only: no
         # cache for backward; the new keys and values are appended to `kv`, so each new token costs one position.
         xp = array_namespace(x)
-        q, k, v = self._split_heads(xp, x @ self.qkv.params["weight"], T)
+        q, k, v = self._split_heads(xp, self.qkv.forward(x)[0], T)
         if self.rope:  # the new queries and keys at their absolute positions; the cache holds rotated keys
             cos, sin = self._rope(xp, kv.length, T, x)
             q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)

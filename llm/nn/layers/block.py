@@ -29,12 +29,12 @@ class TransformerBlock(Layer):
 
     def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, d_ff: int, activation: str = "relu",
                  norm: str = "pre", ln_eps: float = 1e-5, out_std: float = 0.02, rope: bool = False,
-                 max_seq_len: int | None = None) -> None:
+                 max_seq_len: int | None = None, qkv_bias: bool = False) -> None:
         super().__init__()
         self.norm = norm
         self.ln1 = LayerNorm(backend, d_model, ln_eps)
         self.attn = CausalSelfAttention(backend, rng, d_model, n_heads, out_std=out_std, rope=rope,
-                                        max_seq_len=max_seq_len)
+                                        max_seq_len=max_seq_len, qkv_bias=qkv_bias)
         self.ln2 = LayerNorm(backend, d_model, ln_eps)
         self.ff = FeedForward(backend, rng, d_model, d_ff, activation, out_std=out_std)
         self.children = {"ln1": self.ln1, "attn": self.attn, "ln2": self.ln2, "ff": self.ff}
