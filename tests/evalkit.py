@@ -3,6 +3,7 @@ command run in a subprocess, and the one-error-line check."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,31 @@ def one_error_line(proc: subprocess.CompletedProcess, code: int | None = None) -
     lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
+
+
+def hf_gpt2_dir(path: Path, n_positions: int = 32, seed: int = 0) -> tuple:
+    """A random-init ``transformers.GPT2LMHeadModel`` (float64, every parameter drawn away from its initial value)
+    saved with ``save_pretrained`` into `path`, with a byte-level BPE vocabulary trained on :data:`TEXT` by the
+    ``tokenizers`` library (vocab.json, merges.txt): ``(path, hf_model, that tokenizer)``. Skips, saying why, where
+    transformers or this project's BPE tokenizer is missing."""
+    import pytest
+
+    torch = pytest.importorskip("torch", reason="transformers' GPT-2 (the oracle) runs on PyTorch")
+    transformers = pytest.importorskip("transformers", reason="transformers writes the Hugging Face directories")
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers library trains the test's vocabulary")
+    pytest.importorskip("llm.data.bpe", reason="llm.load_hf reads vocab.json / merges.txt with llm.data.bpe")
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator([TEXT], vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(path))
+    vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+    eos = vocab["<|endoftext|>"]
+    config = transformers.GPT2Config(vocab_size=len(vocab), n_positions=n_positions, n_embd=16, n_layer=2,
+                                     n_head=2, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).to(torch.float64).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if ".ln_" in name and name.endswith("weight") else 0.0))
+    model.save_pretrained(path, safe_serialization=True)
+    return path, model, bpe

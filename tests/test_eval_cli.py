@@ -154,3 +154,24 @@ def test_token_losses_in_blocks_equal_one_block(monkeypatch):
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     assert np.allclose(whole, -logp[np.arange(23), targets], rtol=1e-13)
     assert np.allclose(blocks, whole, rtol=1e-13)
+
+
+def test_a_hugging_face_directory_scores_as_transformers_does(tmp_path, text_file):
+    from tests.evalkit import hf_gpt2_dir
+
+    torch = pytest.importorskip("torch", reason="transformers' GPT-2 (the oracle) runs on PyTorch")
+    path, hf, bpe = hf_gpt2_dir(tmp_path / "gpt2")
+    proc = run("eval", "--model", str(path), "--text", str(text_file), "--json", "--seq-len", "20")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    text = text_file.read_text(encoding="utf-8")
+    ids = bpe.encode(text).ids
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, 20):
+            y = torch.tensor(ids[start + 1:start + 21])
+            logits = hf(torch.tensor([ids[start:start + len(y)]])).logits[0]
+            total += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+    assert got["tokens"] == len(ids) - 1 and got["unknown_tokens"] == 0  # byte-level: nothing is unknown
+    assert got["loss"] == pytest.approx(total / (len(ids) - 1), rel=1e-9)
+    assert got["bits_per_byte"] == pytest.approx(total / len(text.encode("utf-8")) / math.log(2), rel=1e-9)

@@ -95,3 +95,27 @@ def test_other_bad_input_is_one_line(pretrained, text_file, tmp_path):
             args = ["--init-from", str(pretrained), *args]
         line = one_error_line(run("text", "--text", str(text_file), *args, *STEPS), code)
         assert words in line, line
+
+
+def test_init_from_a_hugging_face_directory(tmp_path, text_file):
+    from llm import load_hf
+    from tests.evalkit import hf_gpt2_dir
+
+    path, _, _ = hf_gpt2_dir(tmp_path / "gpt2")
+    book = tmp_path / "book.txt"
+    book.write_text(text_file.read_text(encoding="utf-8") + "Zoë\n", encoding="utf-8")  # byte-level: any text
+    out = tmp_path / "ft"
+    proc = run("text", "--text", str(book), "--init-from", str(path), "--out", str(out), *STEPS)
+    assert proc.returncode == 0, proc.stderr
+    got, got_tok = load(out, "cpu")
+
+    model, tok = load_hf(path, "cpu")
+    assert got_tok == tok
+    ids = np.asarray(tok.encode(book.read_text(encoding="utf-8")), np.int64)
+    train, val = split_ids(ids, 0.1, model.config.max_seq_len)
+    settings = TextSettings(steps=6, batch_size=3, eval_batches=2)
+    settings.min_lr, settings.warmup_steps = settings.final_lr, settings.warmup
+    TextRun(model, tok, train, val, settings).run()
+    for name, p in model.params.items():
+        np.testing.assert_allclose(got.backend.to_numpy(got.params[name]), p, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert run("eval", "--model", str(out), "--text", str(book)).returncode == 0

@@ -136,3 +136,30 @@ def test_missing_and_empty_files(tmp_path):
     assert "cannot read" in one_error_line(run("eval", "--model", str(ck), "--hellaswag",
                                                str(tmp_path / "none.jsonl")), 2)
     assert "--hellaswag is empty" in one_error_line(run("eval", "--model", str(ck), "--hellaswag", ""), 2)
+
+
+def test_a_hugging_face_directory_scores_as_transformers_does(tmp_path):
+    from llm import load_hf
+    from tests.evalkit import hf_gpt2_dir
+
+    torch = pytest.importorskip("torch", reason="transformers' GPT-2 (the oracle) runs on PyTorch")
+    path, hf, bpe = hf_gpt2_dir(tmp_path / "gpt2")
+    data = _write(tmp_path / "hs.jsonl", EXAMPLES)
+    want_sums = []
+    with torch.no_grad():
+        for ex in EXAMPLES:
+            ctx, row = bpe.encode(ex["ctx"]).ids, []
+            for ending in ex["endings"]:
+                end = bpe.encode(" " + ending).ids
+                ids = (ctx + end)[-33:]
+                logits = hf(torch.tensor([ids[:-1]])).logits[0]
+                losses = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+                row.append(float(losses[-len(end):].sum()))
+            want_sums.append(row)
+    model, tok = load_hf(path, "cpu")
+    score = score_hellaswag(model, tok, read_hellaswag(data), batch_size=2)
+    np.testing.assert_allclose(score.sums, want_sums, rtol=1e-9)
+    proc = run("eval", "--model", str(path), "--hellaswag", data, "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert (got["correct"], got["correct_norm"]) == (score.correct, score.correct_norm)

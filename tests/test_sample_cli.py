@@ -107,3 +107,36 @@ def test_a_word_level_continuation_is_spaced_after_the_prompt(tmp_path):
     proc = run("sample", "--model", str(ck), "--prompt", "How do", "--temperature", "0", "--max-new-tokens", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "How do mountains mountains"
+
+
+def test_a_hugging_face_directory_samples_as_transformers_does(tmp_path):
+    from tests.evalkit import hf_gpt2_dir
+
+    torch = pytest.importorskip("torch", reason="transformers' GPT-2 (the oracle) runs on PyTorch")
+    path, hf, bpe = hf_gpt2_dir(tmp_path / "gpt2")
+    prompt = "First Citizen: Before we"
+    proc = run("sample", "--model", str(path), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "40",
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    ids = bpe.encode(prompt).ids
+    new = []
+    eos = bpe.token_to_id("<|endoftext|>")
+    with torch.no_grad():
+        for _ in range(40):  # past the context of 32: the window slides
+            logits = hf(torch.tensor([(ids + new)[-32:]])).logits[0, -1]
+            new.append(int(torch.argmax(logits)))
+            if new[-1] == eos:
+                break
+    head = bpe.decode(ids)
+    want = prompt + bpe.decode(ids + new, skip_special_tokens=True)[len(head):]
+    assert json.loads(proc.stdout)["samples"] == [want]
+    assert json.loads(proc.stdout)["new_tokens"] == [len(new)]
+
+
+def test_chat_takes_a_hugging_face_directory(tmp_path):
+    from tests.evalkit import hf_gpt2_dir
+
+    path, _, _ = hf_gpt2_dir(tmp_path / "gpt2")
+    proc = run("chat", "--checkpoint", str(path), "--prompt", "Speak, speak.", "--max-new-tokens", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1

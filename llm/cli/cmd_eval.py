@@ -71,8 +71,8 @@ def eval_text(args: argparse.Namespace, model: Any, tok: Any) -> None:
     if not text.strip():
         raise DataError(f"--text {args.text} is empty (or only whitespace): nothing to score; give a UTF-8 text")
     ids = tok.encode(text)
-    unk = getattr(tok, "unk_id", None)
-    unknown = sum(1 for i in ids if i == unk) if unk is not None else 0
+    unk = getattr(tok, "unk_id", None)  # a byte-level BPE has none (its unk_id is its end of text)
+    unknown = sum(1 for i in ids if i == unk) if unk is not None and unk != getattr(tok, "eos_id", None) else 0
     if unknown:
         warnings.warn(LLMWarning(f"{unknown:,} of the text's {len(ids):,} tokens are not in the model's vocabulary: "
                                  "they are scored as <unk>"), stacklevel=1)
