@@ -11,7 +11,7 @@ import pytest
 
 from llm.checkpoint import load
 from llm.training.text_run import TextRun, TextSettings, split_ids
-from tests.evalkit import TEXT, char_checkpoint, one_error_line, run
+from tests.evalkit import DEVICE_OF, TEXT, char_checkpoint, one_error_line, run
 
 STEPS = ["--steps", "6", "--batch-size", "3", "--eval-every", "3", "--eval-batches", "2", "--sample-chars", "0",
          "--workers", "1"]
@@ -50,6 +50,19 @@ def test_init_from_trains_the_pretrained_weights_as_the_library_does(pretrained,
     more = run("text", "--text", str(text_file), "--resume", str(out), "--steps", "8", "--sample-chars", "0")
     assert more.returncode == 0, more.stderr  # an ordinary book-trainer checkpoint
     assert json.loads((out / "training.json").read_text())["state"]["step"] == 8
+
+
+def test_every_backend_fine_tunes_as_numpy(backend_name, pretrained, text_file, tmp_path):
+    runs = []
+    for i, device in enumerate(("cpu", DEVICE_OF[backend_name])):
+        out = tmp_path / f"run{i}"
+        proc = run("text", "--text", str(text_file), "--init-from", str(pretrained), "--out", str(out), *STEPS,
+                   "--device", device)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(load(out, "cpu")[0])
+    base, other = runs
+    for name, p in base.params.items():  # float64, as the pretrained checkpoint
+        np.testing.assert_allclose(other.params[name], p, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 def test_the_loss_falls_from_the_pretrained_models(pretrained, text_file, tmp_path):
