@@ -15,6 +15,7 @@ try:
     from llm.training.step import TrainStep
     from llm.nn.loss import cross_entropy
     from llm.data.tokenizers import CharTokenizer, WordTokenizer
+    from llm.data.bpe import BPETokenizer
     from llm.data.corpora import load_corpus
     from llm.infer.generation import chat, generate
     from llm.training.schedule import RECIPES, Phase, Recipe
@@ -50,7 +51,8 @@ def save_hf(model, tokenizer, path):
     return _save_hf(model, tokenizer, path)
 
 
-__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "load_corpus", "chat",
+__all__ = ["GPTConfig", "GPT", "Adam", "TrainStep", "cross_entropy", "WordTokenizer", "CharTokenizer", "BPETokenizer",
+           "load_corpus", "chat",
            "generate", "Recipe", "RECIPES", "Phase", "Trainer", "train", "exact_match", "evaluate", "Evaluation", "load",
            "load_hf", "save_hf"]
 __version__ = "0.1.0"

@@ -161,9 +161,23 @@ def test_hub_format_names_and_old_buffers_load(tmp_path):
     hf.config.save_pretrained(tmp_path / "hub")
     ids = np.random.default_rng(7).integers(0, SMALL["vocab_size"], (2, 8))
     np.testing.assert_allclose(read_hf_model(tmp_path / "hub", "cpu").forward(ids), hf_logits(hf, ids), atol=1e-10)
+    sd["lm_head.weight"] = sd["wte.weight"].clone()  # a tied head saved anyway: the token table, again
+    safetensors_torch.save_file(sd, tmp_path / "hub" / "model.safetensors", metadata={"format": "pt"})
+    np.testing.assert_allclose(read_hf_model(tmp_path / "hub", "cpu").forward(ids), hf_logits(hf, ids), atol=1e-10)
     hf.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     np.testing.assert_allclose(read_hf_model(tmp_path / "sharded", "cpu").forward(ids), hf_logits(hf, ids), atol=1e-10)
+
+
+def test_float16_files_load_in_float32_and_any_backend_dtype_is_kept(tmp_path):
+    hf = hf_model(dtype=torch.float16)
+    ours = read_hf_model(saved(hf, tmp_path / "hf"), "cpu")
+    assert ours.backend.dtype_name == "float32"
+    ids = np.random.default_rng(9).integers(0, SMALL["vocab_size"], (2, 8))
+    np.testing.assert_allclose(ours.forward(ids), hf_logits(hf.float(), ids), rtol=0, atol=1e-4)
+    in64 = read_hf_model(tmp_path / "hf", require_backend("numpy", "float64"))  # a Backend: its dtype, exactly
+    assert in64.backend.dtype_name == "float64"
+    np.testing.assert_array_equal(in64.params["embed.token"], hf.transformer.wte.weight.double().detach().numpy())
 
 
 # -- every error path: one line, a typed error, the parameter named -------------------------------------------------
@@ -335,3 +349,69 @@ def test_save_refuses_other_destinations_and_tokenizers(tmp_path):
     save_hf(_our_gpt2_like(seed=3), None, tmp_path / "out")
     np.testing.assert_array_equal(read_hf_model(tmp_path / "out", "cpu").params["embed.token"],
                                   _our_gpt2_like(seed=3).params["embed.token"])
+
+
+# -- the tokenizer: GPT-2's byte-level BPE (llm.data.bpe) ------------------------------------------------------------
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Hello world! Héllo wörld, 1234 numbers.\n\n  tabs\t"] * 4
+PROBES = ["Hello quick fox<|endoftext|> jumps", "  wörld 12345\n\nnew  lines ", "emoji 🦊 and ünïcödé", ""]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from llm.data.bpe import BPETokenizer
+
+    return BPETokenizer.train(TEXTS, 300)
+
+
+def test_load_hf_and_save_hf_carry_the_tokenizer(tmp_path, bpe):
+    import llm
+
+    hf = hf_model(vocab_size=300)
+    path = saved(hf, tmp_path / "hf")
+    bpe.save(path)
+    model, tok = llm.load_hf(path, "cpu")
+    assert tok == bpe and tok.eos_id == 299
+    ids = [tok.encode(t) for t in PROBES[:1]]
+    np.testing.assert_allclose(model.forward(ids), hf_logits(hf, ids), rtol=0, atol=1e-10 * 10)
+    out = llm.save_hf(model, tok, tmp_path / "out")
+    theirs = transformers.GPT2TokenizerFast.from_pretrained(out)
+    assert (theirs.eos_token, theirs.eos_token_id, theirs.bos_token, theirs.unk_token) == (
+        "<|endoftext|>", 299, "<|endoftext|>", "<|endoftext|>")
+    for text in PROBES:
+        assert theirs.encode(text) == tok.encode(text), text
+        assert theirs.decode(tok.encode(text)) == tok.decode(tok.encode(text), skip_special=False) == text
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert reloaded.config.eos_token_id == reloaded.config.bos_token_id == 299
+    np.testing.assert_allclose(hf_logits(reloaded, ids), hf_logits(hf, ids), rtol=0, atol=0)
+    # transformers 5 saves the tokenizer as tokenizers' one tokenizer.json: that loads too
+    theirs.save_pretrained(tmp_path / "hf")
+    for name in ("vocab.json", "merges.txt", "special_tokens.json"):
+        (tmp_path / "hf" / name).unlink()
+    assert (tmp_path / "hf" / "tokenizer.json").exists()
+    assert llm.load_hf(tmp_path / "hf", "cpu")[1] == bpe
+
+
+def test_tokenizer_errors(tmp_path, bpe):
+    import llm
+
+    path = saved(hf_model(vocab_size=300), tmp_path / "hf")
+    with pytest.raises(CheckpointError) as info:
+        llm.load_hf(path, "cpu")
+    assert "has no tokenizer: put GPT-2's vocab.json and merges.txt" in _one_line(info)
+    transformers.GPT2TokenizerFast.from_pretrained(bpe.save(tmp_path / "tok"), add_prefix_space=True).save_pretrained(
+        path)
+    with pytest.raises(CheckpointError) as info:
+        llm.load_hf(path, "cpu")
+    assert "without a prefix space" in _one_line(info)
+    small = saved(hf_model(), tmp_path / "small")  # 37 tokens: the 300 of the tokenizer do not fit
+    bpe.save(small)
+    with pytest.raises(CheckpointError) as info:
+        llm.load_hf(small, "cpu")
+    assert "the tokenizer has 300 tokens but config.json says vocab_size 37" in _one_line(info)
+    (small / "merges.txt").write_text("#version: 0.2\nnot-a-token x\n")
+    with pytest.raises(CheckpointError) as info:
+        llm.load_hf(small, "cpu")
+    assert "the tokenizer files do not load" in _one_line(info)
+    with pytest.raises(SaveRefusedError) as info:
+        llm.save_hf(_our_gpt2_like(), bpe, tmp_path / "out")  # a 41-token model, a 300-token tokenizer
+    assert "300 tokens" in _one_line(info, SaveRefusedError, "tokenizer")

@@ -33,22 +33,23 @@ from llm.nn.model import GPT
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 VOCAB, MERGES = "vocab.json", "merges.txt"
 TOKENIZER_CONFIG, SPECIAL_TOKENS = "tokenizer_config.json", "special_tokens_map.json"
+HF_TOKENIZER = "tokenizer.json"  # Hugging Face tokenizers' one-file form (not ArrayGPT's own tokenizer.json)
 NEEDED = (CONFIG, WEIGHTS, VOCAB, MERGES)
 ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt"]  # what a hub download fetches: no pickles, no other formats
 _JSON_LIMIT = 64 << 20  # bytes: config.json and the shard index are small; vocab.json is read by the tokenizer
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16"}
 
 
-def hf_directory(source: str | os.PathLike) -> Path:
-    """The local directory `source` names; a name that is none (``gpt2``, ``openai-community/gpt2``) is downloaded
+def hf_directory(path: str | os.PathLike) -> Path:
+    """The local directory `path` names; a name that is none (``gpt2``, ``openai-community/gpt2``) is downloaded
     from the Hugging Face hub into huggingface_hub's cache (safetensors, JSON and text files only) when it can be."""
-    path = Path(os.fspath(source)).expanduser()
+    name = os.fspath(path)
+    path = Path(name).expanduser()
     if os.path.lexists(path):
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a directory; pass the directory holding {', '.join(NEEDED)}",
                                   param="path")
         return path
-    name = os.fspath(source)
     files = ", ".join(NEEDED)
     fix = (f"on a machine with internet, run huggingface_hub.snapshot_download(\"{name}\", allow_patterns="
            f"{ALLOW_PATTERNS}, local_dir=\"DIR\") (or download {files} from https://huggingface.co/{name}), copy DIR "
@@ -154,10 +155,10 @@ def _checked(tensors: dict[str, np.ndarray], model: GPT, where: Path) -> dict[st
     return out
 
 
-def read_hf_model(source: str | os.PathLike, backend: Any) -> GPT:
+def read_hf_model(path: str | os.PathLike, backend: Any) -> GPT:
     """The GPT-2 model of a transformers directory (or hub id, see :func:`hf_directory`) on `backend`, a Backend or
     its name (then in the file's precision: float64 files load in float64, others in float32)."""
-    return _read_model(hf_directory(source), backend)
+    return _read_model(hf_directory(path), backend)
 
 
 def _read_model(directory: Path, backend: Any) -> GPT:
@@ -183,16 +184,34 @@ def _read_model(directory: Path, backend: Any) -> GPT:
     return model
 
 
-def _read_tokenizer(directory: Path, vocab_size: int) -> Any:
-    """GPT-2's byte-level BPE tokenizer of `directory` (vocab.json + merges.txt)."""
-    for name in (VOCAB, MERGES):
-        if not (directory / name).exists():
-            raise CheckpointError(f"{directory} has no {name}: the tokenizer is {VOCAB} and {MERGES}; put them "
-                                  f"beside {CONFIG} and {WEIGHTS}", param="path")
+def _tokenizer_json(path: Path) -> Any:
+    """A BPETokenizer from the ``tokenizer.json`` of Hugging Face ``tokenizers`` (what transformers 5 saves in place
+    of vocab.json and merges.txt): a byte-level BPE model without a prefix space, or a one-line refusal."""
     from llm.data.bpe import BPETokenizer
 
+    raw = _read_json(path, limit=_JSON_LIMIT)
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise CheckpointError(f"{path} holds no BPE model (GPT-2's tokenizer is byte-level BPE)", param="path")
+    text = json.dumps(raw.get("pre_tokenizer"))
+    if "ByteLevel" not in text or '"add_prefix_space": true' in text:
+        raise CheckpointError(f"{path}: the tokenizer is not GPT-2's byte-level BPE without a prefix space, which "
+                              "is the one ArrayGPT reproduces", param="path")
+    merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]
+    specials = [t["content"] for t in raw.get("added_tokens") or [] if isinstance(t, dict) and t.get("special")]
+    return BPETokenizer(model["vocab"], merges, specials)
+
+
+def _read_tokenizer(directory: Path, vocab_size: int) -> Any:
+    """GPT-2's byte-level BPE tokenizer of `directory`: vocab.json + merges.txt, else HF's tokenizer.json."""
+    from llm.data.bpe import BPETokenizer
+
+    have_pair = all((directory / name).exists() for name in (VOCAB, MERGES))
+    if not have_pair and not (directory / HF_TOKENIZER).exists():
+        raise CheckpointError(f"{directory} has no tokenizer: put GPT-2's {VOCAB} and {MERGES} (or the {HF_TOKENIZER} "
+                              f"of Hugging Face tokenizers) beside {CONFIG} and {WEIGHTS}", param="path")
     try:
-        tokenizer = BPETokenizer.load(directory)
+        tokenizer = BPETokenizer.load(directory) if have_pair else _tokenizer_json(directory / HF_TOKENIZER)
     except DataError as exc:
         raise CheckpointError(f"{directory}: the tokenizer files do not load ({_one_line(exc)})", param="path") from None
     if tokenizer.vocab_size > vocab_size:
@@ -201,9 +220,9 @@ def _read_tokenizer(directory: Path, vocab_size: int) -> Any:
     return tokenizer
 
 
-def load_hf(source: str | os.PathLike, backend: Any) -> tuple[GPT, Any]:
+def load_hf(path: str | os.PathLike, backend: Any) -> tuple[GPT, Any]:
     """A transformers GPT-2 directory (or hub id) as ``(model, tokenizer)`` on `backend`: ``llm.load_hf(dir, "cpu")``."""
-    directory = hf_directory(source)
+    directory = hf_directory(path)
     model = _read_model(directory, backend)
     return model, _read_tokenizer(directory, model.config.vocab_size)
 

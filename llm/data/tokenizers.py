@@ -321,13 +321,19 @@ class CharTokenizer(_BaseTokenizer):
 _TYPES = {"word": WordTokenizer, "char": CharTokenizer}
 
 
-def tokenizer_from_dict(d: dict) -> WordTokenizer | CharTokenizer:
-    """Rebuild a tokenizer from ``to_dict()`` output (``{"type": "word" | "char", "vocab": [...]}``)."""
+def tokenizer_from_dict(d: dict):
+    """Rebuild a tokenizer from ``to_dict()`` output (``{"type": "word" | "char", "vocab": [...]}``, or
+    ``{"type": "bpe", "vocab": [...], "merges": [...], "special_tokens": [...]}`` for a
+    :class:`~llm.data.bpe.BPETokenizer`)."""
     if not isinstance(d, dict):
         raise DataError(f"tokenizer description must be a dict, got {type(d).__name__}")
     kind = d.get("type")
+    if kind == "bpe":
+        from llm.data.bpe import BPETokenizer  # lazy: only a byte-level BPE checkpoint needs it
+
+        return BPETokenizer.from_dict(d)
     if kind not in _TYPES:
-        raise DataError(f"tokenizer type must be 'word' or 'char', got {kind!r}")
+        raise DataError(f"tokenizer type must be 'word', 'char' or 'bpe', got {kind!r}")
     if "vocab" not in d:
         raise DataError(f"{kind} tokenizer description has no 'vocab' list")
     return _TYPES[kind](d["vocab"])
