@@ -96,7 +96,7 @@ def eval_hellaswag(args: argparse.Namespace, model: Any, tok: Any) -> None:
     s = score_hellaswag(model, tok, examples, args.batch_size)
     result = {"hellaswag": args.hellaswag, "examples": s.examples, "acc": s.acc, "acc_norm": s.acc_norm,
               "correct": s.correct, "correct_norm": s.correct_norm}
-    _report(args, result, [f"{args.hellaswag}: {s.examples:,} examples: acc {s.acc:.4f} ({s.correct:,}), "
+    _report(args, result, [f"{args.hellaswag}: {s.examples:,} example{'s' if s.examples != 1 else ''}: acc {s.acc:.4f} ({s.correct:,}), "
                            f"acc_norm {s.acc_norm:.4f} ({s.correct_norm:,})"])
 
 

@@ -37,6 +37,7 @@ def init_run(args: argparse.Namespace, explicit: set[str], session: Session, kwa
     settings = settings_from_args(args)
     model, tok = load_model(args.init_from, args.device, args.dtype, flag="--init-from")
     check_shape_flags(args, explicit, model.config)
+    session.out.say(f"starting from the model in {args.init_from}")
     text = read_text(args.text, settings.max_chars)
     ids = encode_text(tok, text, args.text)
     check_memory(model.config, settings.batch_size, model.config.max_seq_len, model.backend.dtype_name, args.device,
