@@ -175,3 +175,9 @@ def test_a_hugging_face_directory_scores_as_transformers_does(tmp_path, text_fil
     assert got["tokens"] == len(ids) - 1 and got["unknown_tokens"] == 0  # byte-level: nothing is unknown
     assert got["loss"] == pytest.approx(total / (len(ids) - 1), rel=1e-9)
     assert got["bits_per_byte"] == pytest.approx(total / len(text.encode("utf-8")) / math.log(2), rel=1e-9)
+
+
+def test_a_hub_name_is_one_line_saying_which_files_to_fetch(text_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never download 500 MB in a test, even where the hub is reachable
+    line = one_error_line(run("eval", "--model", "gpt2", "--text", str(text_file), cwd=tmp_path), 1)
+    assert "gpt2" in line and "config.json" in line, line

@@ -3,6 +3,7 @@ Hugging Face GPT-2 directory (``config.json`` with ``"model_type": "gpt2"``, as 
 
     model, tok = load_model("runs/shakespeare", "cpu")          # llm.load
     model, tok = load_model("gpt2-local/", "torch", "float32")  # llm.load_hf
+    model, tok = load_model("gpt2", "cpu")                      # the hub, where it is reachable
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
     return isinstance(d, dict) and d.get("model_type") == "gpt2"
 
 
+def is_hub_name(path: str | os.PathLike) -> bool:
+    """True for a GPT-2 name of the Hugging Face hub (``gpt2`` ... ``gpt2-xl``, also ``openai-community/gpt2``) that
+    is no local path: llm.load_hf downloads it where the hub is reachable, or says which files to fetch."""
+    from llm.nn.config import GPT2_PRESETS
+
+    name = os.fspath(path)
+    return not os.path.lexists(name) and name.removeprefix("openai-community/") in GPT2_PRESETS
+
+
 def backend_for(device: str, dtype: str | None) -> Any:
     """The backend to load onto: the name alone (the checkpoint's dtype) when `dtype` is None, else that dtype."""
     if dtype is None:
@@ -47,7 +57,7 @@ def load_model(path: str, device: str, dtype: str | None = None, flag: str = "--
         raise CheckpointError(f"{flag} {path} is a file: give the directory a training run saved to (--out), or a "
                               "Hugging Face GPT-2 directory (config.json, model.safetensors)")
     backend = backend_for(device, dtype)
-    if is_hf_dir(path):
+    if is_hf_dir(path) or is_hub_name(path):
         import llm
 
         load_hf = getattr(llm, "load_hf", None)
