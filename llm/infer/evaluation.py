@@ -180,8 +180,9 @@ def stream_windows(n_ids: int, seq_len: int) -> list[tuple[int, int]]:
 
 
 def evaluate_stream(model: Any, ids: Any, seq_len: int | None = None, batch_size: int = 8) -> StreamScore:
-    """The loss of `model` on the token ids `ids` (a 1-D sequence), in non-overlapping windows of `seq_len`
-    (default the model's context) positions, `batch_size` windows a forward pass; one device -> host transfer.
+    """The loss of `model` on the token ids `ids` (a 1-D sequence; a NumPy memory map is read window by window),
+    in non-overlapping windows of `seq_len` (default the model's context) positions, `batch_size` windows a forward
+    pass; one device -> host transfer.
 
     Each id but the first is predicted once, from the ids before it in its window (at most seq_len - 1 of them)."""
     ctx = model.config.max_seq_len
@@ -190,7 +191,8 @@ def evaluate_stream(model: Any, ids: Any, seq_len: int | None = None, batch_size
     if seq_len > ctx:
         raise ConfigError(f"seq_len {seq_len} is longer than the model's context ({ctx} positions); give at most "
                           f"{ctx}", param="seq_len")
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    ids = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)  # a memory map stays one
+    ids = ids.reshape(-1)
     if ids.size < 2:
         raise DataError(f"the token stream has {ids.size} id{'s' if ids.size != 1 else ''}: a loss needs at least 2 "
                         "(one to predict from, one to predict)")
@@ -203,8 +205,8 @@ def evaluate_stream(model: Any, ids: Any, seq_len: int | None = None, batch_size
     sums = []
     for starts in groups:
         n = min(seq_len, int(ids.size) - 1 - starts[0])
-        x = np.stack([ids[s:s + n] for s in starts])  # (b, n)
-        y = np.stack([ids[s + 1:s + 1 + n] for s in starts])
+        x = np.stack([ids[s:s + n] for s in starts]).astype(np.int64)  # (b, n): only these ids are read
+        y = np.stack([ids[s + 1:s + 1 + n] for s in starts]).astype(np.int64)
         logits = model.predict(x)  # (b, n, V)
         nll = token_losses(xp.reshape(logits, (-1, logits.shape[-1])), be.asarray(y.reshape(-1), dtype=xp.int64))
         sums.append(xp.sum(nll))
