@@ -124,6 +124,8 @@ def test_bad_input_is_one_line(ckpt, text_file, tmp_path):
         (["--model", str(ckpt), "--text", ""], 2, "--text is empty"),
         (["--model", "", "--text", str(text_file)], 2, "--model is empty"),
         (["--model", str(ckpt), "--text", str(text_file), "--limit", "3"], 2, "--limit"),
+        (["--model", str(ckpt), "--text", str(text_file), "--split", "train"], 2, "--split"),
+        (["--model", str(ckpt), "--hellaswag", str(text_file), "--seq-len", "4"], 2, "--seq-len"),
         (["--model", str(ckpt), "--text", str(text_file), "--device", "nonsense"], 2, "nonsense"),
     ]
     for args, code, words in cases:
@@ -133,7 +135,7 @@ def test_bad_input_is_one_line(ckpt, text_file, tmp_path):
 
 def test_usage_errors_exit_2():
     proc = run("eval", "--model", "x")  # neither --text nor --hellaswag
-    assert proc.returncode == 2 and "one of the arguments --text --hellaswag is required" in proc.stderr
+    assert proc.returncode == 2 and "one of the arguments --text --data --hellaswag is required" in proc.stderr
 
 
 def test_the_command_is_listed():

@@ -40,10 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_model_source(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", metavar="FILE", help="a UTF-8 plain-text file")
+    what.add_argument("--data", metavar="DIR", help="a token dataset directory (arraygpt prepare): its --split")
     what.add_argument("--hellaswag", metavar="FILE", help="HellaSwag examples, one JSON object a line "
                                                           "(ctx, endings, label), e.g. hellaswag_val.jsonl")
     p.add_argument("--seq-len", "--context", dest="seq_len", type=positive_int, metavar="N",
-                   help="--text: tokens per window (default: the model's context)")
+                   help="--text, --data: tokens per window (default: the model's context)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="--data: which part (default val)")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N", help="--data: only the split's first N tokens")
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="windows (--text) or examples of 4 rows (--hellaswag) per forward pass (default 4)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="--hellaswag: only the first N examples")
@@ -64,7 +67,6 @@ def _number(x: float) -> float | None:
 
 def eval_text(args: argparse.Namespace, model: Any, tok: Any) -> None:
     """The --text report: loss, perplexity, bits per byte."""
-    from llm.infer.evaluation import evaluate_stream
     from llm.training.text_run import read_text
 
     text = read_text(args.text, None)
@@ -76,16 +78,41 @@ def eval_text(args: argparse.Namespace, model: Any, tok: Any) -> None:
     if unknown:
         warnings.warn(LLMWarning(f"{unknown:,} of the text's {len(ids):,} tokens are not in the model's vocabulary: "
                                  "they are scored as <unk>"), stacklevel=1)
-    score = evaluate_stream(model, ids, args.seq_len, args.batch_size)
     n_bytes = len(text.encode("utf-8"))
-    bpb = score.bits_per_byte(n_bytes)
-    result = {"text": args.text, "loss": score.loss, "perplexity": _number(score.perplexity), "bits_per_byte": bpb,
-              "tokens": score.tokens, "bytes": n_bytes, "characters": len(text), "windows": score.windows,
-              "seq_len": score.seq_len, "unknown_tokens": unknown}
-    _report(args, result, [
-        f"{args.text}: {len(text):,} characters, {n_bytes:,} bytes, {len(ids):,} tokens",
-        f"loss {score.loss:.4f} nats/token, perplexity {perplexity_text(score.loss)}, {bpb:.4f} bits per byte "
-        f"({score.tokens:,} tokens predicted in {score.windows:,} windows of at most {score.seq_len})"])
+    _stream_report(args, model, ids, n_bytes, {"text": args.text, "characters": len(text), "unknown_tokens": unknown},
+                   f"{args.text}: {len(text):,} characters, {n_bytes:,} bytes, {len(ids):,} tokens")
+
+
+def eval_data(args: argparse.Namespace, model: Any, tok: Any) -> None:
+    """The --data report: loss, perplexity, bits per byte of a token dataset's split."""
+    try:
+        from llm.data.token_dataset import open_dataset
+    except ImportError:  # a version without token datasets
+        raise ConfigError("this version of ArrayGPT cannot read token datasets: give --text FILE") from None
+    ds = open_dataset(args.data)
+    if ds.tokenizer != tok:
+        raise ConfigError(f"--data {args.data} was tokenized with another tokenizer than the model's ({ds.tokenizer!r}"
+                          f" vs {tok!r}): prepare the text again with the model's tokenizer")
+    ids = ds.val if args.split == "val" else ds.train
+    whole = args.max_tokens is None or args.max_tokens >= len(ids)
+    ids = ids if whole else ids[:args.max_tokens]
+    n_bytes = ds.n_bytes(args.split) if whole else None  # the bytes of a part of a split are not recorded
+    _stream_report(args, model, ids, n_bytes, {"data": args.data, "split": args.split},
+                   f"{args.data} ({args.split}): {len(ids):,} tokens" + (f", {n_bytes:,} bytes" if n_bytes else ""))
+
+
+def _stream_report(args: argparse.Namespace, model: Any, ids: Any, n_bytes: int | None, fields: dict,
+                   head: str) -> None:
+    from llm.infer.evaluation import evaluate_stream
+
+    score = evaluate_stream(model, ids, args.seq_len, args.batch_size)
+    bpb = score.bits_per_byte(n_bytes) if n_bytes else None
+    result = {**fields, "loss": score.loss, "perplexity": _number(score.perplexity), "bits_per_byte": bpb,
+              "tokens": score.tokens, "bytes": n_bytes, "windows": score.windows, "seq_len": score.seq_len}
+    _report(args, result, [head, f"loss {score.loss:.4f} nats/token, perplexity {perplexity_text(score.loss)}"
+                           + (f", {bpb:.4f} bits per byte" if bpb is not None else "")
+                           + f" ({score.tokens:,} tokens predicted in {score.windows:,} windows of at most "
+                             f"{score.seq_len})"])
 
 
 def eval_hellaswag(args: argparse.Namespace, model: Any, tok: Any) -> None:
@@ -104,9 +131,11 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.limit is not None and args.hellaswag is None:
         raise ConfigError("--limit counts HellaSwag examples: give it with --hellaswag")
-    if args.seq_len is not None and args.text is None:
-        raise ConfigError("--seq-len sets the windows of --text: give it with --text")
-    for flag, value in (("--text", args.text), ("--hellaswag", args.hellaswag)):
+    if args.seq_len is not None and args.hellaswag is not None:
+        raise ConfigError("--seq-len sets the windows of --text or --data: HellaSwag rows take the model's context")
+    if (args.max_tokens is not None or args.split != "val") and args.data is None:
+        raise ConfigError("--split and --max-tokens choose the tokens of --data: give them with --data")
+    for flag, value in (("--text", args.text), ("--data", args.data), ("--hellaswag", args.hellaswag)):
         if value is not None and not value.strip():
             raise DataError(f"{flag} is empty: give a file (is a shell variable unset?)")
     one_line_warnings()
@@ -115,6 +144,8 @@ def _main(argv: list[str] | None) -> int:
     model, tok = load_model(args.model, args.device, args.dtype)
     if args.text is not None:
         eval_text(args, model, tok)
+    elif args.data is not None:
+        eval_data(args, model, tok)
     else:
         eval_hellaswag(args, model, tok)
     return EXIT_OK
