@@ -5,6 +5,7 @@
     arraygpt text --text book.txt --steps 300
     arraygpt eval --model runs/book --text book.txt
     arraygpt sample --model runs/book --prompt "ROMEO:"
+    arraygpt prepare --text book.txt --out data/book && arraygpt text --data data/book --steps 300
     arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
 
@@ -19,6 +20,7 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
     "text": ("llm.cli.cmd_text", "train a character-level model on any plain-text file, then sample from it"),
     "eval": ("llm.cli.cmd_eval", "score a model on a text (loss, perplexity, bits per byte) or on HellaSwag"),
     "sample": ("llm.cli.cmd_sample", "continue a text with a model (a checkpoint or a Hugging Face GPT-2)"),
+    "prepare": ("llm.cli.cmd_prepare", "tokenize a text file once into a dataset for `text --data` (any size)"),
     "attention": ("llm.cli.cmd_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
 

@@ -10,6 +10,8 @@ the same atomic save as the model and listed in the manifest, so a checkpoint is
     {"trainer": "text", "settings": {...}, "seed", "state", "optimizer": {...}, "optimizer_t",
      "text": {"sha256", "chars"}}                                                (llm.training.text_run.TextRun)
 
+(a text run on a token dataset records ``"text": {"dataset": the SHA-256 of its meta.json, "name", "tokens"}``.)
+
 Older checkpoints still load and resume: a ``training.json`` without "trainer" is a Trainer's (its counters were
 ``optimizer_t`` alone), and a book trainer's ``text_run.safetensors`` beside the model is read by
 :mod:`llm.checkpoint.legacy`.
@@ -260,6 +262,11 @@ def _read_fingerprints(trainer: str, raw: Any) -> dict | None:
     if raw is None:  # absent in checkpoints saved before fingerprints were recorded
         return None
     if trainer == "text":
+        if isinstance(raw, dict) and "dataset" in raw:  # a run on a token dataset (`arraygpt text` with a dataset)
+            if not _is_sha256(raw["dataset"]) or not isinstance(raw.get("name"), str) or not _is_step(raw.get("tokens")):
+                raise TypeError("text must be an object {dataset: 64 hex digits, name: a string, tokens: an integer "
+                                ">= 0}")
+            return raw
         if not isinstance(raw, dict) or not _is_sha256(raw.get("sha256")) or not _is_step(raw.get("chars")):
             raise TypeError("text must be an object {sha256: 64 hex digits, chars: an integer >= 0}")
         return raw

@@ -45,7 +45,6 @@ import warnings
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli
 from llm.cli.session import Session, check_memory, perplexity_text
@@ -53,14 +52,16 @@ from llm.cli.text_args import (MEMORY_HINT, MODEL_DEFAULTS, RUN_DEFAULTS, SAMPLE
                                build_parser, check_flags, check_resume_flags, explicit_flags, settings_from_args)
 from llm.errors import ConfigError, TrainingDivergedError
 from llm.training.loop import TrainingInterrupted
-from llm.training.text_run import TextRun, TextSettings, read_text, split_ids, text_sha256
+from llm.cli.text_data import Corpus, data_corpus, new_tokenizer, resumed_corpus, text_corpus
+from llm.training.text_run import TextRun, TextSettings, read_text
 
 
 
 # -- build ---------------------------------------------------------------------------------------------------------------
 
-def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tuple[TextRun, str]:
-    """The run (new, or resumed from --resume) on the text's ids, and the text; --out checked and locked."""
+def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tuple[TextRun, Corpus]:
+    """The run (new, or resumed from --resume) on the text's or the dataset's ids, and what it trains on; --out
+    checked and locked."""
     from backends.capture import set_tf32
 
     set_tf32(args.tf32)
@@ -68,14 +69,14 @@ def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tup
                   stop_signals=(signal.SIGINT, signal.SIGTERM))  # finish the step, then stop (a second one: at once)
     ckpt = None
     if args.resume:
-        run, ckpt, text = _resumed(args, explicit, session, kwargs)
+        run, ckpt, corpus = _resumed(args, explicit, session, kwargs)
     elif args.init_from:  # a pretrained model (llm/cli/text_init.py)
         from llm.cli.text_init import init_run
 
-        run, text = init_run(args, explicit, session, kwargs, _step)
+        run, corpus = init_run(args, explicit, session, kwargs, _step)
     else:
-        run, text = _new_run(args, session, kwargs)
-    run.text_info = {"sha256": text_sha256(text), "chars": len(text)}
+        run, corpus = _new_run(args, session, kwargs)
+    run.text_info, run.val_tokens_per_byte = corpus.info, corpus.tokens_per_byte
     if session.comm is not None:  # every rank trains the same run on the same text, from the same weights
         from llm.training.ranks import check_run
 
@@ -85,7 +86,7 @@ def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tup
     session.checkpoints(args.out, resume=args.resume, overwrite=args.overwrite, resumed=ckpt)
     if session.out_dir is not None:
         run.engine.on_eval = lambda engine: session.save(run.model, run.tokenizer, run, "evaluation")
-    return run, text
+    return run, corpus
 
 
 def _step(args: argparse.Namespace, session: Session, model: Any, settings: TextSettings) -> Any:
@@ -109,20 +110,14 @@ def _resumed(args: argparse.Namespace, explicit: set[str], session: Session, kwa
         kwargs["step"] = _step(args, session, ckpt.model, ckpt.training.settings)
     run = TextRun.from_checkpoint(ckpt, steps=args.steps, **kwargs)
     check_resume_flags(args, explicit, run)
-    text = read_text(args.text, run.settings.max_chars)
-    if run.text_info is not None and run.text_info.get("sha256") != text_sha256(text):
-        raise ConfigError(f"--text {args.text} is not the text the checkpoint in {args.resume} was trained on (its "
-                          f"SHA-256 differs{'' if run.settings.max_chars is None else ' in the first --max-chars'}); "
-                          "resume with the same file, or start a new run without --resume")
-    ids = np.asarray(run.tokenizer.encode(text), np.int64)
-    run.train_ids, val_ids = split_ids(ids, run.settings.val_fraction, run.model.config.max_seq_len, args.text)
-    run.set_val(val_ids)
-    return run, ckpt, text
+    corpus = resumed_corpus(args, run)
+    run.train_ids = corpus.train
+    run.set_val(corpus.val)
+    return run, ckpt, corpus
 
 
 def _new_run(args: argparse.Namespace, session: Session, kwargs: dict) -> tuple:
     from backends import get_backend
-    from llm.data.tokenizers import CharTokenizer
     from llm.nn.config import GPTConfig
     from llm.nn.model import GPT
 
@@ -131,16 +126,21 @@ def _new_run(args: argparse.Namespace, session: Session, kwargs: dict) -> tuple:
     if args.pos_encoding is not None:
         size["pos_encoding"] = args.pos_encoding
     backend = get_backend(args.device, args.dtype or RUN_DEFAULTS["dtype"])
-    text = read_text(args.text, settings.max_chars)
-    tok = CharTokenizer.from_texts([text])
+    corpus = text = None
+    if args.data is not None:
+        tok, corpus = data_corpus(args.data, size["max_seq_len"])
+        settings.val_fraction = corpus.val_fraction
+    else:
+        text = read_text(args.text, settings.max_chars)
+        tok = new_tokenizer(args, text, settings.val_fraction)
     config = GPTConfig(vocab_size=tok.vocab_size, **size)
     check_memory(config, settings.batch_size, config.max_seq_len, backend.dtype_name, args.device, MEMORY_HINT,
                  "symbols")  # before the model is allocated
-    ids = np.asarray(tok.encode(text), np.int64)
-    train_ids, val_ids = split_ids(ids, settings.val_fraction, config.max_seq_len, args.text)
+    if corpus is None:
+        corpus = text_corpus(args.text, text, tok, settings.val_fraction, config.max_seq_len)
     model = GPT(config, backend, seed=settings.seed)
     kwargs["step"] = _step(args, session, model, settings)
-    return TextRun(model, tok, train_ids, val_ids, settings, **kwargs), text
+    return TextRun(model, tok, corpus.train, corpus.val, settings, **kwargs), corpus
 
 
 def _log_event(session: Session, event: dict) -> None:
@@ -154,6 +154,8 @@ def _log_event(session: Session, event: dict) -> None:
         val = event.get("val_loss")
         line += (f"val loss {val:.4f}, val perplexity {perplexity_text(val)}" if val is not None
                  else "no validation split")
+        if event.get("val_bpb") is not None:
+            line += f", val {event['val_bpb']:.4f} bits per byte"
         if event.get("loss") is not None:
             line += f", train loss {event['loss']:.4f}"
         session.out.say(line)
@@ -161,12 +163,11 @@ def _log_event(session: Session, event: dict) -> None:
 
 # -- run -----------------------------------------------------------------------------------------------------------------
 
-def train_and_sample(args: argparse.Namespace, session: Session, run: TextRun, text: str) -> int:
+def train_and_sample(args: argparse.Namespace, session: Session, run: TextRun, corpus: Corpus) -> int:
     """Train to the last step (a stop or divergence: its exit code), then report, plot and sample; the exit code."""
     model, tok, s = run.model, run.tokenizer, run.settings
     out = session.out
-    out.say(f"{len(text):,} characters, {tok.vocab_size} symbols; {len(run.train_ids):,} for training, "
-            f"{len(run.val_ids):,} for validation; {model!r}")
+    out.say(f"{corpus.summary}; {model!r}")
     out.say(f"{s.steps} steps of {s.batch_size} x {model.config.max_seq_len}; lr {s.lr:g} (warmup {s.warmup}) -> "
             f"{s.final_lr:g} (cosine)" + (f"; resumed at step {run.step}" if args.resume else ""))
     seconds_before, steps_before = run.train_seconds, run.step
@@ -192,27 +193,31 @@ def train_and_sample(args: argparse.Namespace, session: Session, run: TextRun, t
         from llm.plotting import plot_history
 
         png, csv_path = plot_history({"steps": run.steps, "history": run.history}, args.plot, clip_norm=s.grad_clip,
-                                     title=f"{os.path.basename(args.text)}: {model.config.n_layers} layers, "
+                                     title=f"{os.path.basename(corpus.name)}: {model.config.n_layers} layers, "
                                            f"d_model {model.config.d_model}")
         out.say(f"wrote {png} and {csv_path}")
     if args.sample_chars and session.root:
-        out.say(sample(run, text, args.sample_chars, args.temperature, args.top_k))
+        out.say(sample(run, corpus.prompt, args.sample_chars, args.temperature, args.top_k, corpus.eos_in_text))
     session.barrier()  # the other ranks wait for rank 0's last save
     return EXIT_OK
 
 
-def sample(run: TextRun, text: str, n_chars: int, temperature: float, top_k: int | None) -> str:
-    """The text's first characters, continued for `n_chars` characters (the context slides past max_seq_len)."""
+def sample(run: TextRun, prompt_text: str, n_chars: int, temperature: float, top_k: int | None,
+           eos_in_text: bool = False) -> str:
+    """`prompt_text` (the text's first characters), continued for `n_chars` characters, or as many tokens (one
+    token may be several characters); the context slides past max_seq_len."""
     from llm.infer.generation import generate_stream
 
     tok = run.tokenizer
-    prompt = tok.encode(text[:SAMPLE_PROMPT_CHARS])
-    banned = [tok.pad_id, tok.unk_id] + ([] if "</s>" in text else [tok.eos_id])  # </s>: only if the text has it
-    pieces = [tok.decode(prompt)]
+    prompt = tok.encode(prompt_text[:SAMPLE_PROMPT_CHARS])
+    banned = sorted({tok.pad_id, tok.unk_id} | (set() if eos_in_text else {tok.eos_id}))  # end: if the text has it
+    ids = []
     for i in generate_stream(run.model, prompt, n_chars, temperature, top_k, None, seed=run.settings.seed,
                              banned_ids=banned):
-        pieces.append(tok.decode([i]))
-    return "".join(pieces)
+        ids.append(i)
+        if len(tok.decode(ids)) >= n_chars:
+            break
+    return tok.decode(prompt) + tok.decode(ids)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -223,8 +228,8 @@ def _main(argv: list[str] | None) -> int:
     # A diverging run overflows before its loss turns NaN; the loop reports that (with the step), not NumPy.
     warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
     with Session.start(distributed=args.distributed, device=args.device, timeout=args.dist_timeout) as session:
-        run, text = build(args, explicit, session)
-        return train_and_sample(args, session, run, text)
+        run, corpus = build(args, explicit, session)
+        return train_and_sample(args, session, run, corpus)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import asdict, fields
 from typing import TYPE_CHECKING
 
-from llm.cli.common import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
+from llm.cli.common import fraction, int_at_least, nonnegative_float, nonnegative_int, positive_float, positive_int
 from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed
 from llm.cli.session import check_paths
 from llm.errors import ConfigError
@@ -31,7 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `arraygpt text`."""
     p = argparse.ArgumentParser(description="Train a character-level ArrayGPT on a plain-text file (a book), "
                                             "then sample from it.")
-    p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 plain-text file")
+    src = p.add_argument_group("what to train on (one of --text, --data)")
+    src.add_argument("--text", metavar="FILE", help="a UTF-8 plain-text file (tokenized in memory)")
+    src.add_argument("--data", metavar="DIR",
+                     help="a token dataset written by `arraygpt prepare` (read through a memory map: any size)")
+    src.add_argument("--tokenizer", choices=["char", "bpe"],
+                     help="with --text: a new tokenizer, characters (default) or byte-level BPE (with --vocab-size)")
+    src.add_argument("--vocab-size", type=int_at_least(257), metavar="N",
+                     help="with --tokenizer bpe: the vocabulary's size (256 bytes, merges and <|endoftext|>)")
+    src.add_argument("--tokenizer-from", metavar="DIR",
+                     help="with --text: the tokenizer saved in DIR (a dataset, a checkpoint, or BPE files)")
     add_device(p)
     add_model_size(p, MODEL_DEFAULTS)
     t = p.add_argument_group("training (a resumed run keeps its checkpoint's, except --steps)")
@@ -79,15 +88,40 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.dist_timeout is not None and not args.distributed:
         raise ConfigError("--dist-timeout needs --distributed")
     check_paths(args.out, args.resume, args.overwrite)
+    check_source_flags(args)
     if args.init_from is not None and (args.resume or not args.init_from.strip()):
         raise ConfigError("--init-from starts a new run: give it without --resume" if args.resume else
                           "--init-from is empty: give a model directory (is a shell variable unset?)")
-    if not args.text.strip():  # open("") would say "No such file or directory: ''"
-        raise ConfigError("--text is empty: give a UTF-8 plain-text file (is a shell variable unset?)")
+    if args.init_from is not None and (args.tokenizer or args.tokenizer_from):
+        raise ConfigError("--init-from brings its model's tokenizer: leave --tokenizer and --tokenizer-from out")
     if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training
         from llm.plotting import check_plot_path
 
         check_plot_path(args.plot, "--plot", checkpoint=args.out or args.resume)
+
+
+def check_source_flags(args: argparse.Namespace) -> None:
+    """One of --text and --data; the tokenizer flags only where a new tokenizer is made (--text, no --resume)."""
+    if (args.text is None) == (args.data is None):
+        raise ConfigError("give one of --text FILE (a plain-text file) and --data DIR (a dataset written by arraygpt "
+                          "prepare)")
+    for name in ("text", "data", "tokenizer_from"):
+        value = getattr(args, name)
+        if value is not None and not value.strip():  # open("") would say "No such file or directory: ''"
+            raise ConfigError(f"--{name.replace('_', '-')} is empty: give a path (is a shell variable unset?)")
+    chosen = [f for f in ("tokenizer", "tokenizer_from") if getattr(args, f) is not None]
+    if chosen and (args.data is not None or args.resume):
+        why = "a dataset has its tokenizer" if args.data is not None else "a resumed run keeps its checkpoint's"
+        raise ConfigError(f"--{chosen[0].replace('_', '-')} is for a new run on --text: {why}; leave it out")
+    if len(chosen) == 2:
+        raise ConfigError("give --tokenizer or --tokenizer-from, not both")
+    if (args.vocab_size is not None) != (args.tokenizer == "bpe"):
+        raise ConfigError("--tokenizer bpe needs --vocab-size N (e.g. 2048), and --vocab-size is only for it")
+    if args.data is not None:
+        for name in ("max_chars", "val_fraction"):
+            if getattr(args, name) is not None:
+                raise ConfigError(f"--{name.replace('_', '-')} is for --text: a dataset's parts were fixed by arraygpt "
+                                  "prepare (prepare it again to change them); leave it out")
 
 
 def settings_from_args(args: argparse.Namespace) -> TextSettings:

@@ -29,19 +29,30 @@ def check_shape_flags(args: argparse.Namespace, explicit: set[str], config: Any)
 
 
 def init_run(args: argparse.Namespace, explicit: set[str], session: Session, kwargs: dict,
-             make_step: Callable[..., Any]) -> tuple[Any, str]:
-    """The run that fine-tunes the model in ``args.init_from`` on ``args.text``, and the text."""
+             make_step: Callable[..., Any]) -> tuple[Any, Any]:
+    """The run that fine-tunes the model in ``args.init_from`` on ``args.text`` (or ``args.data``), and its
+    Corpus (llm/cli/text_data.py)."""
     from llm.cli.models import load_model
-    from llm.training.text_run import TextRun, encode_text, read_text, split_ids
+    from llm.cli.text_data import data_corpus, text_corpus
+    from llm.training.text_run import TextRun, encode_text, read_text
 
     settings = settings_from_args(args)
     model, tok = load_model(args.init_from, args.device, args.dtype, flag="--init-from")
     check_shape_flags(args, explicit, model.config)
     session.out.say(f"starting from the model in {args.init_from}")
-    text = read_text(args.text, settings.max_chars)
-    ids = encode_text(tok, text, args.text)
-    check_memory(model.config, settings.batch_size, model.config.max_seq_len, model.backend.dtype_name, args.device,
-                 MEMORY_HINT, "tokens")
-    train_ids, val_ids = split_ids(ids, settings.val_fraction, model.config.max_seq_len, args.text)
+    seq_len = model.config.max_seq_len
+    if args.data is not None:
+        data_tok, corpus = data_corpus(args.data, seq_len)
+        if data_tok != tok:
+            raise ConfigError(f"--data {args.data} was tokenized with another tokenizer ({data_tok!r}) than the model "
+                              f"in {args.init_from} ({tok!r}): prepare the text with --tokenizer-from "
+                              f"{args.init_from}")
+        settings.val_fraction = corpus.val_fraction
+    else:
+        text = read_text(args.text, settings.max_chars)
+        encode_text(tok, text, args.text)  # a character the vocabulary lacks: refused, named
+        corpus = text_corpus(args.text, text, tok, settings.val_fraction, seq_len)
+    check_memory(model.config, settings.batch_size, seq_len, model.backend.dtype_name, args.device, MEMORY_HINT,
+                 "tokens")
     kwargs["step"] = make_step(args, session, model, settings)
-    return TextRun(model, tok, train_ids, val_ids, settings, **kwargs), text
+    return TextRun(model, tok, corpus.train, corpus.val, settings, **kwargs), corpus

@@ -24,12 +24,13 @@ from __future__ import annotations
 import codecs
 import operator
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 import regex
 
-from llm import checks
+from llm.data.bpe_files import check_merges, check_specials, check_vocab
 from llm.errors import DataError
 
 # GPT-2's pre-tokenization pattern (published with its encoder).
@@ -37,6 +38,7 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 ENDOFTEXT = "<|endoftext|>"
 _CACHE_LIMIT = 200_000  # distinct words remembered per tokenizer; the cache starts again when full
 _ERRORS = "arraygpt-bpe"  # the codec error handler registered below
+_NO_MERGE = 1 << 62  # a pair that is not a merge; a merge is rank << 32 | id of the merged token
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -83,75 +85,22 @@ def token_text(data: bytes) -> str:
     return "".join(BYTE_TO_CHAR[b] for b in data)
 
 
+class _WordCache(dict):
+    """word -> its ids, computed on the first look-up (the dict starts again once it holds _CACHE_LIMIT words)."""
+
+    def __init__(self, encode_word):
+        super().__init__()
+        self.encode_word = encode_word
+
+    def __missing__(self, word: str) -> tuple[int, ...]:
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        ids = self[word] = self.encode_word(word)
+        return ids
+
+
 def _fail(message: str, param: str) -> DataError:
     return DataError(message, param=param)
-
-
-def _check_specials(special_tokens: object) -> tuple[str, ...]:
-    if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
-        raise _fail(f"special_tokens must be a list of strings, got {type(special_tokens).__name__}",
-                    "special_tokens")
-    specials = tuple(special_tokens)
-    for s in specials:
-        if not isinstance(s, str) or not s:
-            raise _fail(f"special token {s!r} must be a non-empty str", "special_tokens")
-    if len(set(specials)) != len(specials):
-        raise _fail(f"special_tokens lists a token twice: {list(specials)}", "special_tokens")
-    return specials
-
-
-def _check_vocab(vocab: object, specials: tuple[str, ...]) -> list[str]:
-    """``{token: id}`` -> the tokens in id order, every check made (ids 0..n-1 once each, byte symbols only)."""
-    if not isinstance(vocab, Mapping):
-        raise _fail(f"vocab must be a dict of token -> id, got {type(vocab).__name__}", "vocab")
-    tokens: list[str | None] = [None] * len(vocab)
-    for tok, i in vocab.items():
-        if not isinstance(tok, str) or not tok:
-            raise _fail(f"vocab token {tok!r} must be a non-empty str", "vocab")
-        if not checks.is_int(i) or not 0 <= i < len(vocab):
-            raise _fail(f"vocab id {i!r} of {tok!r} must be an integer in 0..{len(vocab) - 1}: ids are 0..n-1, "
-                        "each once", "vocab")
-        if tokens[i] is not None:
-            raise _fail(f"vocab id {i} is given to both {tokens[i]!r} and {tok!r}: ids are 0..n-1, each once",
-                        "vocab")
-        tokens[int(i)] = tok
-    special_set = set(specials)
-    for i, tok in enumerate(tokens):
-        if tok not in special_set and not set(tok) <= CHAR_TO_BYTE.keys():
-            raise _fail(f"vocab token {tok!r} (id {i}) is not made of GPT-2 byte symbols and is not a special "
-                        "token", "vocab")
-    missing = [c for c in BYTE_TO_CHAR.values() if c not in vocab]
-    if missing:
-        raise _fail(f"vocab lacks {len(missing)} of the 256 byte tokens (first: {missing[0]!r}); a byte-level "
-                    "vocabulary has them all", "vocab")
-    for s in specials:
-        if s not in vocab:
-            raise _fail(f"special token {s!r} is not in vocab; add it or leave it out of special_tokens",
-                        "special_tokens")
-    return tokens  # type: ignore[return-value]
-
-
-def _check_merges(merges: object, index: dict[str, int]) -> tuple[list[tuple[str, str]], dict]:
-    """``[(a, b), ...]`` -> (the pairs as tuples, ``{(id a, id b): (rank, id of a+b)}``)."""
-    if isinstance(merges, (str, bytes)) or not isinstance(merges, Iterable):
-        raise _fail(f"merges must be a list of (token, token) pairs, got {type(merges).__name__}", "merges")
-    ranks: dict[tuple[int, int], tuple[int, int]] = {}
-    pairs: list[tuple[str, str]] = []
-    for rank, pair in enumerate(merges):
-        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise _fail(f"merge {rank} is {pair!r}; each merge is a pair of two tokens", "merges")
-        a, b = pair
-        if not isinstance(a, str) or not isinstance(b, str):
-            raise _fail(f"merge {rank} is {pair!r}; each merge is a pair of two token strings", "merges")
-        pairs.append((a, b))
-        for part in (a, b, f"{a}{b}"):
-            if part not in index:
-                raise _fail(f"merge {rank} ({a!r}, {b!r}) refers to {part!r}, which is not in vocab", "merges")
-        key = (index[a], index[b])
-        if key in ranks:
-            raise _fail(f"merge {rank} ({a!r}, {b!r}) repeats merge {ranks[key][0]}", "merges")
-        ranks[key] = (rank, index[a + b])
-    return pairs, ranks
 
 
 class BPETokenizer:
@@ -167,10 +116,10 @@ class BPETokenizer:
 
     def __init__(self, vocab: Mapping[str, int], merges: Iterable[Sequence[str]],
                  special_tokens: Iterable[str] = (ENDOFTEXT,)):
-        self._specials = _check_specials(special_tokens)
-        self._vocab = _check_vocab(vocab, self._specials)
+        self._specials = check_specials(special_tokens)
+        self._vocab = check_vocab(vocab, self._specials, CHAR_TO_BYTE.keys())
         self._index = {tok: i for i, tok in enumerate(self._vocab)}
-        self._merges, self._ranks = _check_merges(merges, self._index)
+        self._merges, self._ranks = check_merges(merges, self._index)
         special_set = set(self._specials)
         self._bytes = [tok.encode("utf-8", "surrogatepass") if tok in special_set
                        else bytes(CHAR_TO_BYTE[c] for c in tok) for tok in self._vocab]
@@ -180,7 +129,7 @@ class BPETokenizer:
         self._word_re = regex.compile(GPT2_PATTERN)
         by_length = sorted(self._specials, key=lambda s: (-len(s), s))  # the longest special token wins
         self._special_re = regex.compile("(" + "|".join(regex.escape(s) for s in by_length) + ")") if by_length else None
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache = _WordCache(self._encode_word)
 
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -190,7 +139,7 @@ class BPETokenizer:
         tokens), deterministically: see :func:`llm.data.bpe_train.learn_merges` for the tie rule."""
         from llm.data.bpe_train import train_vocab  # lazy: the trainer is not needed to encode
 
-        specials = _check_specials(special_tokens)
+        specials = check_specials(special_tokens)
         vocab, merges = train_vocab(texts, vocab_size, specials, GPT2_PATTERN)
         return cls(vocab, merges, specials)
 
@@ -307,41 +256,37 @@ class BPETokenizer:
                 yield part, bool(j % 2)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
-        byte_ids, ranks = self._byte_ids, self._ranks
-        ids = [byte_ids[b] for b in word.encode("utf-8", "surrogatepass")]
+        """The ids of one pre-tokenized word: its bytes, then the ranked merges (the work is in C-level calls:
+        one ``map`` finds every adjacent pair's rank, ``min`` the best, ``index`` its occurrences)."""
+        get, none = self._ranks.get, _NO_MERGE
+        ids = list(map(self._byte_ids.__getitem__, word.encode("utf-8", "surrogatepass")))
         while len(ids) > 1:
-            best = None
-            for pair in zip(ids, ids[1:]):
-                found = ranks.get(pair)
-                if found is not None and (best is None or found[0] < best[0]):
-                    best, first, second = found, pair[0], pair[1]
-            if best is None:
+            found = list(map(get, zip(ids, ids[1:]), repeat(none)))  # rank << 32 | merged id, each adjacent pair
+            best = min(found)
+            if best == none:
                 break
-            merged, out, i, n = best[1], [], 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == first and ids[i + 1] == second:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
+            merged = best & 0xFFFFFFFF
+            j = found.index(best)
+            if found.count(best) == 1:  # the usual case: one occurrence
+                ids[j:j + 2] = (merged,)
+                continue
+            out = ids[:j]
+            while j >= 0:  # every occurrence, left to right, never overlapping
+                out.append(merged)
+                k = found.index(best, j + 2) if best in found[j + 2:] else -1
+                out += ids[j + 2:k] if k >= 0 else ids[j + 2:]
+                j = k
             ids = out
         return tuple(ids)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special tokens included, one id each). ``""`` gives ``[]``."""
-        cache, ids, find_words = self._cache, [], self._word_re.findall
+        ids: list[int] = []
         for piece, special in self._chunks(text):
             if special:
                 ids.append(self._special_ids[piece])
-                continue
-            for word in find_words(piece):
-                got = cache.get(word)
-                if got is None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    got = cache[word] = self._encode_word(word)
-                ids.extend(got)
+            else:
+                ids += chain.from_iterable(map(self._cache.__getitem__, self._word_re.findall(piece)))
         return ids
 
     def encode_to_array(self, text: str) -> np.ndarray:

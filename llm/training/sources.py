@@ -96,9 +96,9 @@ def windows_at(data: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[np.
     if offsets.size and (offsets.min() < 0 or offsets.max() + seq_len + 1 > len(data)):
         raise ConfigError(f"a window of {seq_len + 1} tokens at offsets {offsets.min()}..{offsets.max()} does not "
                           f"fit in {len(data)} tokens")
-    idx = offsets[:, None] + np.arange(seq_len, dtype=np.int64)[None, :]
-    data = np.asarray(data, dtype=np.int64)
-    return data[idx], data[idx + 1]
+    idx = offsets[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
+    rows = np.asarray(data[idx], dtype=np.int64)  # only these windows are read (from a memory map) and copied
+    return rows[:, :-1], rows[:, 1:]
 
 
 def random_windows(data: np.ndarray, batch_size: int, seq_len: int,
@@ -118,9 +118,20 @@ def spread_offsets(n_tokens: int, n_windows: int, seq_len: int) -> np.ndarray:
     return np.linspace(0, last, n_windows).round().astype(np.int64)
 
 
+def token_stream(ids: Any, name: str = "train_ids") -> Any:
+    """`ids` as a 1-D integer array, not copied when it already is one (a ``numpy.memmap`` of a token dataset stays
+    a map: only each batch's windows are read); a list or a tuple becomes an int64 array."""
+    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise ConfigError(f"{name} must be a 1-D array of integer token ids, got shape {arr.shape} of {arr.dtype}",
+                          param=name)
+    return arr if arr.size else arr.astype(np.int64)
+
+
 class TokenWindows:
     """Random windows of `seq_len` tokens from `train_ids` (a generator seeded with `seed`, whose state the run
-    keeps); validation on `eval_windows` fixed windows spread over `val_ids`."""
+    keeps); validation on `eval_windows` fixed windows spread over `val_ids`. Both may be any 1-D integer array,
+    a ``numpy.memmap`` included: they are never copied whole."""
 
     has_epochs = False
 
@@ -128,11 +139,11 @@ class TokenWindows:
                  eval_windows: int) -> None:
         self.batch_size, self.seq_len, self.eval_windows = batch_size, seq_len, eval_windows
         self.rng = np.random.default_rng(seed)
-        self.train_ids = np.asarray(train_ids, np.int64)
+        self.train_ids = token_stream(train_ids)
         self.set_val(val_ids)
 
     def set_val(self, val_ids: np.ndarray) -> None:
-        self.val_ids = np.asarray(val_ids, np.int64)
+        self.val_ids = token_stream(val_ids, "val_ids")
         T = self.seq_len
         self.eval_offsets = (spread_offsets(len(self.val_ids), self.eval_windows, T)
                              if len(self.val_ids) > T else None)

@@ -29,7 +29,7 @@ from llm import checks
 from llm.errors import CheckpointError, ConfigError, DataError
 from llm.training.loop import Engine, build_step
 from llm.training.schedule import Phase
-from llm.training.sources import TokenWindows
+from llm.training.sources import TokenWindows, token_stream
 
 BETAS = (0.9, 0.99)  # nanoGPT's for character-level models
 PHASE = "text"  # the name of the book trainer's one phase
@@ -174,12 +174,17 @@ class TextRun:
         settings.check()
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         step = build_step(model, settings.adam(model)) if step is None else step
+        self.val_tokens_per_byte: float | None = None  # val tokens / val UTF-8 bytes: bits per byte (settable)
+        if log is not None:
+            log = self._with_bpb(log)
         self.source = TokenWindows(train_ids, val_ids, settings.batch_size, model.config.max_seq_len, settings.seed,
                                    settings.eval_batches * settings.batch_size)
         self.engine = Engine(model, step, self.source, [text_phase(settings)], seed=settings.seed,
                              log_every=log_every, eval_every=eval_every, lr_params={PHASE: "lr"}, log=log,
                              stop_signals=stop_signals)
-        self.text_info: dict | None = None  # {"sha256", "chars"} of the text trained on (the CLI's; saved)
+        # what the run trains on (saved; the CLI's): a text's {"sha256", "chars"}, a dataset's {"dataset", "name",
+        # "tokens"} (:attr:`llm.data.token_dataset.TokenDataset.info`)
+        self.text_info: dict | None = None
 
     # -- the run's state, seen through the trainer (the engine and the source own it) --------------------------------
     state = property(lambda self: self.engine.state, doc="Where the run stands (a TrainState).")
@@ -198,7 +203,7 @@ class TextRun:
 
     @train_ids.setter
     def train_ids(self, ids: np.ndarray) -> None:
-        self.source.train_ids = np.asarray(ids, np.int64)
+        self.source.train_ids = token_stream(ids)
 
     def set_val(self, val_ids: np.ndarray) -> None:
         self.source.set_val(val_ids)
@@ -229,6 +234,21 @@ class TextRun:
     def evaluate(self) -> float | None:
         """The mean validation loss over the fixed validation windows (None without a validation split)."""
         return self.source.validation_loss(self.model, PHASE)
+
+    def bits_per_byte(self, loss: float | None) -> float | None:
+        """A validation loss (nats per token) in bits per byte of the validation text, the measure two tokenizers
+        share (None without a loss or without :attr:`val_tokens_per_byte`)."""
+        if loss is None or self.val_tokens_per_byte is None:
+            return None
+        return loss * self.val_tokens_per_byte / math.log(2)
+
+    def _with_bpb(self, log: Callable[[dict], None]) -> Callable[[dict], None]:
+        """`log`, with ``val_bpb`` added to each evaluation's record that has a validation loss."""
+        def log_bpb(event: dict) -> None:
+            bpb = self.bits_per_byte(event.get("val_loss"))
+            log(event if bpb is None else {**event, "val_bpb": bpb})
+
+        return log_bpb
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def checkpoint_record(self) -> dict[str, Any]:
