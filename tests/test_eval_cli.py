@@ -183,3 +183,47 @@ def test_a_hub_name_is_one_line_saying_which_files_to_fetch(text_file, tmp_path,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never download 500 MB in a test, even where the hub is reachable
     line = one_error_line(run("eval", "--model", "gpt2", "--text", str(text_file), cwd=tmp_path), 1)
     assert "gpt2" in line and "config.json" in line, line
+
+
+@pytest.fixture(scope="module")
+def dataset(ckpt, text_file, tmp_path_factory):
+    """The text prepared into a token dataset with the model's own tokenizer (arraygpt prepare --tokenizer-from)."""
+    out = tmp_path_factory.mktemp("eval") / "data"
+    book = out.parent / "plain.txt"
+    book.write_text(TEXT * 4, encoding="utf-8")  # no character the model lacks
+    proc = run("prepare", "--text", str(book), "--out", str(out), "--tokenizer-from", str(ckpt))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_data_scores_a_split_as_a_direct_cross_entropy(ckpt, dataset, split):
+    from llm.data.token_dataset import open_dataset
+
+    proc = run("eval", "--model", str(ckpt), "--data", str(dataset), "--split", split, "--json", "--seq-len", "9")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert set(got) == {"model", "device", "data", "split", "loss", "perplexity", "bits_per_byte", "tokens", "bytes",
+                        "windows", "seq_len"}
+    ds = open_dataset(dataset)
+    ids = np.asarray(ds.val if split == "val" else ds.train, np.int64)
+    model, _ = load(ckpt, "cpu")
+    want, count = _direct_loss(model, ids.tolist(), 9)
+    assert got["tokens"] == count and got["loss"] == pytest.approx(want, rel=1e-12)
+    assert got["bytes"] == ds.n_bytes(split)
+    assert got["bits_per_byte"] == pytest.approx(want * count / ds.n_bytes(split) / math.log(2), rel=1e-12)
+    part = json.loads(run("eval", "--model", str(ckpt), "--data", str(dataset), "--split", split, "--json",
+                          "--seq-len", "9", "--max-tokens", "50").stdout)
+    assert part["tokens"] == 49 and part["bits_per_byte"] is None and part["bytes"] is None  # a part: bytes unknown
+    assert part["loss"] == pytest.approx(_direct_loss(model, ids[:50].tolist(), 9)[0], rel=1e-12)
+
+
+def test_data_of_another_tokenizer_is_refused(ckpt, dataset, tmp_path):
+    from llm.checkpoint import save_checkpoint
+    from tests.evalkit import char_model
+
+    other = save_checkpoint(tmp_path / "other", *char_model(TEXT.upper()))  # another character vocabulary
+    line = one_error_line(run("eval", "--model", str(other), "--data", str(dataset)), 2)
+    assert "another tokenizer" in line, line
+    line = one_error_line(run("eval", "--model", str(ckpt), "--data", str(tmp_path)), 2)
+    assert "not a token dataset" in line, line

@@ -132,3 +132,22 @@ def test_init_from_a_hugging_face_directory(tmp_path, text_file):
     for name, p in model.params.items():
         np.testing.assert_allclose(got.backend.to_numpy(got.params[name]), p, rtol=1e-10, atol=1e-12, err_msg=name)
     assert run("eval", "--model", str(out), "--text", str(book)).returncode == 0
+
+
+def test_init_from_on_a_dataset_of_the_models_tokenizer(pretrained, text_file, tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text(text_file.read_text(encoding="utf-8") * 4, encoding="utf-8")
+    data = tmp_path / "data"
+    proc = run("prepare", "--text", str(book), "--out", str(data), "--tokenizer-from", str(pretrained))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "ft"
+    proc = run("text", "--data", str(data), "--init-from", str(pretrained), "--out", str(out), *STEPS)
+    assert proc.returncode == 0, proc.stderr
+    assert "starting from the model in" in proc.stdout and "dataset" in proc.stdout
+    (tmp_path / "x.txt").write_text(book.read_text(encoding="utf-8") + "#", encoding="utf-8")
+    assert run("prepare", "--text", str(tmp_path / "x.txt"), "--out", str(tmp_path / "d2")).returncode == 0
+    line = one_error_line(run("text", "--data", str(tmp_path / "d2"), "--init-from", str(pretrained), *STEPS), 2)
+    assert "another tokenizer" in line, line
+    line = one_error_line(run("text", "--text", str(text_file), "--init-from", str(pretrained), "--tokenizer", "char",
+                              *STEPS), 2)
+    assert "--init-from brings its model's tokenizer" in line, line
