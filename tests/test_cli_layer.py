@@ -217,8 +217,8 @@ def _options(help_text: str) -> str:
 def test_arraygpt_help_lists_the_three_commands():
     r = _run(_console_script(), "--help")
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert r.stdout.startswith("usage: arraygpt {train,chat,text,eval,sample,prepare}"), r.stdout
-    for command in ("train", "chat", "text", "eval", "sample", "prepare"):
+    assert r.stdout.startswith("usage: arraygpt {train,chat,text}"), r.stdout
+    for command in ("train", "chat", "text"):
         assert f"\n  {command} " in r.stdout, r.stdout
 
 
@@ -253,6 +253,6 @@ def test_a_command_reports_its_errors_like_its_script(tmp_path):
 def test_a_missing_or_unknown_command_is_a_usage_error(args, code):
     r = _run(sys.executable, "-m", "llm", *args)
     assert r.returncode == code and r.stdout == "", r.stdout
-    assert r.stderr.startswith("usage: python -m llm {train,chat,text,eval,sample,prepare}") and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("usage: python -m llm {train,chat,text}") and "Traceback" not in r.stderr, r.stderr
     if args:
         assert r.stderr.strip().splitlines()[-1].startswith("python -m llm: error: unknown command"), r.stderr
