@@ -27,8 +27,8 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
 
 EXIT_INTERRUPTED = 130  # llm.cli.common's, known before it is imported (a Ctrl-C may come first)
 
-# Commands that draw instead of training or chatting: each gets a usage line of its own.
-TOOLS = ("attention",)
+# Commands that prepare data, score, sample or draw instead of training or chatting: each gets a usage line of its own.
+TOOLS = ("eval", "sample", "prepare", "attention")
 
 
 def _usage(prog: str) -> str:

@@ -3,6 +3,8 @@
     arraygpt text --text ../shared/data/tinyshakespeare.txt --steps 2000 --out runs/shakespeare
     arraygpt text --text ../shared/data/tinyshakespeare.txt --resume runs/shakespeare --steps 3000
     arraygpt text --text notes.txt --device torch --steps 1000 --sample-chars 400
+    arraygpt text --text ../shared/data/tinyshakespeare.txt --tokenizer bpe --vocab-size 1024 --steps 2000
+    arraygpt prepare --text big.txt --out data/big && arraygpt text --data data/big --steps 5000 --out runs/big
 
 nanoGPT's way, on the whole file (``--max-chars N`` keeps only its first N characters):
 
@@ -18,6 +20,15 @@ nanoGPT's way, on the whole file (``--max-chars N`` keeps only its first N chara
   that keeps nothing (the training state is untouched);
 * the sample at the end continues the text's first 16 characters for ``--sample-chars`` characters, any number:
   the context window slides past ``--max-seq-len``; ``<pad>`` and ``<unk>`` are never sampled.
+
+What it trains on: ``--text FILE`` is read whole and tokenized in memory, by a new character tokenizer (the
+default, ``--tokenizer char``), a byte-level BPE learned from the text's training part (``--tokenizer bpe
+--vocab-size N``) or the tokenizer saved in a dataset, a checkpoint or a BPE directory (``--tokenizer-from DIR``).
+``--data DIR`` is a token dataset written by ``arraygpt prepare`` (its tokenizer, its training and validation
+parts): both parts are memory-mapped and each step copies only its windows, so a corpus larger than memory trains
+with flat memory. Every evaluation also reports the validation loss in bits per byte (nats per token x tokens /
+bytes / ln 2), the measure two tokenizers share. The checkpoint keeps the tokenizer (``arraygpt chat`` and the
+sample use it) and the dataset's fingerprint (the SHA-256 of its meta.json): ``--resume`` takes only that dataset.
 
 Checkpoints: ``--out DIR`` saves at every evaluation, at the end, and on Ctrl-C or SIGTERM (as ``arraygpt train``
 does: a lock beside DIR, another run's checkpoint replaced only with ``--overwrite``, a rescue copy when the disk

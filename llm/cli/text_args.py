@@ -29,7 +29,7 @@ RUN_DEFAULTS = {"batch_size": 12, "steps": 300, "lr": 1e-3, "min_lr": None, "war
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `arraygpt text`."""
-    p = argparse.ArgumentParser(description="Train a character-level ArrayGPT on a plain-text file (a book), "
+    p = argparse.ArgumentParser(description="Train an ArrayGPT on a plain-text file (a book) or a token dataset, "
                                             "then sample from it.")
     src = p.add_argument_group("what to train on (one of --text, --data)")
     src.add_argument("--text", metavar="FILE", help="a UTF-8 plain-text file (tokenized in memory)")

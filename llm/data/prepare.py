@@ -161,11 +161,11 @@ def prepare(text: str | os.PathLike, out: str | os.PathLike, *, tokenizer: Any =
             checks.int_at_least(vocab_size, 257, "vocab_size")
     path = Path(text)
     if not path.is_file():
-        raise DataError(f"{path} is not a file; give a UTF-8 plain-text file", param="text")
+        raise DataError(f"`text` {path} is not a file; give a UTF-8 plain-text file", param="text")
     check_destination(out, overwrite)  # before any pass over the file
     size, sha, chars = scan(path, chunk_bytes, chars=tokenizer == "char")
     if size == 0:
-        raise DataError(f"{path} is empty; give a UTF-8 plain-text file with some text in it", param="text")
+        raise DataError(f"`text` {path} is empty; give a UTF-8 plain-text file with some text in it", param="text")
     split = size if val_fraction == 0 else first_safe_cut(path, size - int(size * val_fraction), size, chunk_bytes)
     if val_fraction > 0 and split >= size:
         raise DataError(f"{path} has no line break to start a validation part of {val_fraction:g} of its bytes at; "
@@ -194,10 +194,10 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
 
         return BPETokenizer.load(p)
     if not file.is_file():
-        raise DataError(f"{p} holds no saved tokenizer (a tokenizer.json, or vocab.json and merges.txt); give a "
+        raise DataError(f"`tokenizer_from` {p} holds no saved tokenizer (a tokenizer.json, or vocab.json and merges.txt); give a "
                         "dataset, a checkpoint or a saved BPE tokenizer", param="tokenizer_from")
     try:
         return tokenizer_from_dict(json.loads(file.read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{file}: not a tokenizer ({str(exc).splitlines()[0]}); give a dataset, a checkpoint or a "
+        raise DataError(f"`tokenizer_from` {file} is not a tokenizer ({str(exc).splitlines()[0]}); give a dataset, a checkpoint or a "
                         "saved BPE tokenizer", param="tokenizer_from") from None

@@ -25,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ TOKENIZER_FILE = "tokenizer.json"
 SPLIT_FILES = {"train": "train.bin", "val": "val.bin"}
 DATASET_FILES = (*SPLIT_FILES.values(), TOKENIZER_FILE, META_FILE)
 DTYPES = ("uint16", "uint32")
-_SCAN = 1 << 24  # ids checked per slice when a dataset is opened (bounded memory)
+_SCAN = 1 << 22  # ids checked per slice when a dataset is opened (bounded memory)
 _REPREPARE = "prepare it again with `arraygpt prepare`"
 
 
@@ -178,12 +179,26 @@ def _map(d: Path, meta: dict, split: str) -> np.ndarray:
                     f"({META_FILE}); the file is truncated or from another dataset: {_REPREPARE}")
     if n == 0:
         return np.zeros(0, dtype)
-    ids = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
-    top = max(int(ids[i:i + _SCAN].max()) for i in range(0, n, _SCAN))
+    top = _largest_id(path, dtype)
     if top >= meta["vocab_size"]:
         raise _fail(f"{path} holds the id {top}, outside the vocabulary of {meta['vocab_size']}; the file is "
                     f"corrupt or from another dataset: {_REPREPARE}")
+    ids = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+    advise = getattr(getattr(ids, "_mmap", None), "madvise", None)
+    if advise is not None and hasattr(mmap, "MADV_RANDOM"):  # random windows: no read-ahead around each one
+        advise(mmap.MADV_RANDOM)
     return ids
+
+
+def _largest_id(path: Path, dtype: np.dtype) -> int:
+    """The largest id in the file, read a slice at a time into one buffer (not through the map, whose pages would
+    stay resident: the run's memory stays flat)."""
+    buf = np.empty(_SCAN, dtype)
+    top = 0
+    with open(path, "rb") as f:
+        while (got := f.readinto(memoryview(buf).cast("B"))) > 0:
+            top = max(top, int(buf[:got // dtype.itemsize].max()))
+    return top
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -229,6 +244,7 @@ def write_dataset(path: str | os.PathLike, tokenizer: Any, parts: dict[str, Iter
     "sha256"}``. Each file goes to a hidden temporary name first and is renamed into place once complete,
     ``meta.json`` last; on any failure only those temporary files are removed. Returns the dataset, opened."""
     d = check_destination(path, overwrite)
+    created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(dtype_for(tokenizer.vocab_size)).newbyteorder("<")
     writers: list[_PartWriter] = []
@@ -262,11 +278,12 @@ def write_dataset(path: str | os.PathLike, tokenizer: Any, parts: dict[str, Iter
         for w in writers:
             if not w.file.closed:
                 w.file.close()
-        raise
-    finally:
         for tmp in tmp_files:  # only the files this call made
             if tmp.exists():
                 tmp.unlink()
+        if created and not any(d.iterdir()):
+            d.rmdir()  # the directory too, if this call made it
+        raise
     return open_dataset(d)
 
 
@@ -278,8 +295,3 @@ def _write_tmp(d: Path, name: str, data: bytes) -> Path:
         os.fsync(f.fileno())
     return tmp
 
-
-def iter_slices(ids: np.ndarray, size: int = _SCAN) -> Iterator[np.ndarray]:
-    """`ids` in consecutive slices of at most `size` (a memory map is read one slice at a time)."""
-    for i in range(0, len(ids), size):
-        yield ids[i:i + size]
