@@ -68,10 +68,18 @@ def hf_directory(path: str | os.PathLike) -> Path:
                               f"({type(exc).__name__}: {_one_line(exc)}); {fix}", param="path") from None
 
 
+def _header(path: Path) -> bytes:
+    """The first bytes of a safetensors file, its header included (read before the tensors, to choose the dtype)."""
+    size = int.from_bytes(_read_bytes(path, 8)[:8], "little")
+    return _read_bytes(path, 8 + min(size, _JSON_LIMIT))
+
+
 def _check_dtype(path: Path, data: bytes) -> str:
     """The floating dtype of a safetensors file's tensors, from its header (BF16 gets a message: NumPy has none)."""
     try:
         size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 + size:
+            raise ValueError("truncated")
         header = json.loads(data[8:8 + size])
         kinds = {v["dtype"] for k, v in header.items() if k != "__metadata__" and not is_ignored(k)}
     except (ValueError, TypeError, KeyError, AttributeError):
@@ -104,13 +112,11 @@ def _weight_files(directory: Path) -> list[Path]:
                           param="path")
 
 
-def _read_weights(files: list[Path]) -> tuple[dict[str, np.ndarray], str]:
-    """Every tensor of the safetensors files, named without the ``transformer.`` prefix, and their dtype."""
+def _read_weights(files: list[Path]) -> dict[str, np.ndarray]:
+    """Every tensor of the safetensors files, named without the ``transformer.`` prefix."""
     tensors: dict[str, np.ndarray] = {}
-    dtypes = set()
     for path in files:
         data = _read_bytes(path)
-        dtypes.add(_check_dtype(path, data))
         try:
             loaded = safetensors.numpy.load(data)
         except (safetensors.SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as exc:
@@ -123,7 +129,7 @@ def _read_weights(files: list[Path]) -> tuple[dict[str, np.ndarray], str]:
                 raise CheckpointError(f"{path} holds {short} twice (with and without {PREFIX!r}); download it again",
                                       param="path")
             tensors[short] = array
-    return tensors, "float64" if dtypes == {"float64"} else "float32"
+    return tensors
 
 
 def _checked(tensors: dict[str, np.ndarray], model: GPT, where: Path) -> dict[str, np.ndarray]:
@@ -167,7 +173,8 @@ def _read_model(directory: Path, backend: Any) -> GPT:
                               param="path")
     config = config_from_hf(_read_json(directory / CONFIG, limit=_JSON_LIMIT), directory / CONFIG)
     files = _weight_files(directory)
-    tensors, dtype = _read_weights(files)
+    dtypes = {_check_dtype(f, _header(f)) for f in files}
+    dtype = "float64" if dtypes == {"float64"} else "float32"
     if isinstance(backend, str):
         from backends import get_backend
 
@@ -177,6 +184,7 @@ def _read_model(directory: Path, backend: Any) -> GPT:
     gpu = backend.name == "cuda" or "cuda" in str(backend.device).lower()
     # the shards of a sharded checkpoint are not one file: only the memory part of the check applies to them
     check_loadable(directory, files[0] if len(files) == 1 else directory / INDEX / "-", config, backend.dtype_name, gpu)
+    tensors = _read_weights(files)
     model = GPT(config, backend, seed=0)
     for name, array in _checked(tensors, model, directory).items():
         model.params[name][...] = backend.asarray(np.asarray(array, dtype=np.float64 if dtype == "float64"
