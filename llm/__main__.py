@@ -1,8 +1,10 @@
-"""``arraygpt train|chat|text|attention ...`` (also ``python -m llm ...``): the three CLIs behind one command.
+"""``arraygpt train|chat|text|eval|sample|attention ...`` (also ``python -m llm ...``): the CLIs behind one command.
 
     arraygpt train --device cpu
     arraygpt chat --checkpoint runs/demo
     arraygpt text --text book.txt --steps 300
+    arraygpt eval --model runs/book --text book.txt
+    arraygpt sample --model runs/book --prompt "ROMEO:"
     arraygpt prepare --text book.txt --out data/book && arraygpt text --data data/book --steps 300
     arraygpt attention --checkpoint runs/demo --prompt "How do mountains form?" --out attention.png
 """
@@ -16,6 +18,8 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
     "train": ("llm.cli.cmd_train", "train on the built-in corpus or your own (facts, then dialogues), then chat"),
     "chat": ("llm.cli.cmd_chat", "chat with a saved checkpoint"),
     "text": ("llm.cli.cmd_text", "train a character-level model on any plain-text file, then sample from it"),
+    "eval": ("llm.cli.cmd_eval", "score a model on a text (loss, perplexity, bits per byte) or on HellaSwag"),
+    "sample": ("llm.cli.cmd_sample", "continue a text with a model (a checkpoint or a Hugging Face GPT-2)"),
     "prepare": ("llm.cli.cmd_prepare", "tokenize a text file once into a dataset for `text --data` (any size)"),
     "attention": ("llm.cli.cmd_attention", "draw a checkpoint's attention maps for a prompt (needs matplotlib)"),
 }
@@ -23,8 +27,8 @@ COMMANDS = {  # command -> (module, what it does); a module is imported only whe
 
 EXIT_INTERRUPTED = 130  # llm.cli.common's, known before it is imported (a Ctrl-C may come first)
 
-# Commands that prepare data or draw instead of training or chatting: each gets a usage line of its own.
-TOOLS = ("prepare", "attention")
+# Commands that prepare data, score, sample or draw instead of training or chatting: each gets a usage line of its own.
+TOOLS = ("eval", "sample", "prepare", "attention")
 
 
 def _usage(prog: str) -> str:

@@ -81,6 +81,10 @@ def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tup
     ckpt = None
     if args.resume:
         run, ckpt, corpus = _resumed(args, explicit, session, kwargs)
+    elif args.init_from:  # a pretrained model (llm/cli/text_init.py)
+        from llm.cli.text_init import init_run
+
+        run, corpus = init_run(args, explicit, session, kwargs, _step)
     else:
         run, corpus = _new_run(args, session, kwargs)
     run.text_info, run.val_tokens_per_byte = corpus.info, corpus.tokens_per_byte

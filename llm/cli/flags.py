@@ -1,4 +1,4 @@
-"""The flag groups ``arraygpt train`` and ``arraygpt text`` share: device, model size, checkpoints, speed, history.
+"""The flag groups the commands share: device, model size, checkpoints, speed, history, sampling.
 
 A flag is named after the library parameter it sets (``--max-seq-len`` sets ``max_seq_len``), so that an error
 about a parameter can be said with its flag (:func:`llm.cli.common.cli_message`); a command lists the few that differ.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Mapping
 
-from llm.cli.common import WORKERS_HELP, flag_name, int_at_least, positive_float, positive_int, workers_flag
+from llm.cli.common import (WORKERS_HELP, flag_name, int_at_least, nonnegative_int, positive_float, positive_int,
+                             workers_flag)
 from llm.nn.config import POS_ENCODINGS
 
 
@@ -69,3 +70,37 @@ def add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PATH.png",
                    help="after training, draw the history (loss, learning rate, gradient norm, validation loss) into "
                         "PATH.png and write its numbers to PATH.csv (needs matplotlib: pip install -e \".[plot]\")")
+
+
+def add_sampling(p: argparse.ArgumentParser, *, temperature: float = 0.0, max_new_tokens: int = 50,
+                 what: str = "answer") -> None:
+    """The decoding flags (--temperature, --top-k, --top-p, --seed, --max-new-tokens, --no-cache) `arraygpt chat`
+    and `arraygpt sample` share; their ranges are checked by :func:`sampling_settings` (one line, exit 2)."""
+    s = p.add_argument_group("sampling")
+    s.add_argument("--temperature", type=float, default=temperature,
+                   help=f"0 = greedy; higher = more varied (default {temperature:g})")
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    s.add_argument("--top-p", type=float, default=None, help="sample among the smallest set reaching probability p")
+    s.add_argument("--seed", type=nonnegative_int, default=None, help=f"seed for sampling (reproducible {what}s)")
+    s.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"longest {what} in tokens (default: {max_new_tokens})")
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole context each token (slower)")
+
+
+def sampling_settings(args: argparse.Namespace) -> dict:
+    """The decoding settings the sampling flags ask for, checked (ConfigError naming the flag's parameter), as the
+    keyword arguments of llm.infer.generation's generators."""
+    from llm.infer.generation import DecodingSettings
+
+    d = DecodingSettings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed)
+    return dict(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, seed=d.seed,
+                max_new_tokens=d.max_new_tokens, use_cache=not args.no_cache)
+
+
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    """The --model, --device and --dtype flags of the commands that use a trained model (eval, sample)."""
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="a checkpoint directory (arraygpt train|text --out) or a Hugging Face GPT-2 directory")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="compute in this dtype (default: the one the model was saved in)")

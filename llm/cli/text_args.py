@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=nonnegative_float, default=0.8, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=positive_int, help="sample among the k most likely characters only")
     add_checkpoints(p, "at every evaluation and at the end")
+    p.add_argument("--init-from", metavar="DIR", help="start from the pretrained model in DIR (a checkpoint or a "
+                   "Hugging Face GPT-2 directory): its size and tokenizer, this run's training settings")
     add_speed(p, "text")
     add_plot(p)
     return p
@@ -87,6 +89,11 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--dist-timeout needs --distributed")
     check_paths(args.out, args.resume, args.overwrite)
     check_source_flags(args)
+    if args.init_from is not None and (args.resume or not args.init_from.strip()):
+        raise ConfigError("--init-from starts a new run: give it without --resume" if args.resume else
+                          "--init-from is empty: give a model directory (is a shell variable unset?)")
+    if args.init_from is not None and (args.tokenizer or args.tokenizer_from):
+        raise ConfigError("--init-from brings its model's tokenizer: leave --tokenizer and --tokenizer-from out")
     if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training
         from llm.plotting import check_plot_path
 

@@ -134,6 +134,21 @@ def split_ids(ids: np.ndarray, fraction: float, seq_len: int, path: str = "the t
     return train, val
 
 
+def encode_text(tokenizer: Any, text: str, path: str = "the text") -> np.ndarray:
+    """The ids of `text` under a pretrained model's `tokenizer`; DataError when a character-level tokenizer lacks
+    some of its characters (they would all become one unknown token), naming a few and where the first is."""
+    vocab = set(tokenizer.vocab) if getattr(tokenizer, "_TYPE", None) == "char" else None
+    if vocab is not None:
+        missing = sorted({ch for ch in set(text) if ch not in vocab})
+        if missing:
+            first = min(text.index(ch) for ch in missing)
+            shown = ", ".join(repr(ch) for ch in missing[:8]) + (", ..." if len(missing) > 8 else "")
+            raise DataError(f"{path} has {len(missing)} character{'s' if len(missing) > 1 else ''} the model's "
+                            f"character vocabulary lacks ({shown}; the first at character {first:,}): remove or "
+                            "replace them, or train a new model on it", param="text")
+    return np.asarray(tokenizer.encode(text), np.int64)
+
+
 def text_sha256(text: str) -> str:
     """The SHA-256 of `text` as UTF-8, in hex: how a checkpoint recognizes its book."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
