@@ -42,6 +42,12 @@ BLOCKED_FROM = 512
 _CONSTANTS: dict[tuple, Any] = {}  # causal bias blocks, per (row offset, shape, array type, dtype, device)
 
 
+def _dense(xp: Any, x: Any) -> Any:
+    # x: (B, H, T, D), often a view of the QKV projection's (B, T, 3, H, D) -> the same values, row-major: NumPy
+    # multiplies the small blocks of a strided view several times slower (no BLAS); reshape copies only if needed
+    return xp.reshape(xp.reshape(x, (-1,)), x.shape)
+
+
 def _causal_block(xp: Any, first_row: int, bq: int, bk: int, like: Any) -> Any:
     # -> (bq, bk): MASK_VALUE where key column c > query row first_row + r (positions relative to the key block)
     key = (first_row, bq, bk, *array_key(like))
@@ -134,6 +140,7 @@ def blocked_forward(q: Any, k: Any, v: Any, key_mask: Any = None, block_q: int =
     """
     # q: (B, H, T_q, D), k, v: (B, H, T_k, D) -> out: (B, H, T_q, D), lse: (B, H, T_q)
     xp = array_namespace(q)
+    q, k, v = _dense(xp, q), _dense(xp, k), _dense(xp, v)
     B, H, T_q, D = q.shape
     offset = k.shape[2] - T_q
     pad, shift, n_blind = _padding(xp, key_mask, T_q, q)
@@ -159,6 +166,7 @@ def blocked_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, key_
     """
     # dout, out: (B, H, T_q, D), q: (B, H, T_q, D), k, v: (B, H, T_k, D), lse: (B, H, T_q) -> dq, dk, dv
     xp = array_namespace(q)
+    q, k, v, dout = _dense(xp, q), _dense(xp, k), _dense(xp, v), _dense(xp, dout)
     T_q = q.shape[2]
     offset = k.shape[2] - T_q
     pad, shift, n_blind = _padding(xp, key_mask, T_q, q)
