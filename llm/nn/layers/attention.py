@@ -123,7 +123,8 @@ class CausalSelfAttention(Layer):
     """Multi-head attention where position t attends to positions <= t (and, optionally, only to real tokens).
 
     ``head_dim = d_model // n_heads``; scores are scaled by ``1/sqrt(head_dim)`` in forward and, unlike the seed,
-    in backward too. Backward reuses the cached q, k, v and probabilities; it never recomputes the forward pass.
+    in backward too. On the explicit path backward reuses the cached q, k, v and probabilities (the blocked path
+    recomputes them block by block).
 
     ``rope=True`` rotates each head's queries and keys by their positions (:func:`rope_rotate`) before the scores,
     so a score depends on how far apart two positions are; the cache then holds the rotated q and k, and backward
