@@ -235,8 +235,8 @@ class GPT(Layer):
         """The attention probabilities of one sequence: a list (one per layer) of (H, T, T) host NumPy arrays.
 
         `tokens`: T token ids, shape (T,) or (1, T), host or device. Runs the ordinary forward pass
-        (``return_cache=True``) and takes each block's probabilities from its cache, so these are exactly what the
-        forward pass used: row t is query t's distribution over keys 0..t (zero above the diagonal, each row sums
+        (``return_cache=True``) on the explicit attention path, whatever the layers are set to (the blocked path
+        keeps no probabilities), and takes each block's probabilities from its cache: row t is query t's distribution over keys 0..t (zero above the diagonal, each row sums
         to 1). Everything stays on the device until one transfer at the end.
         """
         shape = batch_shape(tokens)
@@ -246,7 +246,15 @@ class GPT(Layer):
             raise ConfigError(f"attention_maps takes one sequence, shape (T,) or (1, T); got {shape}")
         if shape[-1] == 0:
             raise ConfigError("attention_maps needs at least one token")
-        _, cache = self.forward(tokens, return_cache=True)
+        layers = [block.attn for block in self.blocks]
+        modes = [layer.attention for layer in layers]
+        try:  # the explicit path, whatever the layers are set to: the blocked one keeps no probabilities
+            for layer in layers:
+                layer.attention = "explicit"
+            _, cache = self.forward(tokens, return_cache=True)
+        finally:
+            for layer, mode in zip(layers, modes):
+                layer.attention = mode
         xp = self.backend.xp
         probs = xp.stack([block.attn.probs[0, ...] for block in cache.trunk.blocks])  # (L, H, T, T)
         host = self.backend.to_numpy(probs)  # a fresh stack: the host copy shares nothing with the model

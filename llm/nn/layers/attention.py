@@ -11,11 +11,15 @@ from llm.nn.namespace import array_namespace, device
 from backends.fused import fast_path
 from backends.ops import exp_
 
+from llm import checks
 from llm.nn.layers.base import Layer
+from llm.nn.layers.blocked_attention import (BLOCK_K, BLOCK_Q, BLOCKED_FROM, MASK_VALUE, blocked_backward,
+                                             blocked_forward)
 from llm.nn.layers.linear import Linear
 from llm.nn.layers.reductions import array_key, sum_last
 
 ROPE_BASE = 10000.0
+ATTENTION_MODES = ("auto", "explicit", "blocked")  # auto: explicit below `blocked_from` query positions, else blocked
 
 
 def rope_tables(xp: Any, n: int, head_dim: int, like: Any, base: float = ROPE_BASE) -> tuple[Any, Any]:
@@ -59,8 +63,10 @@ class AttentionCache(NamedTuple):
     """What :meth:`CausalSelfAttention.forward` keeps for its backward pass (and for attention maps).
 
     x: the input (B*T, C); q: the queries (B, H, T, D), scaled by 1/sqrt(D) and rotated when rope; k: the keys
-    (B, H, T, D), rotated when rope; v: the values (B, H, T, D); probs: the attention probabilities (B, H, T, T);
-    heads: each head's output (B, H, T, D); merged: the heads side by side (B*T, C), the output projection's input.
+    (B, H, T, D), rotated when rope; v: the values (B, H, T, D); probs: the attention probabilities (B, H, T, T),
+    or None on the blocked path; heads: each head's output (B, H, T, D); merged: the heads side by side (B*T, C),
+    the output projection's input. The blocked path keeps instead lse: each query row's log-sum-exp (B, H, T), and
+    key_mask: the (B, T) padding mask its backward must apply again (None without one).
     """
 
     x: Any
@@ -70,6 +76,8 @@ class AttentionCache(NamedTuple):
     probs: Any
     heads: Any
     merged: Any
+    lse: Any = None
+    key_mask: Any = None
 
 
 @dataclass(eq=False)
@@ -86,21 +94,50 @@ class KVCache:
         return 0 if self.keys is None else int(self.keys.shape[2])
 
 
-# Added to the scores of forbidden keys. Finite, so a row with every key masked (a padding query) gives a uniform
-# softmax instead of NaN; exp() of it underflows to exactly 0 in float32 and float64.
-MASK_VALUE = -1e9
+def configure_attention(layer: Layer, mode: str = "auto", blocked_from: int | None = None,
+                        block_q: int | None = None, block_k: int | None = None) -> int:
+    """Choose how every :class:`CausalSelfAttention` in `layer`'s tree (a GPT, a block, one attention) attends.
+
+    `mode`: "explicit" (the (T, T) probabilities, the readable reference), "blocked"
+    (:mod:`llm.nn.layers.blocked_attention`, no (T, T) array) or "auto" (blocked from `blocked_from` query
+    positions on). None keeps a setting as it is. Returns how many attention layers were set. MASK_VALUE, the bias
+    of forbidden keys, is defined (and explained) in the blocked module: both paths add it the same way.
+    """
+    checks.one_of(mode, ATTENTION_MODES, "attention")
+    settings = {"blocked_from": checks.positive_int(blocked_from, "blocked_from", allow_none=True),
+                "block_q": checks.positive_int(block_q, "block_q", allow_none=True),
+                "block_k": checks.positive_int(block_k, "block_k", allow_none=True)}
+    count, todo = 0, [layer]
+    while todo:
+        node = todo.pop()
+        todo.extend(node.children.values())
+        if isinstance(node, CausalSelfAttention):
+            node.attention, count = mode, count + 1
+            for name, value in settings.items():
+                if value is not None:
+                    setattr(node, name, value)
+    return count
 
 
 class CausalSelfAttention(Layer):
     """Multi-head attention where position t attends to positions <= t (and, optionally, only to real tokens).
 
     ``head_dim = d_model // n_heads``; scores are scaled by ``1/sqrt(head_dim)`` in forward and, unlike the seed,
-    in backward too. Backward reuses the cached q, k, v and probabilities; it never recomputes the forward pass.
+    in backward too. On the explicit path backward reuses the cached q, k, v and probabilities (the blocked path
+    recomputes them block by block).
 
     ``rope=True`` rotates each head's queries and keys by their positions (:func:`rope_rotate`) before the scores,
     so a score depends on how far apart two positions are; the cache then holds the rotated q and k, and backward
     un-rotates their gradients. ``max_seq_len`` sizes the rotation table (built once per device and dtype).
+
+    ``attention`` picks the algorithm (:func:`configure_attention` sets it): "explicit" builds the (B, H, T, T)
+    probabilities and keeps them; "blocked" runs :func:`~llm.nn.layers.blocked_attention.blocked_forward`, whose
+    cache holds one log-sum-exp per query row instead; "auto" (the default) is explicit below ``blocked_from``
+    query positions, where it is as fast and its probabilities come free, and blocked from there on.
     """
+
+    attention = "auto"  # class defaults, set per layer by configure_attention
+    blocked_from, block_q, block_k = BLOCKED_FROM, BLOCK_Q, BLOCK_K
 
     def __init__(self, backend: Any, rng: Any, d_model: int, n_heads: int, out_std: float = 0.02,
                  rope: bool = False, max_seq_len: int | None = None, qkv_bias: bool = False) -> None:
@@ -167,6 +204,17 @@ class CausalSelfAttention(Layer):
             p = self._softmax(xp, scores)
         return p, p @ v
 
+    def _attention(self, xp: Any, q: Any, k: Any, v: Any, key_mask: Any, like: Any) -> tuple[Any, Any, Any]:
+        # q: (B, H, T_q, D) scaled, k, v: (B, H, T_k, D) -> p: (B, H, T_q, T_k) or None, y: (B, H, T_q, D),
+        # lse: (B, H, T_q) or None; the explicit or the blocked path as `attention` and T_q say
+        T_q, T_k = q.shape[2], k.shape[2]
+        mode = checks.one_of(self.attention, ATTENTION_MODES, "attention")
+        if mode == "blocked" or (mode == "auto" and T_q >= self.blocked_from):
+            y, lse = blocked_forward(q, k, v, key_mask, self.block_q, self.block_k)
+            return None, y, lse
+        p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T_q, T_k, key_mask, like))
+        return p, y, None
+
     def _merge_heads(self, xp: Any, y: Any) -> Any:
         # y: (B, H, T, D) -> (B*T, C)
         return xp.reshape(xp.permute_dims(y, (0, 2, 1, 3)), (-1, self.d_model))
@@ -182,10 +230,10 @@ class CausalSelfAttention(Layer):
             cos, sin = self._rope(xp, 0, T, x)
             q, k = rope_rotate(xp, q, cos, sin), rope_rotate(xp, k, cos, sin)
         q = q * self.scale
-        p, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, T, key_mask, x))
+        p, y, lse = self._attention(xp, q, k, v, key_mask, x)
         merged = self._merge_heads(xp, y)
         out, _ = self.proj.forward(merged)
-        return out, AttentionCache(x, q, k, v, p, y, merged)
+        return out, AttentionCache(x, q, k, v, p, y, merged, lse, None if lse is None else key_mask)
 
     def backward(self, dout: Any, cache: AttentionCache) -> Any:
         # dout: (B*T, C) -> dx: (B*T, C)
@@ -193,6 +241,23 @@ class CausalSelfAttention(Layer):
         q, k, v, p, y = cache.q, cache.k, cache.v, cache.probs, cache.heads
         B, H, T, D = q.shape
         dy = xp.permute_dims(xp.reshape(self.proj.backward(dout, cache.merged), (B, T, H, D)), (0, 2, 1, 3))
+        if p is None:  # the blocked path: probabilities recomputed block by block from q, k and the log-sum-exp
+            dq, dk, dv = blocked_backward(dy, q, k, v, y, cache.lse, cache.key_mask, self.block_q, self.block_k)
+        else:
+            dq, dk, dv = self._explicit_backward(xp, dy, q, k, v, p, y)
+        dq *= self.scale
+        if self.rope:  # gradients of the rotated q and k -> of the projected ones: the inverse rotation
+            cos, sin = self._rope(xp, 0, T, dout)
+            dq, dk = rope_unrotate(xp, dq, cos, sin), rope_unrotate(xp, dk, cos, sin)
+        # (B, T, 3, H, D) laid out as the QKV projection's output: each gradient written once into its slot
+        dqkv = xp.empty((B, T, 3, H, D), dtype=dq.dtype, device=device(dq))
+        for i, g in enumerate((dq, dk, dv)):
+            dqkv[:, :, i, ...] = xp.permute_dims(g, (0, 2, 1, 3))
+        return self.qkv.backward(xp.reshape(dqkv, (B * T, 3 * self.d_model)), cache.x)
+
+    @staticmethod
+    def _explicit_backward(xp: Any, dy: Any, q: Any, k: Any, v: Any, p: Any, y: Any) -> tuple[Any, Any, Any]:
+        # dy, y: (B, H, T, D), p: (B, H, T, T) -> dq (the scaled q's, before the scale), dk, dv: (B, H, T, D)
         dv = xp.matrix_transpose(p) @ dy  # (B, H, T, D)
         ds = dy @ xp.matrix_transpose(v)  # dp: (B, H, T, T)
         # Softmax backward: ds = p * (dp - sum_j p*dp). That row sum equals sum_d dy*y, which is T/D times cheaper.
@@ -203,16 +268,8 @@ class CausalSelfAttention(Layer):
             ds -= sum_last(dy * y)
             ds *= p
         dq = ds @ k
-        dq *= self.scale
         dk = xp.matrix_transpose(ds) @ q  # q is the scaled one: the scale is already in
-        if self.rope:  # gradients of the rotated q and k -> of the projected ones: the inverse rotation
-            cos, sin = self._rope(xp, 0, T, dout)
-            dq, dk = rope_unrotate(xp, dq, cos, sin), rope_unrotate(xp, dk, cos, sin)
-        # (B, T, 3, H, D) laid out as the QKV projection's output: each gradient written once into its slot
-        dqkv = xp.empty((B, T, 3, H, D), dtype=dq.dtype, device=device(dq))
-        for i, g in enumerate((dq, dk, dv)):
-            dqkv[:, :, i, ...] = xp.permute_dims(g, (0, 2, 1, 3))
-        return self.qkv.backward(xp.reshape(dqkv, (B * T, 3 * self.d_model)), cache.x)
+        return dq, dk, dv
 
     def forward_cached(self, x: Any, T: int, kv: KVCache) -> Any:
         # x: (B*T_new, C), kv: keys and values (B, H, T_past, D), or none yet -> (B*T_new, C). Inference only: no
@@ -227,5 +284,5 @@ class CausalSelfAttention(Layer):
             k = xp.concat((kv.keys, k), axis=2)
             v = xp.concat((kv.values, v), axis=2)
         kv.keys, kv.values = k, v
-        _, y = self._attend(xp, q, k, v, self._mask_bias(xp, T, k.shape[2], None, x))
+        _, y, _ = self._attention(xp, q, k, v, None, x)  # long prompts take the blocked path under "auto"
         return self.proj.forward(self._merge_heads(xp, y))[0]
