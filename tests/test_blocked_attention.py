@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from llm import GPTConfig
 from llm.errors import ConfigError
 from llm.nn.layers import CausalSelfAttention
 from llm.nn.layers.attention import KVCache, configure_attention
@@ -191,3 +192,17 @@ def test_attention_maps_are_the_probabilities_whatever_the_setting():
     logits_blocked = be.to_numpy(model.predict(tokens[None, :]))
     configure_attention(model, "explicit")
     np.testing.assert_allclose(logits_blocked, be.to_numpy(model.predict(tokens[None, :])), rtol=1e-10, atol=1e-12)
+
+
+def test_the_memory_estimate_counts_no_score_matrix_where_blocked_attention_serves():
+    # The command lines refuse a run whose estimate exceeds the machine's memory: at T >= BLOCKED_FROM it must not
+    # count (T, T) probabilities per head and layer, which the blocked path never keeps.
+    from llm.nn.footprint import training_memory
+    from llm.nn.layers.blocked_attention import BLOCKED_FROM
+
+    cfg = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=2, d_ff=512, max_seq_len=4096)
+    B, T = 4, 4096
+    scores = B * cfg.n_heads * T * T * 4 * cfg.n_layers  # float32 probabilities of every layer
+    assert T >= BLOCKED_FROM and training_memory(cfg, B, T, 4) < scores / 10
+    short = BLOCKED_FROM // 2  # below the threshold the explicit path's probabilities are counted
+    assert training_memory(cfg, B, short, 4) > B * cfg.n_heads * short * short * 4 * cfg.n_layers

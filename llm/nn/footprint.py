@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm.nn.layers.blocked_attention import BLOCK_K, BLOCKED_FROM
+
 
 def largest_tensor(config: Any) -> int:
     """Elements of the largest parameter: the embedding, the learned positions, a feed-forward or QKV matrix."""
@@ -22,7 +24,12 @@ def training_memory(config: Any, batch: int, seq_len: int, dtype_bytes: int) -> 
     """Bytes a training run needs: the parameters, their gradients and Adam's two moments, the float64 draw of the
     largest parameter when the model is built, plus the activations of `batch` sequences of `seq_len` positions (the
     (B*T, V) logits and their gradient dominate a large vocabulary; attention's (T, T) scores per head and layer a
-    long context)."""
+    long context, unless blocked attention serves it: then one log-sum-exp per head and layer is kept, and one
+    block of keys per head is alive at a time)."""
     c = config
-    per_position = c.d_model * 16 * c.n_layers + c.n_heads * seq_len * 3 * c.n_layers + c.vocab_size * 2
+    if seq_len < BLOCKED_FROM:  # the explicit path keeps (T, T) probabilities per head and layer for backward
+        attention = c.n_heads * seq_len * 3 * c.n_layers
+    else:
+        attention = c.n_heads * (c.n_layers + 4 * BLOCK_K)
+    per_position = c.d_model * 16 * c.n_layers + attention + c.vocab_size * 2
     return (c.num_parameters() * 4 + batch * seq_len * per_position) * dtype_bytes + largest_tensor(c) * 16
