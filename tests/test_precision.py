@@ -197,3 +197,10 @@ def test_the_precision_flag(tmp_path):
     bad = _text_cli(tmp_path, "--precision", "bf16")  # --device cpu: NumPy has no bfloat16
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "bfloat16" in bad.stderr and "torch" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "text"])
+def test_both_training_commands_have_the_flag(command):
+    out = subprocess.run([sys.executable, "-m", "llm", command, "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, encoding="utf-8")
+    assert out.returncode == 0 and "--precision {fp32,fp16,bf16}" in out.stdout
