@@ -26,6 +26,9 @@ __all__ = [
     "BACKEND_ALIASES",
     "index_add",
     "index_add_onehot",
+    "LOW_PRECISION_BACKENDS",
+    "has_dtype",
+    "low_precision_dtype",
 ]
 
 # User-facing names -> canonical backend names.
@@ -43,7 +46,31 @@ BACKEND_ALIASES = {
     "auto": "auto",
 }
 
-_DTYPES = ("float32", "float64")
+_DTYPES = ("float32", "float64")  # what parameters (and float32 master weights) may be stored in
+# The compute dtypes of mixed precision (llm.training.precision), and the backends whose library has each. NumPy's
+# float16 has no BLAS (a matmul ~900x slower than float32); NumPy has no bfloat16 (ml_dtypes adds one, ~10x slower
+# than float32 in a matmul: not adopted); the array API standard, and so array-api-strict, has neither.
+LOW_PRECISION_BACKENDS = {"float16": ("numpy", "cupy", "torch", "torch:cuda"), "bfloat16": ("torch", "torch:cuda")}
+
+
+def has_dtype(xp: Any, name: str) -> bool:
+    """Whether the namespace `xp` has the floating dtype called `name` ("float16", "bfloat16", ...)."""
+    return getattr(xp, name, None) is not None
+
+
+def low_precision_dtype(backend: "Backend", name: str) -> Any:
+    """The low-precision dtype `name` ("float16" or "bfloat16") of `backend`'s namespace.
+
+    ConfigError (param="precision") for another name, or where the backend's library lacks the dtype, naming the
+    backends that have it.
+    """
+    have = LOW_PRECISION_BACKENDS.get(name)
+    if have is None:
+        raise ConfigError(f"unknown low-precision dtype {name!r}: choose float16 or bfloat16", param="precision")
+    if backend.name not in have or not has_dtype(backend.xp, name):
+        raise ConfigError(f"{name} is not available on backend {backend.name!r}: use one of {', '.join(have)}",
+                          param="precision")
+    return getattr(backend.xp, name)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ def fast_path(name: str, like: Any) -> Callable[..., Any] | None:
     """The fused kernel `name` for arrays like `like`, or None where there is none (or fast paths are off)."""
     if not fused_enabled() or not compat.is_cupy_array(like) or _on_rocm():
         return None
+    if like.dtype.kind == "f" and like.dtype.itemsize < 4:  # float16 (mixed precision): no kernel, the reference
+        return None
     return _CUPY.get(name)
 
 

@@ -26,8 +26,12 @@ def index_add(target: Any, index: Any, values: Any) -> None:
 
     target: (N, C), index: (M,) integer, values: (M, C). Uses each library's true scatter-add (``np.add.at``,
     ``cupyx.scatter_add``, ``torch.Tensor.index_add_``); other namespaces get the one-hot matmul.
-    Note ``xpx.at(target, index).add(values)`` is not used: it does not accumulate duplicates.
+    Note ``xpx.at(target, index).add(values)`` is not used: it does not accumulate duplicates. Values of another
+    dtype (a float16 gradient into a float32 buffer, under mixed precision) are cast first: torch's ``index_add_``
+    refuses mixed dtypes.
     """
+    if values.dtype != target.dtype:
+        values = compat.array_namespace(target).astype(values, target.dtype)
     if compat.is_numpy_array(target):
         import numpy as np
 

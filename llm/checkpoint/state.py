@@ -50,6 +50,7 @@ class SavedTraining:
     counters: dict[str, int]  # Adam's {"t", "calls", "skipped"}
     moments: dict[str, dict[str, Any]]  # {"m": {name: device array}, "v": {...}}
     fingerprints: dict | None  # corpora {phase: {"sha256", "examples"}} or the text's {"sha256", "chars"}
+    loss_scale: dict | None = None  # fp16's {"scale", "good_steps", "overflows", ...}; None when saved without
 
     def optimizer_state(self) -> dict[str, Any]:
         """What :meth:`llm.Adam.load_state_dict` takes."""
@@ -61,6 +62,9 @@ class SavedTraining:
         engine.optimizer.load_state_dict(self.optimizer_state())
         engine.optimizer.load_counters(self.counters)
         engine.optimizer_calls = self.counters["calls"]
+        scaler = getattr(engine.step_fn, "loss_scale", None)
+        if scaler is not None and self.loss_scale is not None:  # else a new fp16 run's scale starts afresh
+            scaler.load_state_dict(self.loss_scale)
 
 
 # -- writing ---------------------------------------------------------------------------------------------------------
@@ -83,6 +87,10 @@ def serialize_training(model: Any, trainer: Any, params: dict[str, np.ndarray]) 
             moments[f"{key}.{pname}"] = np.ascontiguousarray(be.to_numpy(arr))
     counters = opt.counters()
     training = {**record, "optimizer_t": counters["t"], "optimizer": counters}
+    scaler = getattr(getattr(trainer, "engine", None), "step_fn", None)
+    scaler = getattr(scaler, "loss_scale", None)
+    if scaler is not None:  # fp16: the dynamic loss scale and its counters
+        training["loss_scale"] = scaler.state_dict()
     return {OPTIMIZER_FILE: safetensors.numpy.save(moments, metadata={"format": "arraygpt"}),
             TRAINING_FILE: _json_bytes(training)}
 
@@ -119,12 +127,12 @@ def read_state(path: Path, expected: dict[str, tuple[int, ...]], model: Any, rea
                               f"incomplete: {_RESAVE}, or delete {present.name} to keep only the model")
     if not has_train:
         return read_legacy_text_state(path, model) if (path / LEGACY_TEXT_STATE).exists() else None
-    trainer, settings, seed, state, counters, fingerprints = _read_training(train_path, reads)
+    trainer, settings, seed, state, counters, fingerprints, loss_scale = _read_training(train_path, reads)
     host = _read_tensors(opt_path, {f"{k}.{n}": s for k in ("m", "v") for n, s in expected.items()},
                          "optimizer tensor", reads)
     be = model.backend
     moments = {k: {n: be.asarray(host[f"{k}.{n}"]) for n in expected} for k in ("m", "v")}
-    return SavedTraining(trainer, settings, seed, state, counters, moments, fingerprints)
+    return SavedTraining(trainer, settings, seed, state, counters, moments, fingerprints, loss_scale)
 
 
 def _read_training(path: Path, reads: dict[str, bytes] | None = None) -> tuple:
@@ -148,9 +156,23 @@ def _read_training(path: Path, reads: dict[str, bytes] | None = None) -> tuple:
         counters = _read_counters(raw)
         state = _read_train_state(raw["state"], trainer, settings)
         fingerprints = _read_fingerprints(trainer, raw.get(SOURCE_KEY[trainer]))
-    except (TypeError, ValueError, KeyError) as exc:
+        loss_scale = _read_loss_scale(raw.get("loss_scale"))
+    except (TypeError, ValueError, KeyError, ConfigError) as exc:
         raise CheckpointError(f"{path}: invalid training state ({_one_line(exc)}); {_RESAVE}") from None
-    return trainer, settings, seed, state, counters, fingerprints
+    return trainer, settings, seed, state, counters, fingerprints, loss_scale
+
+
+def _read_loss_scale(raw: Any) -> dict | None:
+    # absent (fp32 / bf16 runs, and checkpoints older than mixed precision) -> None
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TypeError("loss_scale must be an object {scale, good_steps, overflows}")
+    scale = checks.positive_number(raw.get("scale"), "scale")
+    if not math.isfinite(scale):
+        raise ValueError(f"loss_scale.scale must be finite, got {scale!r}")
+    return {"scale": scale, "good_steps": checks.nonnegative_int(raw.get("good_steps"), "good_steps"),
+            "overflows": checks.nonnegative_int(raw.get("overflows"), "overflows")}
 
 
 def _read_settings(trainer: str, raw: Any) -> Any:

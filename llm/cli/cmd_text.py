@@ -104,7 +104,8 @@ def _step(args: argparse.Namespace, session: Session, model: Any, settings: Text
     from llm.training.loop import build_step
 
     return build_step(model, settings.adam(model), comm=session.comm, workers=args.workers,
-                      cuda_graphs=args.cuda_graphs, tf32=args.tf32)
+                      cuda_graphs=args.cuda_graphs, tf32=args.tf32,
+                      precision=args.precision)
 
 
 def _resumed(args: argparse.Namespace, explicit: set[str], session: Session, kwargs: dict) -> tuple:

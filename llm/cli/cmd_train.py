@@ -80,7 +80,8 @@ def build(args: argparse.Namespace, session: Session) -> TrainRun:
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
     step = build_step(model, recipe.adam(model), comm=session.comm, workers=args.workers,
-                      cuda_graphs=args.cuda_graphs, tf32=args.tf32)
+                      cuda_graphs=args.cuda_graphs, tf32=args.tf32,
+                      precision=args.precision)
     kwargs = dict(progress=not args.no_progress and session.root, log=lambda e: _log_event(session.out, e),
                   log_every=args.log_every, log_grad_norms=args.log_grad_norms, step=step,
                   stop_signals=(signal.SIGINT, signal.SIGTERM))  # SIGTERM (a scheduler's stop) as Ctrl-C

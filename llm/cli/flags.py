@@ -54,6 +54,9 @@ def add_speed(p: argparse.ArgumentParser, script: str) -> None:
                         "supported)")
     f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
     f.add_argument("--workers", type=workers_flag, default="auto", metavar="N|auto", help=WORKERS_HELP)
+    f.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="compute dtype of matmuls and activations over float32 master weights (default fp32; fp16: "
+                        "numpy, cuda, torch, with loss scaling; bf16: torch, torch:cuda)")
     f.add_argument("--distributed", action="store_true",
                    help=f"data-parallel over the ranks of an MPI job: mpiexec -n N arraygpt {script} --distributed "
                         "... (--batch-size is the global batch; rank 0 prints and saves; needs pip install -e "

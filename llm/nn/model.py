@@ -187,12 +187,14 @@ class GPT(Layer):
             return self.backend.xp.zeros((), dtype=self.backend.dtype, device=self.backend.device)
         return self.loss_and_grads_device(*batch)
 
-    def loss_and_grads_device(self, tokens: Any, targets: Any, rows: Any = None, weights: Any = None) -> Any:
+    def loss_and_grads_device(self, tokens: Any, targets: Any, rows: Any = None, weights: Any = None,
+                              grad_scale: Any = None) -> Any:
         """The device half of :meth:`loss_and_grads`, on arrays already sent (``*batch``, a DeviceBatch).
 
         tokens: (B, T) int; targets: (N,) int, one per counted row; rows: (N,) int indices into the B*T positions,
         or None when every position counts (N = B*T); weights: (N,) float summing to 1, or None for the mean.
         Returns the 0-d loss; shapes depend only on the arguments' shapes, so a backend may capture and replay it.
+        `grad_scale` (a 0-d device array, or None): the loss scale of mixed precision, multiplying every gradient.
         """
         xp = self.backend.xp
         self.flat.zero_grads()
@@ -201,7 +203,7 @@ class GPT(Layer):
             x = xp.take(x, rows, axis=0)  # (N, C) the positions that count
         logits, head = self._head_forward(x)
         del x
-        loss, dlogits = softmax_cross_entropy(logits, targets, weights)
+        loss, dlogits = softmax_cross_entropy(logits, targets, weights, grad_scale)
         del logits
         dx = self._head_backward(dlogits, head)
         del dlogits, head  # the (N, V) arrays must not live on through the trunk's backward pass

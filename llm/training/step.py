@@ -22,6 +22,7 @@ from llm import checks
 from llm.training.batch import batch_shape, prepare_batch, prepare_padded_batch, prepare_shards
 from llm.errors import ConfigError
 from llm.training.threads import DataParallel, resolve_workers
+from llm.training.precision import build_precision
 
 
 class TrainStep:
@@ -36,14 +37,26 @@ class TrainStep:
     own gradient buffer, summed before the optimizer step; "auto" picks what pays off (one per CPU, at most 4, on
     the NumPy backend; 1 on other backends). More than one worker on a GPU backend is a ConfigError. ``workers``
     is the resolved number.
+
+    ``precision``: "fp32" (the default, the float32 step as it always was), "fp16" or "bf16": matmuls and
+    activations in that dtype over float32 master weights, with dynamic loss scaling for fp16 (see
+    :mod:`llm.training.precision`; ``loss_scale`` is its state, None without one), or a ``MixedPrecision`` built for
+    the model (its growth interval, its initial scale). Needs one worker ("auto" gives 1).
     """
 
     def __init__(self, model: Any, optimizer: Any, cuda_graphs: str = "auto", tf32: bool = False,
-                 pad_multiple: int = 16, workers: int | str = 1) -> None:
+                 pad_multiple: int = 16, workers: int | str = 1, precision: Any = "fp32") -> None:
         if optimizer.flat is not model.flat:
             raise ConfigError("the optimizer was built for another model: Adam(model) with this model")
         pad_multiple = checks.positive_int(pad_multiple, "pad_multiple")
         self.model, self.optimizer, self.pad_multiple = model, optimizer, pad_multiple
+        self._precision = build_precision(model, precision)
+        self.precision = precision if self._precision is None else self._precision.precision
+        if self._precision is not None:
+            workers = 1 if workers == "auto" else workers
+            if workers != 1:
+                raise ConfigError(f"precision {self.precision} runs on one worker thread; got workers={workers!r}: "
+                                  "leave workers out (or 1)", param="workers")
         self.workers = resolve_workers(model.backend, workers)
         if tf32:
             set_tf32(True)
@@ -51,14 +64,22 @@ class TrainStep:
         self._parallel = DataParallel(model, self.workers) if self.workers > 1 and not self.graphed else None
         self._graphs = None
         if self.graphed:  # what a step mutates: the parameters and every array of the optimizer's state
-            self._graphs = StepGraphs(self._device_step, [model.flat.param_buffer, *optimizer.state.arrays()])
+            self._graphs = StepGraphs(self._device_step, [model.flat.param_buffer, *optimizer.state.arrays(),
+                                                          *(self._precision.arrays() if self._precision else ())])
 
     @property
     def last_grad_norm(self) -> Any:
         return self.optimizer.last_grad_norm
 
+    @property
+    def loss_scale(self) -> Any:
+        """fp16's :class:`~llm.training.precision.LossScale`, or None (fp32, bf16)."""
+        return None if self._precision is None else self._precision.loss_scale
+
     def _device_step(self, tokens: Any, targets: Any, rows: Any, weights: Any) -> Any:
         # Everything here runs on the device and reads nothing back: the unit a CUDA graph records.
+        if self._precision is not None:
+            return self._precision.step(self.optimizer, tokens, targets, rows, weights)
         loss = self.model.loss_and_grads_device(tokens, targets, rows, weights)
         self.optimizer.step_device()
         return loss

@@ -119,6 +119,12 @@ def configure_attention(layer: Layer, mode: str = "auto", blocked_from: int | No
     return count
 
 
+def _mask_value(xp: Any, like: Any) -> float:
+    # MASK_VALUE, or half the most negative finite value of a narrower dtype (float16: -1e9 would be -inf, and
+    # 0 * -inf is NaN); still far enough below any score for exp() to give exactly 0
+    return max(MASK_VALUE, -float(xp.finfo(like.dtype).max) / 2)
+
+
 class CausalSelfAttention(Layer):
     """Multi-head attention where position t attends to positions <= t (and, optionally, only to real tokens).
 
@@ -172,9 +178,9 @@ class CausalSelfAttention(Layer):
         if bias is None:  # built once per shape: training sees only a few distinct lengths
             rows = xp.arange(T_k - T_q, T_k, device=device(like))[:, None]
             cols = xp.arange(T_k, device=device(like))[None, :]
-            bias = self._causal_cache[key] = xp.astype(cols > rows, like.dtype) * MASK_VALUE
+            bias = self._causal_cache[key] = xp.astype(cols > rows, like.dtype) * _mask_value(xp, like)
         if key_mask is not None:
-            pad = (1.0 - xp.astype(key_mask, like.dtype)) * MASK_VALUE  # (B, T_k)
+            pad = (1.0 - xp.astype(key_mask, like.dtype)) * _mask_value(xp, like)  # (B, T_k)
             bias = bias + pad[:, None, None, :]
         return bias
 

@@ -37,6 +37,11 @@ def constant(xp: Any, kind: str, shape: tuple[int, ...], value: float, like: Any
     return c
 
 
+def low_precision(xp: Any, a: Any) -> bool:
+    """Whether `a` is in a compute dtype narrower than float32 (float16, bfloat16: mixed precision's)."""
+    return a.dtype != xp.float32 and a.dtype != xp.float64
+
+
 def mean_last(x: Any) -> Any:
     """x: (..., C) -> (..., 1), the mean over the last axis. 2-D inputs cost one matmul."""
     xp = array_namespace(x)

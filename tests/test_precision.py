@@ -1,0 +1,206 @@
+"""Mixed precision (issue 18, part 3): fp16 / bf16 against float32, fp16's dynamic loss scale, its checkpoint, the
+errors for a precision a backend lacks, and the --precision flag.
+
+Tolerances, measured (seeds 0-2, the model below, 5 Adam steps at lr 1e-3; see the README's "Mixed precision"):
+fp16 loss within 8e-5 of float32 and parameter update within 3.6% (relative L2), bf16 within 4.5e-4 and 6.6%.
+The tests allow about 5x that: fp16 5e-4 and 0.1, bf16 3e-3 and 0.25.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends import get_backend, has_dtype, low_precision_dtype
+from llm import GPT, Adam, GPTConfig, TrainStep
+from llm.checkpoint import load_checkpoint, restore_trainer, save_checkpoint
+from llm.errors import ConfigError
+from llm.training import Trainer
+from llm.training.loop import build_step
+from llm.training.precision import GROWTH_INTERVAL, MixedPrecision
+from tests.conftest import require_backend
+from tests.test_checkpoint import CHAT, PRETRAIN, RECIPE, TOK
+
+CFG = GPTConfig(vocab_size=40, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=16)
+TOL = {"fp16": (5e-4, 0.1), "bf16": (3e-3, 0.25)}  # (loss, relative parameter update)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    toks = np.random.default_rng(seed).integers(0, CFG.vocab_size, (4, 16))
+    return toks, np.roll(toks, -1, axis=1)
+
+
+def _run(be, precision, seed: int, steps: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    # -> the losses of `steps` steps and the parameters' total update
+    model = GPT(CFG, be, seed=seed)
+    start = be.to_numpy(model.flat.param_buffer).copy()
+    step = TrainStep(model, Adam(model, lr=1e-3), precision=precision)
+    toks, targets = _batch(seed)
+    losses = np.array([float(step(toks, targets)) for _ in range(steps)])
+    return losses, be.to_numpy(model.flat.param_buffer) - start
+
+
+@pytest.mark.parametrize("backend,precision", [("numpy", "fp16"), ("torch", "fp16"), ("torch", "bf16")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_low_precision_trains_like_float32(backend, precision, seed):
+    be = require_backend(backend)
+    ref_loss, ref_update = _run(be, "fp32", seed)
+    loss, update = _run(be, precision, seed)
+    loss_tol, update_tol = TOL[precision]
+    assert np.abs(loss - ref_loss).max() < loss_tol
+    assert np.linalg.norm(update - ref_update) / np.linalg.norm(ref_update) < update_tol
+    assert not np.array_equal(loss, ref_loss)  # it did compute in the low precision
+    assert loss[-1] < loss[0]
+
+
+def test_fp32_is_the_plain_step():
+    be = require_backend("numpy")
+    explicit = _run(be, "fp32", 0)
+    model = GPT(CFG, be, seed=0)
+    start = np.array(model.flat.param_buffer, copy=True)
+    step = TrainStep(model, Adam(model, lr=1e-3))  # no precision given
+    toks, targets = _batch(0)
+    losses = np.array([float(step(toks, targets)) for _ in range(5)])
+    assert step.precision == "fp32" and step.loss_scale is None
+    assert np.array_equal(losses, explicit[0]) and np.array_equal(model.flat.param_buffer - start, explicit[1])
+
+
+def _fp16_step(growth_interval: int = GROWTH_INTERVAL):
+    be = require_backend("numpy")
+    model = GPT(CFG, be, seed=0)
+    opt = Adam(model, lr=1e-3)
+    step = TrainStep(model, opt, precision=MixedPrecision(model, "fp16", growth_interval=growth_interval))
+    return model, opt, step
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0 in the skipped Adam step
+def test_an_overflow_skips_the_step_and_halves_the_scale():
+    model, opt, step = _fp16_step()
+    toks, targets = _batch(0)
+    step(toks, targets)  # one clean step first: moments are non-zero
+    before = [np.array(b, copy=True) for b in (model.flat.param_buffer, opt.state.m, opt.state.v)]
+    real = model.loss_and_grads_device
+
+    def poisoned(*args, **kwargs):  # an inf in the gradients, as an fp16 overflow leaves it
+        loss = real(*args, **kwargs)
+        model.flat.grad_buffer[3] = np.inf
+        return loss
+    model.loss_and_grads_device = poisoned
+    loss = step(toks, targets)
+    assert np.isfinite(float(loss))
+    for saved, now in zip(before, (model.flat.param_buffer, opt.state.m, opt.state.v)):
+        assert np.array_equal(saved, now)
+    assert opt.counters() == {"t": 1, "calls": 2, "skipped": 1}  # Adam's t counts the steps taken
+    assert float(opt.first_skipped) == -1.0  # an overflow is not the divergence the training loop reports
+    assert step.loss_scale.state_dict() == {"scale": 2.0 ** 15, "good_steps": 0, "overflows": 1,
+                                            "growth_interval": GROWTH_INTERVAL}
+    model.loss_and_grads_device = real
+    step(toks, targets)
+    assert opt.counters()["t"] == 2 and step.loss_scale.state_dict()["good_steps"] == 1
+
+
+def test_the_scale_doubles_after_n_clean_steps():
+    model, opt, step = _fp16_step(growth_interval=3)
+    toks, targets = _batch(1)
+    scales = []
+    for _ in range(7):
+        step(toks, targets)
+        scales.append(step.loss_scale.state_dict()["scale"])
+    s = 2.0 ** 16
+    assert scales == [s, s, 2 * s, 2 * s, 2 * s, 4 * s, 4 * s]
+    assert opt.counters() == {"t": 7, "calls": 7, "skipped": 0}
+
+
+def test_bf16_has_no_loss_scale():
+    be = require_backend("torch")
+    model = GPT(CFG, be, seed=0)
+    step = TrainStep(model, Adam(model), precision="bf16")
+    assert step.loss_scale is None and step.precision == "bf16"
+
+
+def test_a_checkpoint_keeps_the_loss_scale(tmp_path):
+    be = require_backend("numpy")
+    model = GPT(GPTConfig(**{**vars(CFG), "vocab_size": TOK.vocab_size, "max_seq_len": 40}), be, seed=1)
+    step = build_step(model, RECIPE.adam(model), workers=1, precision="fp16")
+    trainer = Trainer(model, TOK, PRETRAIN, CHAT, RECIPE, seed=0, progress=False, step=step)
+    trainer.train()
+    step.loss_scale.load_state_dict({"scale": 1024.0, "good_steps": 17, "overflows": 3})
+    save_checkpoint(tmp_path / "ck", model, TOK, trainer)
+    saved = json.loads((tmp_path / "ck" / "training.json").read_text())["loss_scale"]
+    assert saved == {"scale": 1024.0, "good_steps": 17, "overflows": 3, "growth_interval": GROWTH_INTERVAL}
+    ck = load_checkpoint(tmp_path / "ck", be)
+    resumed = restore_trainer(ck, PRETRAIN, CHAT, progress=False,
+                              step=build_step(ck.model, RECIPE.adam(ck.model), workers=1, precision="fp16"))
+    assert resumed.step_fn.loss_scale.state_dict()["scale"] == 1024.0
+    assert resumed.step_fn.loss_scale.state_dict()["good_steps"] == 17
+    plain = restore_trainer(load_checkpoint(tmp_path / "ck", be), PRETRAIN, CHAT, progress=False)  # fp32 resumes
+    assert plain.step_fn.loss_scale is None
+
+
+@pytest.mark.parametrize("backend,precision,names", [
+    ("strict", "fp16", "numpy, cupy, torch, torch:cuda"),
+    ("strict", "bf16", "torch, torch:cuda"),
+    ("numpy", "bf16", "torch, torch:cuda"),
+])
+def test_a_backend_without_the_dtype_says_which_have_it(backend, precision, names):
+    be = require_backend(backend)
+    model = GPT(CFG, be, seed=0)
+    with pytest.raises(ConfigError) as info:
+        TrainStep(model, Adam(model), precision=precision)
+    assert names in str(info.value) and "\n" not in str(info.value) and info.value.param == "precision"
+
+
+def test_the_dtype_helpers():
+    assert not has_dtype(require_backend("strict").xp, "float16")  # the standard has no float16
+    assert has_dtype(get_backend("numpy").xp, "float16") and not has_dtype(get_backend("numpy").xp, "bfloat16")
+    assert low_precision_dtype(get_backend("numpy"), "float16") == np.float16
+    with pytest.raises(ConfigError, match="float16 or bfloat16"):
+        low_precision_dtype(get_backend("numpy"), "float8")
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"precision": "half"}, "fp32, fp16, bf16"),
+    ({"precision": "fp16", "workers": 2}, "one worker"),
+])
+def test_bad_settings_are_config_errors(kwargs, words):
+    be = require_backend("numpy")
+    model = GPT(CFG, be, seed=0)
+    with pytest.raises(ConfigError, match=words):
+        TrainStep(model, Adam(model), **kwargs)
+
+
+def test_float64_masters_are_refused():
+    be = require_backend("numpy", "float64")
+    model = GPT(CFG, be, seed=0)
+    with pytest.raises(ConfigError, match="float32"):
+        TrainStep(model, Adam(model), precision="fp16")
+
+
+def _text_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    cmd = [sys.executable, "-m", "llm", "text", "--text", str(text), "--max-seq-len", "16", "--d-model", "16",
+           "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--batch-size", "4", "--steps", "6",
+           "--sample-chars", "0", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, encoding="utf-8")
+
+
+def test_the_precision_flag(tmp_path):
+    ok = _text_cli(tmp_path, "--precision", "fp16")
+    assert ok.returncode == 0, ok.stderr
+    bad = _text_cli(tmp_path, "--precision", "bf16")  # --device cpu: NumPy has no bfloat16
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "bfloat16" in bad.stderr and "torch" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "text"])
+def test_both_training_commands_have_the_flag(command):
+    out = subprocess.run([sys.executable, "-m", "llm", command, "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, encoding="utf-8")
+    assert out.returncode == 0 and "--precision {fp32,fp16,bf16}" in out.stdout
