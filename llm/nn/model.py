@@ -22,15 +22,21 @@ from llm.nn.batch_checks import batch_shape, check_ids, prepare_batch
 
 
 class TrunkCache(NamedTuple):
-    """The embeddings' and every block's caches (in order), for the trunk's backward pass.
-
-    With recomputation (``recompute=True``) `blocks` holds only the last block's cache and `inputs` the inputs
-    (B*T, C) of the blocks before it, whose forward passes the backward pass runs again; `T` is the length."""
+    """The embeddings' and every block's caches (in order), for the trunk's backward pass."""
 
     embed: EmbeddingCache
     blocks: list[BlockCache]
-    inputs: list | None = None
-    T: int = 0
+
+
+class RecomputedTrunk(NamedTuple):
+    """The trunk's forward pass with recomputation (``recompute=True``): the embeddings' cache, the last block's
+    cache (`blocks`, a list of one) and the inputs (B*T, C) of the blocks before it, whose forward passes the
+    backward pass runs again; `T` is the sequence length."""
+
+    embed: EmbeddingCache
+    blocks: list[BlockCache]
+    inputs: list
+    T: int
 
 
 class HeadCache(NamedTuple):
@@ -140,7 +146,7 @@ class GPT(Layer):
 
     # The two halves of the network: embeddings + blocks ("trunk"), then final norm + output projection ("head").
     # The residual stream is 2-D, (B*T, C): every GEMM is one 2-D GEMM and no layer reshapes it.
-    def _trunk_forward(self, tokens: Any, key_mask: Any = None, recompute: bool = False) -> tuple[Any, TrunkCache]:
+    def _trunk_forward(self, tokens: Any, key_mask: Any = None, recompute: bool = False) -> tuple[Any, Any]:
         # tokens: (B, T) -> x: (B*T, C), cache. recompute: keep each block's input, not its cache (but the last's)
         T = tokens.shape[1]
         x, c_embed = self.embed.forward(tokens)
@@ -152,11 +158,11 @@ class GPT(Layer):
                 continue
             x, c = block.forward(x, T, key_mask)
             caches.append(c)
-        return x, TrunkCache(c_embed, caches, inputs, T)
+        return x, (RecomputedTrunk(c_embed, caches, inputs, T) if recompute else TrunkCache(c_embed, caches))
 
-    def _trunk_backward(self, dx: Any, cache: TrunkCache) -> None:
+    def _trunk_backward(self, dx: Any, cache: TrunkCache | RecomputedTrunk) -> None:
         # dx: (B*T, C)
-        caches, inputs = cache.blocks, cache.inputs
+        caches, inputs = cache.blocks, getattr(cache, "inputs", None)
         recomputed = 0 if inputs is None else len(inputs)  # blocks 0 .. recomputed-1 kept only their input
         for i in reversed(range(len(self.blocks))):
             # pop: a block's activations are freed as soon as its backward is done (a cache is used once)
