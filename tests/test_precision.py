@@ -204,3 +204,44 @@ def test_both_training_commands_have_the_flag(command):
     out = subprocess.run([sys.executable, "-m", "llm", command, "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, encoding="utf-8")
     assert out.returncode == 0 and "--precision {fp32,fp16,bf16}" in out.stdout
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision_composes_with_micro_batches_and_recompute(precision):
+    # Every slice runs on the low-precision weights and the loss scale moves once per step, not once per slice;
+    # recomputation repeats the same low-precision operations, so it changes nothing at all.
+    be = require_backend("torch")
+    toks, targets = _batch(0)
+    mask = np.ones(toks.shape, dtype=bool)
+    mask[3, 5:] = False
+
+    def run(**kw):
+        model = GPT(CFG, be, seed=0)
+        step = TrainStep(model, Adam(model, lr=1e-3), precision=precision, **kw)
+        losses = [float(step(toks, targets, mask)) for _ in range(3)]
+        scale = step.loss_scale
+        return np.array(losses), be.to_numpy(model.flat.param_buffer), scale
+
+    whole, p_whole, _ = run()
+    micro, p_micro, scale = run(micro_batch=1)
+    redo, p_redo, _ = run(recompute=True)
+    ref, p_ref, _ = _run_params(be, toks, targets, mask)
+    loss_tol, update_tol = TOL[precision]
+    assert np.abs(micro - whole).max() < loss_tol and np.abs(micro - ref).max() < loss_tol
+    assert np.linalg.norm(p_micro - p_ref) / np.linalg.norm(p_ref - _initial(be)) < update_tol
+    np.testing.assert_array_equal(redo, whole)
+    np.testing.assert_array_equal(p_redo, p_whole)
+    if precision == "fp16":  # three clean steps of four slices each: the scale counted steps, not slices
+        state = scale.state_dict()
+        assert state["overflows"] == 0 and state["good_steps"] == 3
+
+
+def _initial(be) -> np.ndarray:
+    return be.to_numpy(GPT(CFG, be, seed=0).flat.param_buffer)
+
+
+def _run_params(be, toks, targets, mask):
+    model = GPT(CFG, be, seed=0)
+    step = TrainStep(model, Adam(model, lr=1e-3))
+    losses = [float(step(toks, targets, mask)) for _ in range(3)]
+    return np.array(losses), be.to_numpy(model.flat.param_buffer), None

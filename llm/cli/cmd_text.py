@@ -104,8 +104,8 @@ def _step(args: argparse.Namespace, session: Session, model: Any, settings: Text
     from llm.training.loop import build_step
 
     return build_step(model, settings.adam(model), comm=session.comm, workers=args.workers,
-                      cuda_graphs=args.cuda_graphs, tf32=args.tf32,
-                      precision=args.precision)
+                      cuda_graphs=args.cuda_graphs, tf32=args.tf32, micro_batch=args.micro_batch,
+                      recompute=args.recompute, precision=args.precision)
 
 
 def _resumed(args: argparse.Namespace, explicit: set[str], session: Session, kwargs: dict) -> tuple:
@@ -146,7 +146,8 @@ def _new_run(args: argparse.Namespace, session: Session, kwargs: dict) -> tuple:
         text = read_text(args.text, settings.max_chars)
         tok = new_tokenizer(args, text, settings.val_fraction)
     config = GPTConfig(vocab_size=tok.vocab_size, **size)
-    check_memory(config, settings.batch_size, config.max_seq_len, backend.dtype_name, args.device, MEMORY_HINT,
+    batch = min(settings.batch_size, args.micro_batch or settings.batch_size)  # the sequences of one pass
+    check_memory(config, batch, config.max_seq_len, backend.dtype_name, args.device, MEMORY_HINT,
                  "symbols")  # before the model is allocated
     if corpus is None:
         corpus = text_corpus(args.text, text, tok, settings.val_fraction, config.max_seq_len)

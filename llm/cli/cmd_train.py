@@ -80,8 +80,8 @@ def build(args: argparse.Namespace, session: Session) -> TrainRun:
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
     step = build_step(model, recipe.adam(model), comm=session.comm, workers=args.workers,
-                      cuda_graphs=args.cuda_graphs, tf32=args.tf32,
-                      precision=args.precision)
+                      cuda_graphs=args.cuda_graphs, tf32=args.tf32, micro_batch=args.micro_batch,
+                      recompute=args.recompute, precision=args.precision)
     kwargs = dict(progress=not args.no_progress and session.root, log=lambda e: _log_event(session.out, e),
                   log_every=args.log_every, log_grad_norms=args.log_grad_norms, step=step,
                   stop_signals=(signal.SIGINT, signal.SIGTERM))  # SIGTERM (a scheduler's stop) as Ctrl-C
@@ -132,7 +132,8 @@ def _new_model(args: argparse.Namespace, backend: Any, texts: list[str]) -> tupl
     config = GPTConfig(vocab_size=tok.vocab_size, **size, pos_encoding=args.pos_encoding or "learned")
     recipe = recipe_from_args(args, RECIPES[args.recipe or "default"])
     longest = max((len(tok.encode(t)) for t in texts), default=1) - 1
-    check_memory(config, min(recipe.batch_size, len(texts)), max(1, min(config.max_seq_len, longest)),
+    batch = min(recipe.batch_size, len(texts), args.micro_batch or recipe.batch_size)  # one pass's sequences
+    check_memory(config, batch, max(1, min(config.max_seq_len, longest)),
                  backend.dtype_name, args.device, VOCAB_HINT, "words")  # before the model is allocated
     return GPT(config, backend, seed=seed), tok, recipe, seed
 

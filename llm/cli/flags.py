@@ -47,13 +47,21 @@ def add_checkpoints(p: argparse.ArgumentParser, when: str) -> argparse._Argument
 
 
 def add_speed(p: argparse.ArgumentParser, script: str) -> None:
-    """The speed flags (--cuda-graphs, --tf32, --workers, ...); `script` names the command in their help."""
+    """The speed and memory flags (--cuda-graphs, --tf32, --workers, --micro-batch, --recompute, ...); `script`
+    names the command in their help."""
     f = p.add_argument_group("speed")
     f.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
                         "supported)")
     f.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on GPUs (faster, ~3 decimal digits)")
     f.add_argument("--workers", type=workers_flag, default="auto", metavar="N|auto", help=WORKERS_HELP)
+    f.add_argument("--micro-batch", type=positive_int, metavar="M",
+                   help="run each batch as slices of M sequences, their gradients summed before one update: the "
+                        "same step with the activation memory of M sequences (with --workers: M per worker; with "
+                        "--distributed: per rank). Default: the whole batch at once")
+    f.add_argument("--recompute", action="store_true",
+                   help="keep only each block's input in the forward pass and recompute the block in the backward "
+                        "pass: less activation memory, one more forward pass of the blocks per step")
     f.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="compute dtype of matmuls and activations over float32 master weights (default fp32; fp16: "
                         "numpy, cuda, torch, with loss scaling; bf16: torch, torch:cuda)")

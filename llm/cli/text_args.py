@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from llm.training.text_run import TextRun
 
 SAMPLE_PROMPT_CHARS = 16  # the sample continues the text's first 16 characters
-MEMORY_HINT = "choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len) or a smaller --batch-size"
+MEMORY_HINT = ("choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len), a smaller --batch-size, or "
+               "--micro-batch M to run each batch M sequences at a time")
 
 # The flags that define a run: saved in the checkpoint and kept by --resume (defaults here, not in argparse, so
 # that a flag given explicitly can be told from a default).

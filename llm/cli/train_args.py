@@ -17,7 +17,8 @@ from llm.training.schedule import RECIPES
 MODEL_SIZE = {"d_model": 128, "n_heads": 8, "n_layers": 3, "d_ff": 256, "max_seq_len": 80}  # the defaults
 RECIPE_FLAGS = ("pretrain_epochs", "chat_epochs", "batch_size", "lr_pretrain", "lr_chat", "warmup_steps", "loss_on",
                 "clip_norm", "weight_decay", "pretrain_steps", "chat_steps", "schedule", "min_lr", "val_fraction")
-MEMORY_HINT = "choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len) or a smaller --batch-size"
+MEMORY_HINT = ("choose a smaller model (--d-model, --d-ff, --n-layers, --max-seq-len), a smaller --batch-size, or "
+               "--micro-batch M to run each batch M sequences at a time")
 VOCAB_HINT = ("use a smaller vocabulary (--max-vocab N keeps the N most frequent words), a smaller --batch-size, or "
               "a smaller model (--d-model, --n-layers, --max-seq-len)")
 FLAGS = {"pretrain_texts": "--pretrain-data", "chat_texts": "--chat-data"}  # library parameter -> flag, where they differ

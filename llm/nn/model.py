@@ -28,6 +28,17 @@ class TrunkCache(NamedTuple):
     blocks: list[BlockCache]
 
 
+class RecomputedTrunk(NamedTuple):
+    """The trunk's forward pass with recomputation (``recompute=True``): the embeddings' cache, the last block's
+    cache (`blocks`, a list of one) and the inputs (B*T, C) of the blocks before it, whose forward passes the
+    backward pass runs again; `T` is the sequence length."""
+
+    embed: EmbeddingCache
+    blocks: list[BlockCache]
+    inputs: list
+    T: int
+
+
 class HeadCache(NamedTuple):
     """The final layer norm's cache (None for post-LN, which has none) and the output projection's input."""
 
@@ -137,22 +148,30 @@ class GPT(Layer):
 
     # The two halves of the network: embeddings + blocks ("trunk"), then final norm + output projection ("head").
     # The residual stream is 2-D, (B*T, C): every GEMM is one 2-D GEMM and no layer reshapes it.
-    def _trunk_forward(self, tokens: Any, key_mask: Any = None) -> tuple[Any, TrunkCache]:
-        # tokens: (B, T) -> x: (B*T, C), cache
+    def _trunk_forward(self, tokens: Any, key_mask: Any = None, recompute: bool = False) -> tuple[Any, Any]:
+        # tokens: (B, T) -> x: (B*T, C), cache. recompute: keep each block's input, not its cache (but the last's)
         T = tokens.shape[1]
         x, c_embed = self.embed.forward(tokens)
-        caches = []
-        for block in self.blocks:
+        caches, inputs = [], [] if recompute else None
+        for i, block in enumerate(self.blocks):
+            if recompute and i < len(self.blocks) - 1:
+                inputs.append(x)
+                x = block.forward(x, T, key_mask)[0]  # its cache is freed here; backward recomputes it
+                continue
             x, c = block.forward(x, T, key_mask)
             caches.append(c)
-        return x, TrunkCache(c_embed, caches)
+        return x, (RecomputedTrunk(c_embed, caches, inputs, T) if recompute else TrunkCache(c_embed, caches))
 
-    def _trunk_backward(self, dx: Any, cache: TrunkCache) -> None:
+    def _trunk_backward(self, dx: Any, cache: TrunkCache | RecomputedTrunk) -> None:
         # dx: (B*T, C)
-        caches = cache.blocks
-        for block in reversed(self.blocks):
+        caches, inputs = cache.blocks, getattr(cache, "inputs", None)
+        recomputed = 0 if inputs is None else len(inputs)  # blocks 0 .. recomputed-1 kept only their input
+        for i in reversed(range(len(self.blocks))):
             # pop: a block's activations are freed as soon as its backward is done (a cache is used once)
-            dx = block.backward(dx, caches.pop())
+            if i < recomputed:
+                dx = self.blocks[i].backward_recompute(dx, inputs.pop(), cache.T)
+            else:
+                dx = self.blocks[i].backward(dx, caches.pop())
         self.embed.backward(dx, cache.embed)
 
     def _head_forward(self, x: Any) -> tuple[Any, HeadCache]:
@@ -188,17 +207,22 @@ class GPT(Layer):
         return self.loss_and_grads_device(*batch)
 
     def loss_and_grads_device(self, tokens: Any, targets: Any, rows: Any = None, weights: Any = None,
-                              grad_scale: Any = None) -> Any:
+                              grad_scale: Any = None, *, accumulate: bool = False, recompute: bool = False) -> Any:
         """The device half of :meth:`loss_and_grads`, on arrays already sent (``*batch``, a DeviceBatch).
 
         tokens: (B, T) int; targets: (N,) int, one per counted row; rows: (N,) int indices into the B*T positions,
         or None when every position counts (N = B*T); weights: (N,) float summing to 1, or None for the mean.
         Returns the 0-d loss; shapes depend only on the arguments' shapes, so a backend may capture and replay it.
         `grad_scale` (a 0-d device array, or None): the loss scale of mixed precision, multiplying every gradient.
+        ``accumulate=True`` adds this batch's gradients into ``grads`` instead of zeroing them first (micro-batches:
+        weights then sum to this slice's share of the whole batch). ``recompute=True`` keeps only each block's
+        input during the forward pass and runs the block's forward again in the backward pass (activation
+        recomputation: less memory, one more forward pass of the trunk; the same gradients, bit for bit).
         """
         xp = self.backend.xp
-        self.flat.zero_grads()
-        x, trunk = self._trunk_forward(tokens)
+        if not accumulate:
+            self.flat.zero_grads()
+        x, trunk = self._trunk_forward(tokens, recompute=recompute)
         if rows is not None:
             x = xp.take(x, rows, axis=0)  # (N, C) the positions that count
         logits, head = self._head_forward(x)

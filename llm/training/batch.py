@@ -31,13 +31,14 @@ class ShardedBatch(NamedTuple):
 
 
 def prepare_padded_batch(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any,
-                         shape: tuple[int, int]) -> DeviceBatch:
+                         shape: tuple[int, int], count: int | None = None) -> DeviceBatch:
     """Like :func:`prepare_batch`, laid out for a captured step of fixed `shape` (B_pad, T_pad).
 
     Every position is kept (rows is None) and the mask becomes per-position weights summing to 1, so batches of any
     size and mask reuse one shape. Padded positions hold token 0 and weight 0: they change nothing, since padding
     is on the right and attention is causal. -> DeviceBatch(tokens (B_pad, T_pad), targets (B_pad*T_pad,), None,
-    weights (B_pad*T_pad,)).
+    weights (B_pad*T_pad,)). `count` (a micro-batch of a larger batch): the positions that count in the whole
+    batch, so that the weights are ``1 / count`` and the micro-batches' weights together sum to 1.
     """
     tok = check_ids(backend, tokens, config, "tokens")
     if not isinstance(tok, np.ndarray):
@@ -55,10 +56,29 @@ def prepare_padded_batch(backend: Any, config: Any, tokens: Any, targets: Any, m
     w = np.zeros((Bp, Tp), dtype=np.float64)
     t_pad[:B, :T] = tok
     y_pad[:B, :T] = tgt
-    w[:B, :T] = m / max(int(m.sum()), 1)
+    w[:B, :T] = m / (max(int(m.sum()), 1) if count is None else count)
     xp = backend.xp
     return DeviceBatch(backend.asarray(t_pad, dtype=xp.int64), backend.asarray(y_pad.reshape(-1), dtype=xp.int64),
                        None, backend.asarray(w.reshape(-1)))
+
+
+def prepare_padded_micro_batches(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any, micro_batch: int,
+                                 shape_of: Any) -> list[DeviceBatch]:
+    """A (B, T) batch cut into slices of `micro_batch` sequences (the last may hold fewer), each laid out by
+    :func:`prepare_padded_batch` for the captured shape ``shape_of(b, T)``, every counted position weighted
+    ``1 / count`` of the whole batch (so the slices' weights sum to 1). Every sequence is kept: shapes stay fixed."""
+    tok = check_ids(backend, tokens, config, "tokens")
+    if not isinstance(tok, np.ndarray):
+        tok = backend.to_numpy(tok)
+    B, T = tok.shape
+    m = np.ones((B, T), dtype=bool) if mask is None else check_mask(backend, mask, (B, T))
+    tgt = _as_ids(targets if is_host(targets) else backend.to_numpy(targets), "targets")
+    if tgt.shape != (B, T):
+        raise ConfigError(f"targets has shape {tgt.shape}, expected {(B, T)} like the tokens")
+    count = max(int(m.sum()), 1)
+    return [prepare_padded_batch(backend, config, tok[lo:lo + micro_batch], tgt[lo:lo + micro_batch],
+                                 m[lo:lo + micro_batch], shape_of(min(micro_batch, B - lo), T), count=count)
+            for lo in range(0, B, micro_batch)]
 
 
 def shard_bounds(batch: int, index: int, n: int) -> tuple[int, int]:
@@ -119,6 +139,33 @@ def host_shards(backend: Any, config: Any, tokens: Any, targets: Any, mask: Any,
         weights = np.full(y_s.shape[0], 1.0 / count)  # float64 here; the backend's dtype once sent
         shards.append(HostShard(np.ascontiguousarray(t_s), y_s, rows, weights))
     return ShardedBatch(shards, count)
+
+
+def split_shard(shard: HostShard, micro_batch: int | None) -> list[HostShard]:
+    """A host shard cut into micro-batches of `micro_batch` sequences (the last may hold fewer), in order; the
+    shard itself (a list of one) when it holds no more than that, or `micro_batch` is None.
+
+    Each keeps the shard's per-position weights (``1 / count`` of the whole batch), so the micro-batches' losses
+    and gradients sum to the shard's. The rows of a micro-batch are renumbered from its first sequence (None when
+    all of its positions count); every sequence of a shard counts somewhere, so no micro-batch is empty.
+    """
+    b, T = shard.tokens.shape
+    if micro_batch is None or b <= micro_batch:
+        return [shard]
+    out = []
+    for lo in range(0, b, micro_batch):
+        hi = min(b, lo + micro_batch)
+        if shard.rows is None:
+            a, z = lo * T, hi * T
+            rows = None
+        else:
+            a, z = (int(i) for i in np.searchsorted(shard.rows, [lo * T, hi * T]))  # rows are sorted
+            rows = shard.rows[a:z] - lo * T
+            if rows.shape[0] == (hi - lo) * T:
+                rows = None
+        out.append(HostShard(np.ascontiguousarray(shard.tokens[lo:hi]), shard.targets[a:z], rows,
+                             shard.weights[a:z]))
+    return out
 
 
 def send_shard(backend: Any, shard: HostShard) -> DeviceBatch:

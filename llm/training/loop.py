@@ -97,9 +97,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def build_step(model: Any, optimizer: Any, *, comm: Any = None, workers: int | str = "auto",
-               cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16, precision: str = "fp32") -> Any:
+               cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16, micro_batch: int | None = None,
+               recompute: bool = False, precision: str = "fp32") -> Any:
     """The step a run takes: :class:`~llm.training.step.TrainStep`, or with `comm` (a communicator of
-    :mod:`backends.comm`) a :class:`~llm.training.ranks.DistributedStep` over its ranks, one thread each."""
+    :mod:`backends.comm`) a :class:`~llm.training.ranks.DistributedStep` over its ranks, one thread each.
+    `micro_batch` and `recompute` go to either (gradient accumulation, activation recomputation)."""
     if comm is not None:
         if workers not in ("auto", 1):
             raise ConfigError(f"workers={workers!r} splits a batch across threads, but a distributed run steps each "
@@ -109,11 +111,11 @@ def build_step(model: Any, optimizer: Any, *, comm: Any = None, workers: int | s
                               "(fp32)", param="precision")
         from llm.training.ranks import DistributedStep
 
-        return DistributedStep(model, optimizer, comm)
+        return DistributedStep(model, optimizer, comm, micro_batch=micro_batch, recompute=recompute)
     from llm.training.step import TrainStep
 
     return TrainStep(model, optimizer, cuda_graphs=cuda_graphs, tf32=tf32, pad_multiple=pad_multiple,
-                     workers=workers, precision=precision)
+                     workers=workers, micro_batch=micro_batch, recompute=recompute, precision=precision)
 
 
 class Engine:

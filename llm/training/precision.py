@@ -22,7 +22,7 @@ One step (:meth:`MixedPrecision.step`), all on the device, nothing read back:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from llm import checks
 from llm.errors import ConfigError
@@ -115,14 +115,17 @@ class MixedPrecision:
         for params, key, shadow, master in self._slots:
             params[key] = shadow if low else master
 
-    def step(self, optimizer: Any, tokens: Any, targets: Any, rows: Any, weights: Any) -> Any:
-        """Forward and backward in the low precision, then Adam on the float32 masters; -> the 0-d float32 loss."""
+    def step(self, optimizer: Any, forward_backward: Callable[[Any], Any]) -> Any:
+        """Forward and backward in the low precision, then Adam on the float32 masters; -> the 0-d float32 loss.
+
+        ``forward_backward(grad_scale)`` fills the gradient buffer and returns the loss: one batch's passes, or
+        every micro-batch's (:mod:`llm.training.accumulate`), all on the low-precision weights.
+        """
         model, flat, ls = self.model, self.model.flat, self.loss_scale
         self.shadow[...] = flat.param_buffer  # the one cast a step
         self._bind(True)
         try:
-            loss = model.loss_and_grads_device(tokens, targets, rows, weights,
-                                               None if ls is None else ls.scale)
+            loss = forward_backward(None if ls is None else ls.scale)
         finally:
             self._bind(False)
         if ls is None:

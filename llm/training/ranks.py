@@ -29,7 +29,9 @@ import numpy as np
 
 from backends.comm import fingerprint
 
-from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (shard_bounds: re-exported)
+from llm import checks
+from llm.training.accumulate import accumulate, send_split
+from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (re-exported)
 from llm.errors import ConfigError
 
 __all__ = ["DistributedStep", "shard_bounds", "run_fingerprints", "check_run", "fingerprint"]
@@ -47,12 +49,18 @@ class DistributedStep:
     `tokens`, `targets` (B, T) and `mask` (B, T) bool are the global batch, on the host, identical on every rank;
     the loss returned is the global batch's (the same on every rank). ``last_grad_norm`` is the norm of the summed
     gradient before clipping (a device scalar), as TrainStep's. CUDA graphs are not used here.
+
+    ``micro_batch`` and ``recompute`` as TrainStep's: each rank cuts its own shard into micro-batches of M
+    sequences (M is what one rank's forward pass holds) and sums them before the one all-reduce.
     """
 
-    def __init__(self, model: Any, optimizer: Any, comm: Any) -> None:
+    def __init__(self, model: Any, optimizer: Any, comm: Any, micro_batch: int | None = None,
+                 recompute: bool = False) -> None:
         if optimizer.flat is not model.flat:
             raise ConfigError("the optimizer was built for another model: Adam(model) with this model")
         self.model, self.optimizer, self.comm = model, optimizer, comm
+        self.micro_batch = checks.positive_int(micro_batch, "micro_batch", allow_none=True)
+        self.recompute = checks.boolean(recompute, "recompute")
 
     @property
     def last_grad_norm(self) -> Any:
@@ -77,7 +85,8 @@ class DistributedStep:
             model.flat.zero_grads()
             loss = xp.zeros((), dtype=be.dtype, device=be.device)
         else:
-            loss = model.loss_and_grads_device(*send_shard(be, shards[comm.rank]))
+            loss = accumulate(model, send_split(be, shards[comm.rank:comm.rank + 1], self.micro_batch)[0],
+                              self.recompute)
         total = xp.asarray(xp.reshape(loss, (1,)), copy=True)  # a buffer of its own for the in-place sum
         # both reductions in flight at once, then wait: every rank posts them in this order
         pending = [comm.iallreduce_sum_(model.flat.grad_buffer), comm.iallreduce_sum_(total)]

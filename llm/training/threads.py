@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from llm import checks
+from llm.training.accumulate import accumulate
 from llm.training.batch import shard_bounds
 from llm.errors import ConfigError
 
@@ -81,10 +82,10 @@ class DataParallel:
     Built once per :class:`llm.step.TrainStep`; its `n - 1` pool threads and twins live as long as it does.
     """
 
-    def __init__(self, model: Any, n: int) -> None:
+    def __init__(self, model: Any, n: int, recompute: bool = False) -> None:
         if n < 2:
             raise ConfigError(f"DataParallel needs at least 2 workers, got {n}")
-        self.model, self.n = model, n
+        self.model, self.n, self.recompute = model, n, recompute
         self.twins = [self._twin(model) for _ in range(n - 1)]
         self._pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="arraygpt-worker")
         self._controller = _threadpoolctl().ThreadpoolController()
@@ -114,7 +115,9 @@ class DataParallel:
 
     def loss_and_grads(self, shards: list, norm: bool = False) -> Any:
         """Run the shards of :func:`llm.batch.prepare_shards` (at most `n`), one per worker; -> the summed loss,
-        or ``(loss, global gradient norm)`` with ``norm=True`` (0-d device arrays).
+        or ``(loss, global gradient norm)`` with ``norm=True`` (0-d device arrays). A shard may also be a list of
+        DeviceBatches, its micro-batches (:func:`llm.training.accumulate.send_split`): its worker runs them in
+        turn, adding into its own gradient buffer.
 
         The model's gradient buffer ends holding the sum of every shard's gradients, summed by all the workers
         at once, each over its own slice of the buffer. Call inside :meth:`limit_blas`.
@@ -122,7 +125,8 @@ class DataParallel:
         if not 1 <= len(shards) <= self.n:
             raise ConfigError(f"{len(shards)} shards for {self.n} workers")
         models = [self.model, *self.twins]
-        losses = self._each(lambda i: models[i].loss_and_grads_device(*shards[i]), len(shards))
+        parts = [s if isinstance(s, list) else [s] for s in shards]
+        losses = self._each(lambda i: accumulate(models[i], parts[i], self.recompute), len(shards))
         loss = losses[0]
         for part in losses[1:]:
             loss = loss + part

@@ -73,6 +73,11 @@ class TransformerBlock(Layer):
         dx += dsum1
         return dx
 
+    def backward_recompute(self, dout: Any, x: Any, T: int, key_mask: Any = None) -> Any:
+        # dout, x (the block's input): (B*T, C) -> dx: (B*T, C); the forward pass again, then its backward
+        cache = self.forward(x, T, key_mask)[1]  # the same operations on the same input: the same cache
+        return self.backward(dout, cache)
+
     def forward_cached(self, x: Any, T: int, kv: KVCache) -> Any:
         # x: (B*T_new, C) -> (B*T_new, C); inference with the attention KV cache `kv`
         ln1, ln2 = self.ln1, self.ln2
