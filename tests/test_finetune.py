@@ -29,6 +29,17 @@ def text_file(tmp_path_factory):
     return path
 
 
+def _assert_trained_as_the_library(model, tok, text, got):
+    # the same six steps as the command's (STEPS), run by TextRun on `model`: the weights must equal `got`'s
+    ids = np.asarray(tok.encode(text), np.int64)
+    train, val = split_ids(ids, 0.1, model.config.max_seq_len)
+    settings = TextSettings(steps=6, batch_size=3, eval_batches=2)
+    settings.min_lr, settings.warmup_steps = settings.final_lr, settings.warmup
+    TextRun(model, tok, train, val, settings).run()
+    for name, p in model.params.items():
+        np.testing.assert_allclose(got.backend.to_numpy(got.params[name]), p, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_init_from_trains_the_pretrained_weights_as_the_library_does(pretrained, text_file, tmp_path):
     out = tmp_path / "ft"
     proc = run("text", "--text", str(text_file), "--init-from", str(pretrained), "--out", str(out), *STEPS)
@@ -37,13 +48,7 @@ def test_init_from_trains_the_pretrained_weights_as_the_library_does(pretrained,
 
     model, tok = load(pretrained, "cpu")  # float64, as saved
     assert got_tok == tok
-    ids = np.asarray(tok.encode(text_file.read_text(encoding="utf-8")), np.int64)
-    train, val = split_ids(ids, 0.1, model.config.max_seq_len)
-    settings = TextSettings(steps=6, batch_size=3, eval_batches=2)
-    settings.min_lr, settings.warmup_steps = settings.final_lr, settings.warmup
-    TextRun(model, tok, train, val, settings).run()
-    for name, p in model.params.items():
-        np.testing.assert_allclose(got.backend.to_numpy(got.params[name]), p, rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_trained_as_the_library(model, tok, text_file.read_text(encoding="utf-8"), got)
     before, _ = load(pretrained, "cpu")
     assert not np.allclose(before.params["head.weight"], model.params["head.weight"])  # it did train
 
@@ -124,13 +129,7 @@ def test_init_from_a_hugging_face_directory(tmp_path, text_file):
 
     model, tok = load_hf(path, "cpu")
     assert got_tok == tok
-    ids = np.asarray(tok.encode(book.read_text(encoding="utf-8")), np.int64)
-    train, val = split_ids(ids, 0.1, model.config.max_seq_len)
-    settings = TextSettings(steps=6, batch_size=3, eval_batches=2)
-    settings.min_lr, settings.warmup_steps = settings.final_lr, settings.warmup
-    TextRun(model, tok, train, val, settings).run()
-    for name, p in model.params.items():
-        np.testing.assert_allclose(got.backend.to_numpy(got.params[name]), p, rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_trained_as_the_library(model, tok, book.read_text(encoding="utf-8"), got)
     assert run("eval", "--model", str(out), "--text", str(book)).returncode == 0
 
 

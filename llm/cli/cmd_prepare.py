@@ -17,7 +17,8 @@ import argparse
 import sys
 import time
 
-from llm.cli.common import EXIT_OK, fraction, int_at_least, run_cli
+from llm.cli.common import EXIT_OK, fraction, run_cli
+from llm.cli.flags import add_tokenizer_choice
 from llm.errors import ConfigError
 
 FLAGS = {"text": "--text", "out": "--out", "data": "--out"}
@@ -31,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="the dataset directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a DIR that is not empty (only the dataset's files are replaced)")
-    p.add_argument("--tokenizer", choices=["char", "bpe"],
-                   help="a new tokenizer: characters (default) or byte-level BPE (with --vocab-size)")
-    p.add_argument("--vocab-size", type=int_at_least(257), metavar="N",
-                   help="with --tokenizer bpe: the vocabulary's size (256 bytes, merges and <|endoftext|>)")
-    p.add_argument("--tokenizer-from", metavar="DIR",
-                   help="reuse the tokenizer saved in DIR (a dataset, a checkpoint, or BPE files)")
+    add_tokenizer_choice(p)
     p.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="the last fraction of the text's bytes held out for validation, from a line break "
                         "(default 0.1; 0: none)")

@@ -7,7 +7,7 @@ about a parameter can be said with its flag (:func:`llm.cli.common.cli_message`)
 from __future__ import annotations
 
 import argparse
-from typing import Mapping
+from typing import Any, Mapping
 
 from llm.cli.common import (WORKERS_HELP, flag_name, int_at_least, nonnegative_int, positive_float, positive_int,
                              workers_flag)
@@ -24,6 +24,17 @@ def add_device(p: argparse.ArgumentParser, dtype: bool = True) -> None:
     if dtype:
         p.add_argument("--dtype", default=None, choices=["float32", "float64"],
                        help="float32 for a new run (default); a resumed run keeps its checkpoint's")
+
+
+def add_tokenizer_choice(g: Any, when: str = "") -> None:
+    """The --tokenizer, --vocab-size and --tokenizer-from flags (`arraygpt prepare`, `arraygpt text`); `when` says
+    when they apply ("with --text: ")."""
+    g.add_argument("--tokenizer", choices=["char", "bpe"],
+                   help=f"{when}a new tokenizer, characters (default) or byte-level BPE (with --vocab-size)")
+    g.add_argument("--vocab-size", type=int_at_least(257), metavar="N",
+                   help="with --tokenizer bpe: the vocabulary's size (256 bytes, merges and <|endoftext|>)")
+    g.add_argument("--tokenizer-from", metavar="DIR",
+                   help=f"{when}the tokenizer saved in DIR (a dataset, a checkpoint, or BPE files)")
 
 
 def add_model_size(p: argparse.ArgumentParser, defaults: Mapping[str, int]) -> None:

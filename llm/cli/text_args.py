@@ -7,8 +7,8 @@ import argparse
 from dataclasses import asdict, fields
 from typing import TYPE_CHECKING
 
-from llm.cli.common import fraction, int_at_least, nonnegative_float, nonnegative_int, positive_float, positive_int
-from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed
+from llm.cli.common import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
+from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed, add_tokenizer_choice
 from llm.cli.session import check_paths
 from llm.errors import ConfigError
 from llm.training.text_run import TextSettings
@@ -36,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", metavar="FILE", help="a UTF-8 plain-text file (tokenized in memory)")
     src.add_argument("--data", metavar="DIR",
                      help="a token dataset written by `arraygpt prepare` (read through a memory map: any size)")
-    src.add_argument("--tokenizer", choices=["char", "bpe"],
-                     help="with --text: a new tokenizer, characters (default) or byte-level BPE (with --vocab-size)")
-    src.add_argument("--vocab-size", type=int_at_least(257), metavar="N",
-                     help="with --tokenizer bpe: the vocabulary's size (256 bytes, merges and <|endoftext|>)")
-    src.add_argument("--tokenizer-from", metavar="DIR",
-                     help="with --text: the tokenizer saved in DIR (a dataset, a checkpoint, or BPE files)")
+    add_tokenizer_choice(src, when="with --text: ")
     add_device(p)
     add_model_size(p, MODEL_DEFAULTS)
     t = p.add_argument_group("training (a resumed run keeps its checkpoint's, except --steps)")

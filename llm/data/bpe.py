@@ -22,7 +22,6 @@ wherever this project pads, so its id never matters; no byte sequence is unknown
 from __future__ import annotations
 
 import codecs
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, repeat
 from pathlib import Path
@@ -32,6 +31,7 @@ import regex
 
 from llm.data.bpe_files import (check_merges, check_specials, check_vocab, read_merges, read_specials,
                                 read_tokenizer_json, read_vocab, write_files)
+from llm.data.tokenizers import check_token_id
 from llm.errors import DataError
 
 # GPT-2's pre-tokenization pattern (published with its encoder).
@@ -240,13 +240,7 @@ class BPETokenizer:
         return self._vocab[self._check_id(token_id)]
 
     def _check_id(self, token_id: object) -> int:
-        try:
-            i = operator.index(token_id)
-        except TypeError:
-            raise DataError(f"token id must be an integer, got {type(token_id).__name__}") from None
-        if not 0 <= i < len(self._vocab):
-            raise DataError(f"token id {i} is out of range for a vocabulary of {len(self._vocab)} tokens")
-        return i
+        return check_token_id(token_id, len(self._vocab))
 
     # --- encode -------------------------------------------------------------------------------------------------
     def _chunks(self, text: object) -> Iterable[tuple[str, bool]]:

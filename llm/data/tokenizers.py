@@ -93,6 +93,17 @@ def _check_vocab(vocab: object, kind: str) -> list[str]:
     return vocab
 
 
+def check_token_id(token_id: object, vocab_size: int) -> int:
+    """`token_id` as an int in [0, vocab_size), or a DataError saying what it was (every tokenizer's decode)."""
+    try:
+        i = operator.index(token_id)
+    except TypeError:
+        raise DataError(f"token id must be an integer, got {type(token_id).__name__}") from None
+    if not 0 <= i < vocab_size:
+        raise DataError(f"token id {i} is out of range for a vocabulary of {vocab_size} tokens")
+    return i
+
+
 class _BaseTokenizer:
     """Shared vocabulary handling. Subclasses define ``_TYPE``, ``tokenize`` and ``_pieces``."""
 
@@ -156,13 +167,7 @@ class _BaseTokenizer:
         return self._vocab[self._check_id(token_id)]
 
     def _check_id(self, token_id: object) -> int:
-        try:
-            i = operator.index(token_id)
-        except TypeError:
-            raise DataError(f"token id must be an integer, got {type(token_id).__name__}") from None
-        if not 0 <= i < len(self._vocab):
-            raise DataError(f"token id {i} is out of range for a vocabulary of {len(self._vocab)} tokens")
-        return i
+        return check_token_id(token_id, len(self._vocab))
 
     # --- encode / decode ----------------------------------------------------------------------------------------
     @classmethod
