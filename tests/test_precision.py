@@ -245,3 +245,146 @@ def _run_params(be, toks, targets, mask):
     step = TrainStep(model, Adam(model, lr=1e-3))
     losses = [float(step(toks, targets, mask)) for _ in range(3)]
     return np.array(losses), be.to_numpy(model.flat.param_buffer), None
+
+
+# -- on ranks and through the graphed micro-batch path --------------------------------------------------------------
+def _on_two_ranks(be, precision, batches, poison=None):
+    # two in-process ranks (tests.test_micro_batch.ThreadComm) -> per rank: (losses, model, step)
+    from concurrent.futures import ThreadPoolExecutor
+    import threading
+
+    from llm.training.ranks import DistributedStep
+    from tests.test_micro_batch import ThreadComm
+
+    shared = {"size": 2, "slots": [None, None], "barrier": threading.Barrier(2, timeout=60)}
+
+    def rank(r):
+        model = GPT(CFG, be, seed=0)
+        step = DistributedStep(model, Adam(model, lr=1e-3), ThreadComm(r, shared), micro_batch=1,
+                               precision=precision)
+        losses = []
+        for i, (toks, targets) in enumerate(batches):
+            if poison is not None and poison == (r, i):  # an fp16 overflow on this rank only, at this step
+                real = model.loss_and_grads_device
+
+                def overflowing(*args, **kwargs):
+                    loss = real(*args, **kwargs)
+                    model.flat.grad_buffer[5] = np.inf
+                    return loss
+                model.loss_and_grads_device = overflowing
+                losses.append(float(step(toks, targets)))
+                model.loss_and_grads_device = real
+            else:
+                losses.append(float(step(toks, targets)))
+        return np.array(losses), model, step
+
+    with ThreadPoolExecutor(2) as pool:
+        return [f.result() for f in [pool.submit(rank, r) for r in range(2)]]
+
+
+def test_two_ranks_in_fp16_train_like_one_process_and_agree_bit_for_bit():
+    be = require_backend("numpy")
+    batches = [_batch(s) for s in range(3)]
+    model = GPT(CFG, be, seed=0)
+    one = TrainStep(model, Adam(model, lr=1e-3), precision="fp16")
+    expected = np.array([float(one(*b)) for b in batches])
+    (l0, m0, s0), (l1, m1, s1) = _on_two_ranks(be, "fp16", batches)
+    assert s0.precision == "fp16" and s0.mixed_precision is not None
+    np.testing.assert_array_equal(l0, l1)  # the all-reduced loss
+    assert np.array_equal(m0.flat.param_buffer, m1.flat.param_buffer)
+    assert np.abs(l0 - expected).max() < TOL["fp16"][0]
+    start = be.to_numpy(GPT(CFG, be, seed=0).flat.param_buffer)
+    update = np.linalg.norm(m0.flat.param_buffer - model.flat.param_buffer) / np.linalg.norm(
+        model.flat.param_buffer - start)
+    assert update < TOL["fp16"][1]
+    assert s0.loss_scale.state_dict() == s1.loss_scale.state_dict() == one.loss_scale.state_dict()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0 in the skipped Adam step
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank():
+    be = require_backend("numpy")
+    batches = [_batch(s) for s in range(3)]
+    (l0, m0, s0), (l1, m1, s1) = _on_two_ranks(be, "fp16", batches, poison=(1, 1))
+    for step in (s0, s1):
+        assert step.optimizer.counters() == {"t": 2, "calls": 3, "skipped": 1}
+        assert step.loss_scale.state_dict() == {"scale": 2.0 ** 15, "good_steps": 1, "overflows": 1,
+                                                "growth_interval": GROWTH_INTERVAL}
+        assert float(step.optimizer.first_skipped) == -1.0  # not reported as a divergence
+    assert np.array_equal(m0.flat.param_buffer, m1.flat.param_buffer)
+    np.testing.assert_array_equal(l0, l1)
+
+
+def test_build_step_gives_a_distributed_step_its_precision():
+    from llm.training.ranks import DistributedStep
+
+    be = require_backend("numpy")
+    model = GPT(CFG, be, seed=0)
+    step = build_step(model, Adam(model), comm=object(), precision="fp16")
+    assert isinstance(step, DistributedStep) and step.loss_scale is not None
+    with pytest.raises(ConfigError, match="fp32, fp16, bf16"):
+        build_step(model, Adam(model), comm=object(), precision="half")
+    model64 = GPT(CFG, require_backend("numpy", "float64"), seed=0)
+    with pytest.raises(ConfigError, match="float32"):
+        DistributedStep(model64, Adam(model64), object(), precision="bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_graphed_micro_batch_path_in_low_precision_with_capture_replaced_by_a_call(monkeypatch, precision):
+    # No GPU here: the captured path's layout (the shadow cast once, every slice recorded on the low-precision
+    # weights with the loss scale, one update that unscales and moves the scale) with StepGraphs replaced by a
+    # plain call of the function it would record, against the plain micro-batched step.
+    import llm.training.accumulate as acc
+
+    be = require_backend("torch")
+    monkeypatch.setattr(acc, "StepGraphs", lambda fn, state: fn)
+    toks, targets = _batch(3)
+    mask = np.ones(toks.shape, dtype=bool)
+    mask[2, 9:] = False
+    plain_model, graphed_model = GPT(CFG, be, seed=0), GPT(CFG, be, seed=0)
+    plain = TrainStep(plain_model, Adam(plain_model, lr=1e-3), precision=precision, micro_batch=2)
+    graphed = TrainStep(graphed_model, Adam(graphed_model, lr=1e-3), precision=precision)
+    graphed.graphed, graphed.micro_batch = True, 2
+    graphed._micro = acc.MicroBatches(graphed, 2)
+    a = np.array([float(plain(toks, targets, mask)) for _ in range(3)])
+    seen, real = [], graphed_model.loss_and_grads_device
+    _, layer, key = next(iter(graphed_model.named_slots()))
+
+    def spy(*args, **kwargs):  # the dtype of the weights each slice's passes ran on
+        seen.append(layer.params[key].dtype)
+        return real(*args, **kwargs)
+    graphed_model.loss_and_grads_device = spy
+    b = np.array([float(graphed(toks, targets, mask)) for _ in range(3)])
+    assert seen == [graphed.mixed_precision.dtype] * 6  # 3 steps of 2 slices, each on the low-precision weights
+    assert np.abs(a - b).max() < TOL[precision][0]
+    start = be.to_numpy(GPT(CFG, be, seed=0).flat.param_buffer)
+    pa, pb = be.to_numpy(plain_model.flat.param_buffer), be.to_numpy(graphed_model.flat.param_buffer)
+    assert np.linalg.norm(pa - pb) / np.linalg.norm(pa - start) < TOL[precision][1]
+    for name, layer, key in graphed_model.named_slots():  # the float32 masters bound again after the step
+        assert layer.params[key] is graphed_model.flat.params[name]
+    if precision == "fp16":
+        assert graphed.loss_scale.state_dict()["good_steps"] == 3  # one per step, not per slice
+
+
+def test_the_growth_interval_flag(tmp_path):
+    ok = _text_cli(tmp_path, "--precision", "fp16", "--growth-interval", "2", "--out", str(tmp_path / "run"))
+    assert ok.returncode == 0, ok.stderr
+    saved = json.loads((tmp_path / "run" / "training.json").read_text())["loss_scale"]
+    # with the default interval (2000) six steps leave 2^16; every second clean step doubles it here (an overflow,
+    # which this small model meets near 2^18, halves it and starts the count again)
+    assert saved["growth_interval"] == 2 and saved["scale"] > 2.0 ** 16
+    for flags in (["--growth-interval", "2"], ["--precision", "bf16", "--growth-interval", "2"]):
+        bad = _text_cli(tmp_path, *flags)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert "--growth-interval sets fp16's loss scale" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    zero = _text_cli(tmp_path, "--precision", "fp16", "--growth-interval", "0")
+    assert zero.returncode == 2 and "--growth-interval" in zero.stderr
+
+
+def test_build_step_takes_a_growth_interval():
+    be = require_backend("numpy")
+    model = GPT(CFG, be, seed=0)
+    step = build_step(model, Adam(model), workers=1, precision="fp16", growth_interval=7)
+    assert step.loss_scale.growth_interval == 7
+    with pytest.raises(ConfigError) as info:
+        build_step(model, Adam(model), precision="bf16", growth_interval=7)
+    assert info.value.param == "growth_interval"

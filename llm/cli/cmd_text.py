@@ -58,6 +58,7 @@ from typing import Any
 
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli
+from llm.cli.flags import step_options
 from llm.cli.session import Session, check_memory, perplexity_text
 from llm.cli.text_args import (MEMORY_HINT, MODEL_DEFAULTS, RUN_DEFAULTS, SAMPLE_PROMPT_CHARS,  # noqa: F401
                                build_parser, check_flags, check_resume_flags, explicit_flags, settings_from_args)
@@ -103,9 +104,7 @@ def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tup
 def _step(args: argparse.Namespace, session: Session, model: Any, settings: TextSettings) -> Any:
     from llm.training.loop import build_step
 
-    return build_step(model, settings.adam(model), comm=session.comm, workers=args.workers,
-                      cuda_graphs=args.cuda_graphs, tf32=args.tf32, micro_batch=args.micro_batch,
-                      recompute=args.recompute, precision=args.precision)
+    return build_step(model, settings.adam(model), comm=session.comm, **step_options(args))
 
 
 def _resumed(args: argparse.Namespace, explicit: set[str], session: Session, kwargs: dict) -> tuple:

@@ -35,6 +35,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli  # noqa: E402
+from llm.cli.flags import step_options  # noqa: E402
 from llm.cli.session import Output, Session, chat_loop, check_memory, perplexity_text  # noqa: E402
 from llm.cli.train_args import (FLAGS, MEMORY_HINT, MODEL_SIZE, RECIPE_FLAGS, VOCAB_HINT,  # noqa: E402,F401
                                 build_parser, check_flags, check_resume_flags, recipe_from_args)
@@ -79,9 +80,7 @@ def build(args: argparse.Namespace, session: Session) -> TrainRun:
         model, tok, recipe, seed = _new_model(args, backend, pretrain + dialogues)
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
-    step = build_step(model, recipe.adam(model), comm=session.comm, workers=args.workers,
-                      cuda_graphs=args.cuda_graphs, tf32=args.tf32, micro_batch=args.micro_batch,
-                      recompute=args.recompute, precision=args.precision)
+    step = build_step(model, recipe.adam(model), comm=session.comm, **step_options(args))
     kwargs = dict(progress=not args.no_progress and session.root, log=lambda e: _log_event(session.out, e),
                   log_every=args.log_every, log_grad_norms=args.log_grad_norms, step=step,
                   stop_signals=(signal.SIGINT, signal.SIGTERM))  # SIGTERM (a scheduler's stop) as Ctrl-C

@@ -11,7 +11,9 @@ from typing import Any, Mapping
 
 from llm.cli.common import (WORKERS_HELP, flag_name, int_at_least, nonnegative_int, positive_float, positive_int,
                              workers_flag)
+from llm.errors import ConfigError
 from llm.nn.config import POS_ENCODINGS
+from llm.training.precision import GROWTH_INTERVAL
 
 
 DEVICE_HELP = ("where the model runs: cpu (default), cuda, auto, strict, torch, or torch:DEVICE for any device PyTorch "
@@ -76,6 +78,9 @@ def add_speed(p: argparse.ArgumentParser, script: str) -> None:
     f.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="compute dtype of matmuls and activations over float32 master weights (default fp32; fp16: "
                         "numpy, cuda, torch, with loss scaling; bf16: torch, torch:cuda)")
+    f.add_argument("--growth-interval", type=positive_int, metavar="N",
+                   help="with --precision fp16: clean steps in a row before the loss scale doubles (default "
+                        f"{GROWTH_INTERVAL}; an overflow halves it)")
     f.add_argument("--distributed", action="store_true",
                    help=f"data-parallel over the ranks of an MPI job: mpiexec -n N arraygpt {script} --distributed "
                         "... (--batch-size is the global batch; rank 0 prints and saves; needs pip install -e "
@@ -85,6 +90,21 @@ def add_speed(p: argparse.ArgumentParser, script: str) -> None:
                         "(default: wait)")
     f.add_argument("--log-every", type=positive_int, default=25, metavar="N",
                    help="read the loss back from the device every N steps (default 25)")
+
+
+def check_speed_flags(args: argparse.Namespace) -> None:
+    """The combinations of the speed flags that cannot work, said before anything is read or built."""
+    if args.dist_timeout is not None and not args.distributed:
+        raise ConfigError("--dist-timeout needs --distributed")
+    if args.growth_interval is not None and args.precision != "fp16":
+        raise ConfigError(f"--growth-interval sets fp16's loss scale; this run is {args.precision}: add "
+                          "--precision fp16 or leave --growth-interval out")
+
+
+def step_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`llm.training.loop.build_step` that the speed flags set."""
+    return dict(workers=args.workers, cuda_graphs=args.cuda_graphs, tf32=args.tf32, micro_batch=args.micro_batch,
+                recompute=args.recompute, precision=args.precision, growth_interval=args.growth_interval)
 
 
 def add_plot(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ from dataclasses import asdict, fields
 from typing import TYPE_CHECKING
 
 from llm.cli.common import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
-from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed, add_tokenizer_choice
+from llm.cli.flags import (add_checkpoints, add_device, add_model_size, add_plot, add_speed, add_tokenizer_choice,
+                           check_speed_flags)
 from llm.cli.session import check_paths
 from llm.errors import ConfigError
 from llm.training.text_run import TextSettings
@@ -81,8 +82,7 @@ def check_flags(args: argparse.Namespace) -> None:
     from llm.infer.generation import check_sampling
 
     check_sampling(args.temperature, args.top_k, None)
-    if args.dist_timeout is not None and not args.distributed:
-        raise ConfigError("--dist-timeout needs --distributed")
+    check_speed_flags(args)
     check_paths(args.out, args.resume, args.overwrite)
     check_source_flags(args)
     if args.init_from is not None and (args.resume or not args.init_from.strip()):

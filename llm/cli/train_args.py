@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from llm.cli.common import flag_name, int_at_least, nonnegative_float, number, positive_float
-from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed
+from llm.cli.flags import add_checkpoints, add_device, add_model_size, add_plot, add_speed, check_speed_flags
 from llm.cli.session import check_paths
 from llm.errors import ConfigError, PromptError
 from llm.infer.generation import check_sampling
@@ -85,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_flags(args: argparse.Namespace) -> None:
     """Everything about the flags that can be wrong without a file or a backend, checked first."""
-    if args.dist_timeout is not None and not args.distributed:
-        raise ConfigError("--dist-timeout needs --distributed")
+    check_speed_flags(args)
     check_paths(args.out, args.resume, args.overwrite)
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.plot is not None:  # a path that cannot be written, or no matplotlib: say so before training

@@ -11,11 +11,14 @@ equals the whole batch at once within 1e-12 (tests/test_micro_batch.py). The los
 
 With ``workers=N`` each worker's shard of sequences is cut into micro-batches (so M is what any one forward pass
 holds, on a thread as on a rank of :class:`llm.training.ranks.DistributedStep`); on ``torch:cuda`` each
-micro-batch shape is a CUDA graph of its own and the optimizer's update one more (unmeasured: no GPU was at hand).
+micro-batch shape is a CUDA graph of its own and the optimizer's update one more (with mixed precision: the slices
+recorded on the low-precision weights, the update with the unscaling and the loss scale; unmeasured: no GPU was at
+hand).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 from backends.capture import StepGraphs
@@ -61,20 +64,30 @@ class MicroBatches:
         self.step, self.size = step, size
         self._graphs = self._update = None
         if step.graphed:  # one recording per micro-batch shape (it adds into the gradients), one for the update
-            model, opt = step.model, step.optimizer
+            model, opt, mixed = step.model, step.optimizer, step.mixed_precision
             self._graphs = StepGraphs(self._accumulate_device, [model.flat.grad_buffer])
-            self._update = StepGraphs(self._update_device, [model.flat.param_buffer, *opt.state.arrays()])
+            self._update = StepGraphs(self._update_device, [model.flat.param_buffer, model.flat.grad_buffer,
+                                                            *opt.state.arrays(),
+                                                            *(mixed.arrays() if mixed is not None else ())])
 
     def applies(self, tokens: Any) -> bool:
         shape = batch_shape(tokens)
         return len(shape) == 2 and shape[0] > self.size
 
     def _accumulate_device(self, tokens: Any, targets: Any, rows: Any, weights: Any) -> Any:
-        return self.step.model.loss_and_grads_device(tokens, targets, rows, weights, accumulate=True,
+        # recorded while the weights bound are the ones the replays read: the low-precision shadow under mixed
+        # precision (fp16 scales the loss gradient by the device scalar of its loss scale), the masters otherwise
+        mixed = self.step.mixed_precision
+        scale = None if mixed is None or mixed.loss_scale is None else mixed.loss_scale.scale
+        return self.step.model.loss_and_grads_device(tokens, targets, rows, weights, scale, accumulate=True,
                                                      recompute=self.step.recompute)
 
     def _update_device(self) -> Any:
-        self.step.optimizer.step_device()
+        mixed = self.step.mixed_precision
+        if mixed is not None:  # fp16: unscale, Adam, move the loss scale; bf16: Adam
+            mixed.update(self.step.optimizer)
+        else:
+            self.step.optimizer.step_device()
         return self.step.optimizer.state.last_grad_norm
 
     def plain(self, tokens: Any, targets: Any, mask: Any) -> Any:
@@ -99,9 +112,11 @@ class MicroBatches:
         batches = prepare_padded_micro_batches(model.backend, model.config, tokens, targets, mask, self.size,
                                                step.padded_shape)
         model.flat.zero_grads()
+        mixed = step.mixed_precision
         loss = None
-        for batch in batches:
-            part = self._graphs(*batch)
-            loss = part if loss is None else loss + part
+        with nullcontext() if mixed is None else mixed.low_weights():  # the cast to the shadow: one per step
+            for batch in batches:
+                part = self._graphs(*batch)
+                loss = part if loss is None else loss + part
         self._update()
         return loss

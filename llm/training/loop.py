@@ -98,20 +98,27 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def build_step(model: Any, optimizer: Any, *, comm: Any = None, workers: int | str = "auto",
                cuda_graphs: str = "auto", tf32: bool = False, pad_multiple: int = 16, micro_batch: int | None = None,
-               recompute: bool = False, precision: str = "fp32") -> Any:
+               recompute: bool = False, precision: Any = "fp32", growth_interval: int | None = None) -> Any:
     """The step a run takes: :class:`~llm.training.step.TrainStep`, or with `comm` (a communicator of
     :mod:`backends.comm`) a :class:`~llm.training.ranks.DistributedStep` over its ranks, one thread each.
-    `micro_batch` and `recompute` go to either (gradient accumulation, activation recomputation)."""
+    `micro_batch`, `recompute` and `precision` go to either (gradient accumulation, activation recomputation,
+    mixed precision). `growth_interval` (fp16 only, None: the default 2000): clean steps before the loss scale
+    doubles."""
+    if growth_interval is not None:
+        from llm.training.precision import MixedPrecision
+
+        if precision != "fp16":
+            raise ConfigError(f"growth_interval sets fp16's loss scale; precision is {precision!r}: use "
+                              "precision='fp16' or leave growth_interval out", param="growth_interval")
+        precision = MixedPrecision(model, "fp16", growth_interval=growth_interval)
     if comm is not None:
         if workers not in ("auto", 1):
             raise ConfigError(f"workers={workers!r} splits a batch across threads, but a distributed run steps each "
                               "rank on one thread: launch more ranks instead, or leave workers out", param="workers")
-        if precision != "fp32":
-            raise ConfigError(f"precision {precision!r} is not available in a distributed run yet: leave it out "
-                              "(fp32)", param="precision")
         from llm.training.ranks import DistributedStep
 
-        return DistributedStep(model, optimizer, comm, micro_batch=micro_batch, recompute=recompute)
+        return DistributedStep(model, optimizer, comm, micro_batch=micro_batch, recompute=recompute,
+                               precision=precision)
     from llm.training.step import TrainStep
 
     return TrainStep(model, optimizer, cuda_graphs=cuda_graphs, tf32=tf32, pad_multiple=pad_multiple,

@@ -22,7 +22,8 @@ One step (:meth:`MixedPrecision.step`), all on the device, nothing read back:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from llm import checks
 from llm.errors import ConfigError
@@ -115,30 +116,45 @@ class MixedPrecision:
         for params, key, shadow, master in self._slots:
             params[key] = shadow if low else master
 
-    def step(self, optimizer: Any, forward_backward: Callable[[Any], Any]) -> Any:
-        """Forward and backward in the low precision, then Adam on the float32 masters; -> the 0-d float32 loss.
-
-        ``forward_backward(grad_scale)`` fills the gradient buffer and returns the loss: one batch's passes, or
-        every micro-batch's (:mod:`llm.training.accumulate`), all on the low-precision weights.
-        """
-        model, flat, ls = self.model, self.model.flat, self.loss_scale
-        self.shadow[...] = flat.param_buffer  # the one cast a step
+    @contextmanager
+    def low_weights(self) -> Iterator[Any]:
+        """A context in which every layer computes on the low-precision weights, cast from the float32 masters on
+        entry (the one cast a step) and unbound on exit; it yields the loss scale to pass to the backward pass
+        (fp16's device scalar, None for bf16)."""
+        self.shadow[...] = self.model.flat.param_buffer
         self._bind(True)
         try:
-            loss = forward_backward(None if ls is None else ls.scale)
+            yield None if self.loss_scale is None else self.loss_scale.scale
         finally:
             self._bind(False)
+
+    def update(self, optimizer: Any) -> None:
+        """After the passes: Adam on the float32 masters; fp16 also unscales the gradient first and moves the
+        loss scale after (an overflow skips the step, see the module's text). Device-side only."""
+        ls = self.loss_scale
         if ls is None:
             optimizer.step_device()
-            return loss
-        g = flat.grad_buffer
+            return
+        xp = self.model.backend.xp
+        g = self.model.flat.grad_buffer
         g *= 1.0 / ls.scale  # unscale: what Adam clips and steps on is the true gradient
         first = optimizer.first_skipped
         before = first + 0.0  # a copy: an overflow is not the divergence the loop reports
         optimizer.step_device()
-        finite = model.backend.xp.isfinite(optimizer.last_grad_norm)
-        first[...] = model.backend.xp.where(finite, first, before)
+        finite = xp.isfinite(optimizer.last_grad_norm)
+        first[...] = xp.where(finite, first, before)
         ls.update(finite)
+
+    def step(self, optimizer: Any, forward_backward: Callable[[Any], Any]) -> Any:
+        """Forward and backward in the low precision, then Adam on the float32 masters; -> the 0-d float32 loss.
+
+        ``forward_backward(grad_scale)`` fills the gradient buffer and returns the loss: one batch's passes,
+        every micro-batch's (:mod:`llm.training.accumulate`), or a rank's followed by the all-reduce
+        (:mod:`llm.training.ranks`), all on the low-precision weights.
+        """
+        with self.low_weights() as grad_scale:
+            loss = forward_backward(grad_scale)
+        self.update(optimizer)
         return loss
 
 

@@ -31,6 +31,7 @@ from backends.comm import fingerprint
 
 from llm import checks
 from llm.training.accumulate import accumulate, send_split
+from llm.training.precision import build_precision
 from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (re-exported)
 from llm.errors import ConfigError
 
@@ -52,19 +53,36 @@ class DistributedStep:
 
     ``micro_batch`` and ``recompute`` as TrainStep's: each rank cuts its own shard into micro-batches of M
     sequences (M is what one rank's forward pass holds) and sums them before the one all-reduce.
+
+    ``precision`` as TrainStep's ("fp32", "fp16", "bf16" or a MixedPrecision): each rank's passes run on the
+    low-precision weights; the all-reduce sums the float32 gradient buffer (fp16: still multiplied by the loss
+    scale, which is the same on every rank), and the update unscales it, so every rank sees the same summed
+    gradient, skips the same overflowing steps and moves its loss scale alike.
     """
 
     def __init__(self, model: Any, optimizer: Any, comm: Any, micro_batch: int | None = None,
-                 recompute: bool = False) -> None:
+                 recompute: bool = False, precision: Any = "fp32") -> None:
         if optimizer.flat is not model.flat:
             raise ConfigError("the optimizer was built for another model: Adam(model) with this model")
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.micro_batch = checks.positive_int(micro_batch, "micro_batch", allow_none=True)
         self.recompute = checks.boolean(recompute, "recompute")
+        self._precision = build_precision(model, precision)
+        self.precision = precision if self._precision is None else self._precision.precision
 
     @property
     def last_grad_norm(self) -> Any:
         return self.optimizer.last_grad_norm
+
+    @property
+    def mixed_precision(self) -> Any:
+        """The :class:`~llm.training.precision.MixedPrecision` of fp16 / bf16 steps, or None (fp32)."""
+        return self._precision
+
+    @property
+    def loss_scale(self) -> Any:
+        """fp16's :class:`~llm.training.precision.LossScale`, or None (fp32, bf16)."""
+        return None if self._precision is None else self._precision.loss_scale
 
     # -- the step --------------------------------------------------------------------------------------------
     def __call__(self, tokens: Any, targets: Any, mask: Any = None, lr: float | None = None) -> Any:
@@ -81,19 +99,27 @@ class DistributedStep:
         shards = host_shards(be, model.config, tokens, targets, mask, comm.size).shards
         if lr is not None:
             opt.set_lr(lr)
-        if comm.rank >= len(shards):  # nothing counted here: zero gradients and loss, still in every reduction
-            model.flat.zero_grads()
-            loss = xp.zeros((), dtype=be.dtype, device=be.device)
-        else:
-            loss = accumulate(model, send_split(be, shards[comm.rank:comm.rank + 1], self.micro_batch)[0],
-                              self.recompute)
-        total = xp.asarray(xp.reshape(loss, (1,)), copy=True)  # a buffer of its own for the in-place sum
-        # both reductions in flight at once, then wait: every rank posts them in this order
-        pending = [comm.iallreduce_sum_(model.flat.grad_buffer), comm.iallreduce_sum_(total)]
-        for req in pending:
-            req.wait()
+        mine = None if comm.rank >= len(shards) else send_split(be, shards[comm.rank:comm.rank + 1],
+                                                                  self.micro_batch)[0]
+
+        def passes_and_reduce(grad_scale: Any = None) -> Any:
+            if mine is None:  # nothing counted here: zero gradients and loss, still in every reduction
+                model.flat.zero_grads()
+                loss = xp.zeros((), dtype=be.dtype, device=be.device)
+            else:
+                loss = accumulate(model, mine, self.recompute, grad_scale)
+            total = xp.asarray(xp.reshape(loss, (1,)), copy=True)  # a buffer of its own for the in-place sum
+            # both reductions in flight at once, then wait: every rank posts them in this order
+            pending = [comm.iallreduce_sum_(model.flat.grad_buffer), comm.iallreduce_sum_(total)]
+            for req in pending:
+                req.wait()
+            return xp.reshape(total, ())
+
+        if self._precision is not None:  # the passes in the low precision, the update on the float32 masters
+            return self._precision.step(opt, passes_and_reduce)
+        loss = passes_and_reduce()
         opt.step_device()
-        return xp.reshape(total, ())
+        return loss
 
     # -- checks the trainer may run -----------------------------------------------------------------------------
     def parameters_fingerprint(self) -> str:

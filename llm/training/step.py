@@ -49,7 +49,8 @@ class TrainStep:
     ``precision``: "fp32" (the default, the float32 step as it always was), "fp16" or "bf16": matmuls and
     activations in that dtype over float32 master weights, with dynamic loss scaling for fp16 (see
     :mod:`llm.training.precision`; ``loss_scale`` is its state, None without one), or a ``MixedPrecision`` built for
-    the model (its growth interval, its initial scale). Needs one worker ("auto" gives 1).
+    the model (its growth interval, its initial scale). Composes with ``micro_batch``, ``recompute`` and CUDA graphs;
+needs one worker ("auto" gives 1).
     """
 
     def __init__(self, model: Any, optimizer: Any, cuda_graphs: str = "auto", tf32: bool = False,
@@ -79,9 +80,6 @@ class TrainStep:
         if self.graphed:  # what a step mutates: the parameters and every array of the optimizer's state
             self._graphs = StepGraphs(self._device_step, [model.flat.param_buffer, *optimizer.state.arrays(),
                                                           *(self._precision.arrays() if self._precision else ())])
-        if self.graphed and self._precision is not None and self.micro_batch is not None:
-            raise ConfigError(f"precision {self.precision} with micro_batch under CUDA graphs is not built yet: "
-                              "leave one of the two out, or set cuda_graphs off", param="micro_batch")
         self._micro = None if self.micro_batch is None else MicroBatches(self, self.micro_batch)
 
     @property
