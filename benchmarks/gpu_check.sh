@@ -44,3 +44,6 @@ timeout 150 python3 benchmarks/train_bench.py --device cuda --rounds 1 --configs
     --contenders ours-cupy,torch-eager --json "$OUT/bench-fp16.json" 2>&1 | tee "$OUT/bench-fp16.md"
 timeout 150 python3 benchmarks/train_bench.py --device cuda --rounds 1 --configs gpt2-small --micro-batch 2 \
     --contenders ours-cupy,ours-torch:cuda+graphs,torch-eager --json "$OUT/bench-micro.json" 2>&1 | tee "$OUT/bench-micro.md"
+timeout 150 python3 benchmarks/train_bench.py --device cuda --rounds 1 --configs gpt2-small --precision bf16 \
+    --micro-batch 2 --contenders ours-torch:cuda+graphs,torch-eager --json "$OUT/bench-bf16-micro.json" 2>&1 \
+    | tee "$OUT/bench-bf16-micro.md"  # the graphed micro-batch path in low precision

@@ -206,3 +206,37 @@ def test_the_memory_estimate_counts_no_score_matrix_where_blocked_attention_serv
     assert T >= BLOCKED_FROM and training_memory(cfg, B, T, 4) < scores / 4
     short = BLOCKED_FROM // 2  # below the threshold the explicit path's probabilities are counted
     assert training_memory(cfg, B, short, 4) > B * cfg.n_heads * short * short * 4 * cfg.n_layers
+    # --attention explicit keeps them at any length, --attention blocked at none
+    assert training_memory(cfg, B, T, 4, "explicit") > scores
+    assert training_memory(cfg, B, short, 4, "blocked") < training_memory(cfg, B, short, 4)
+
+
+def test_the_attention_flag_sets_every_layer_and_changes_no_result(tmp_path):
+    import argparse
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llm import GPT, Adam
+    from llm.cli import flags
+
+    p = argparse.ArgumentParser()
+    flags.add_speed(p, "text")
+    be = require_backend("numpy", "float64")
+    for mode in ("explicit", "blocked", "auto"):
+        model = GPT(GPTConfig(vocab_size=12, d_model=8, n_heads=2, n_layers=2, d_ff=16, max_seq_len=16), be, seed=0)
+        flags.build_cli_step(p.parse_args(["--attention", mode]), model, Adam(model))
+        assert [b.attn.attention for b in model.blocks] == [mode, mode]
+    assert p.parse_args([]).attention == "auto"
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    outs = []
+    for mode in ("explicit", "blocked"):
+        cmd = [sys.executable, "-m", "llm", "text", "--text", str(text), "--max-seq-len", "16", "--d-model", "16",
+               "--n-heads", "2", "--n-layers", "1", "--d-ff", "32", "--batch-size", "4", "--steps", "4",
+               "--log-every", "2", "--sample-chars", "20", "--dtype", "float64", "--attention", mode]
+        run = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                             timeout=120, encoding="utf-8")
+        assert run.returncode == 0, run.stderr
+        outs.append([ln for ln in run.stdout.splitlines() if "tokens/s" not in ln])
+    assert outs[0] == outs[1] and any("loss" in ln for ln in outs[0])

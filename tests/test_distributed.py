@@ -202,6 +202,10 @@ def test_missing_mpi4py_names_the_install(monkeypatch):
     ({"backend": "auto"}, 'say which backend'),
     ({"backend": "cpu", "engine": "nccl"}, "nccl engine runs on the GPU backends"),
     ({"backend": "cpu", "timeout": 0}, "timeout must be a positive number"),
+    ({"backend": "torch:cuda:1"}, "each rank takes its own"),
+    ({"backend": "torch:mps", "engine": "nccl"}, "nccl engine runs on the GPU backends"),
+    ({"backend": "torch:cuda", "engine": "gloo"}, "gloo engine reduces CPU arrays"),
+    ({"backend": "tpu"}, "or torch:DEVICE"),
 ])
 def test_bad_settings_are_config_errors(monkeypatch, kwargs, says):
     import backends.comm as comm_package
@@ -212,6 +216,21 @@ def test_bad_settings_are_config_errors(monkeypatch, kwargs, says):
 
 
 # -- pieces that need no MPI -------------------------------------------------------------------------------------------
+def test_another_torch_device_is_reduced_through_host_copies():
+    # No mps or xpu device here: what can be checked is the choice. Any torch device type other than cpu and cuda is
+    # its own library name, has no host view (so MPI and gloo stage it) and takes the mpi engine by default.
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    import backends.comm as comm_package
+    from backends.comm.buffers import array_library, host_view
+
+    meta = torch.zeros(4, device="meta")
+    assert array_library(meta) == "torch:meta" and host_view(meta) is None
+    assert array_library(torch.zeros(4)) == "torch"
+    assert comm_package._backend_name("torch:mps") == "torch:mps"
+    assert comm_package._check_engine("auto", "torch:xpu", None, 60.0) == "mpi"
+    assert comm_package._check_engine("gloo", "torch:mps", None, 60.0) == "gloo"
+
+
 def test_shard_bounds_cover_the_batch_once():
     from llm.training.ranks import shard_bounds
 

@@ -10,7 +10,8 @@ One module per transport (engine), behind one :class:`Communicator` (``communica
 * ``mpi`` (``mpi.py``): mpi4py over whatever MPI it was built with (``pip install -e ".[mpi]"`` brings mpi4py and
   the MPICH wheel, with its ``mpiexec``). Host buffers are reduced where they lie (``buffers.py``: a NumPy array,
   the NumPy view of a CPU torch tensor or of an array-api-strict array, no copy). Device buffers go by pointer to a
-  CUDA-aware MPI, else through a host copy. Measured here on CPU only; the device paths are UNMEASURED.
+  CUDA-aware MPI, else through a host copy; a tensor on another torch device (``torch:mps``, ``torch:xpu``, ...)
+  always through a host copy. Measured here on CPU only; the device paths are UNMEASURED.
 * ``nccl``: for the ``cuda`` (CuPy) and ``torch:cuda`` backends, one process per GPU. CuPy (``nccl.py``) uses
   ``cupy.cuda.nccl.NcclCommunicator`` (its id broadcast over MPI, so it runs under ``mpiexec``); ``torch:cuda``
   (``torch_dist.py``) uses ``torch.distributed`` with the ``nccl`` process group (under ``torchrun``, from its
@@ -81,9 +82,16 @@ def _backend_name(backend: Any) -> str:
     name = getattr(backend, "name", backend)
     from .. import BACKEND_ALIASES
 
-    key = BACKEND_ALIASES.get(str(name).strip().lower())
+    text = str(name).strip().lower()
+    key = BACKEND_ALIASES.get(text)
+    if key is None and text.startswith("torch:") and text[6:]:
+        key = text  # another torch device (torch:mps, torch:xpu, ...): its buffers are reduced through host copies
+        if key.startswith("torch:cuda:"):
+            raise ConfigError(f"backend {name!r} names one GPU, but each rank takes its own (local rank mod the GPU "
+                              "count): use torch:cuda")
     if key is None:
-        raise ConfigError(f"unknown backend {name!r}: choose one of cpu, cuda, torch, torch:cuda, strict")
+        raise ConfigError(f"unknown backend {name!r}: choose one of cpu, cuda, torch, torch:cuda, strict, or "
+                          "torch:DEVICE")
     if key == "auto":
         raise ConfigError('say which backend the ranks use ("cpu", "cuda", ...): "auto" could differ between ranks')
     return key
@@ -161,7 +169,7 @@ def _check_engine(engine: str, key: str, timeout: float | None, exit_timeout: fl
         engine = "nccl" if gpu else "mpi"
     if engine == "nccl" and not gpu:
         raise ConfigError(f"the nccl engine runs on the GPU backends (cuda, torch:cuda), not {key}: use mpi")
-    if engine == "gloo" and key not in ("numpy", "torch", "strict"):
+    if engine == "gloo" and key in ("cupy", "torch:cuda"):
         raise ConfigError(f"the gloo engine reduces CPU arrays; backend {key} is on a GPU: use nccl or mpi")
     return engine
 

@@ -2,7 +2,8 @@
 
 A NumPy array, a CPU torch tensor (``Tensor.numpy()``) and an array-api-strict array (DLPack) share their memory with
 a NumPy view, so MPI and gloo reduce them where they lie. A CuPy array or a CUDA tensor has no host view: a transport
-either reads its device pointer or reduces a host copy and writes it back (the staged path, UNMEASURED).
+either reads its device pointer or reduces a host copy and writes it back (the staged path, UNMEASURED). A tensor on
+any other torch device (mps, xpu, ...) is always staged: no MPI reads such memory (UNMEASURED too).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from ..base_errors import ConfigError
 
 
 def array_library(a: Any) -> str:
-    """The array library that holds `a` ("numpy", "torch", "torch:cuda", "cupy" or "strict"); ConfigError otherwise."""
+    """The array library that holds `a` ("numpy", "torch", "torch:cuda", "torch:DEVICE" for another torch device
+    type such as "torch:mps", "cupy" or "strict"); ConfigError otherwise."""
     mod = type(a).__module__.split(".")[0]
     if mod == "numpy":
         return "numpy"
     if mod == "torch":
-        return "torch:cuda" if a.device.type == "cuda" else "torch"
+        return "torch" if a.device.type == "cpu" else f"torch:{a.device.type}"
     if mod == "cupy":
         return "cupy"
     if mod == "array_api_strict":
@@ -65,7 +67,7 @@ def host_copy(a: Any, lib: str) -> np.ndarray:
         import cupy
 
         return cupy.asnumpy(a)  # waits for the stream
-    return a.detach().cpu().numpy()  # torch:cuda: a synchronizing copy
+    return a.detach().cpu().numpy()  # a torch device: a synchronizing copy
 
 
 def copy_back(a: Any, host: np.ndarray, lib: str) -> None:

@@ -125,7 +125,8 @@ class MPICommunicator(Communicator):
         if host is not None:
             return Request(self, self._coll.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM), what="an all-reduce")
         lib = array_library(a)
-        if self.cuda_aware:  # UNMEASURED: the MPI reads the device buffer; the stream must be idle first
+        if self.cuda_aware and lib in ("cupy", "torch:cuda"):  # UNMEASURED: the MPI reads the device buffer; the
+            # stream must be idle first (a CUDA-aware MPI reads CUDA memory only: mps, xpu, ... are staged)
             device_sync(lib)
             return Request(self, self._coll.Iallreduce(MPI.IN_PLACE, a, op=MPI.SUM), what="an all-reduce")
         staged = host_copy(a, lib)  # UNMEASURED: device -> host, reduce, host -> device

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..base_errors import BackendUnavailableError
-from .buffers import array_library, host_view, write_back
+from .buffers import array_library, host_copy, host_view, write_back
 from .communicator import Communicator, Request
 from .mpi import MPICommunicator, mpi_world
 
@@ -85,7 +85,8 @@ class TorchCommunicator(Communicator):
                 return torch.from_numpy(host), None
         if lib == "cupy":  # nccl group, CuPy array: share the device memory through DLPack
             return torch.from_dlpack(a), None
-        t = torch.as_tensor(np.asarray(a) if host_view(a) is None else host_view(a)).to(self.device)
+        host = host_view(a)
+        t = torch.as_tensor(host_copy(a, lib) if host is None else host).to(self.device)  # staged (UNMEASURED)
         return t, lambda: write_back(a, t)
 
     def iallreduce_sum_(self, a: Any) -> Request:

@@ -58,7 +58,7 @@ from typing import Any
 
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli
-from llm.cli.flags import step_options
+from llm.cli.flags import build_cli_step
 from llm.cli.session import Session, check_memory, perplexity_text
 from llm.cli.text_args import (MEMORY_HINT, MODEL_DEFAULTS, RUN_DEFAULTS, SAMPLE_PROMPT_CHARS,  # noqa: F401
                                build_parser, check_flags, check_resume_flags, explicit_flags, settings_from_args)
@@ -102,9 +102,7 @@ def build(args: argparse.Namespace, explicit: set[str], session: Session) -> tup
 
 
 def _step(args: argparse.Namespace, session: Session, model: Any, settings: TextSettings) -> Any:
-    from llm.training.loop import build_step
-
-    return build_step(model, settings.adam(model), comm=session.comm, **step_options(args))
+    return build_cli_step(args, model, settings.adam(model), session.comm)
 
 
 def _resumed(args: argparse.Namespace, explicit: set[str], session: Session, kwargs: dict) -> tuple:
@@ -147,7 +145,7 @@ def _new_run(args: argparse.Namespace, session: Session, kwargs: dict) -> tuple:
     config = GPTConfig(vocab_size=tok.vocab_size, **size)
     batch = min(settings.batch_size, args.micro_batch or settings.batch_size)  # the sequences of one pass
     check_memory(config, batch, config.max_seq_len, backend.dtype_name, args.device, MEMORY_HINT,
-                 "symbols")  # before the model is allocated
+                 "symbols", args.attention)  # before the model is allocated
     if corpus is None:
         corpus = text_corpus(args.text, text, tok, settings.val_fraction, config.max_seq_len)
     model = GPT(config, backend, seed=settings.seed)

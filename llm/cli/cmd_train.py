@@ -35,7 +35,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli  # noqa: E402
-from llm.cli.flags import step_options  # noqa: E402
+from llm.cli.flags import build_cli_step  # noqa: E402
 from llm.cli.session import Output, Session, chat_loop, check_memory, perplexity_text  # noqa: E402
 from llm.cli.train_args import (FLAGS, MEMORY_HINT, MODEL_SIZE, RECIPE_FLAGS, VOCAB_HINT,  # noqa: E402,F401
                                 build_parser, check_flags, check_resume_flags, recipe_from_args)
@@ -67,7 +67,6 @@ def build(args: argparse.Namespace, session: Session) -> TrainRun:
     from backends import get_backend
     from backends.capture import set_tf32, use_graphs
     from llm.data.corpora import load_corpus
-    from llm.training.loop import build_step
 
     set_tf32(args.tf32)  # before the backend: CuPy reads its switch from the environment
     ckpt = _load_resumed(args) if args.resume else None
@@ -80,7 +79,7 @@ def build(args: argparse.Namespace, session: Session) -> TrainRun:
         model, tok, recipe, seed = _new_model(args, backend, pretrain + dialogues)
     for i, prompt in enumerate(args.prompt or []):
         check_prompt(tok, prompt, f"--prompt number {i + 1}", warn=False)  # before training; chat() warns
-    step = build_step(model, recipe.adam(model), comm=session.comm, **step_options(args))
+    step = build_cli_step(args, model, recipe.adam(model), session.comm)
     kwargs = dict(progress=not args.no_progress and session.root, log=lambda e: _log_event(session.out, e),
                   log_every=args.log_every, log_grad_norms=args.log_grad_norms, step=step,
                   stop_signals=(signal.SIGINT, signal.SIGTERM))  # SIGTERM (a scheduler's stop) as Ctrl-C
@@ -133,7 +132,7 @@ def _new_model(args: argparse.Namespace, backend: Any, texts: list[str]) -> tupl
     longest = max((len(tok.encode(t)) for t in texts), default=1) - 1
     batch = min(recipe.batch_size, len(texts), args.micro_batch or recipe.batch_size)  # one pass's sequences
     check_memory(config, batch, max(1, min(config.max_seq_len, longest)),
-                 backend.dtype_name, args.device, VOCAB_HINT, "words")  # before the model is allocated
+                 backend.dtype_name, args.device, VOCAB_HINT, "words", args.attention)  # before the model is allocated
     return GPT(config, backend, seed=seed), tok, recipe, seed
 
 

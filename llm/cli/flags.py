@@ -60,7 +60,8 @@ def add_checkpoints(p: argparse.ArgumentParser, when: str) -> argparse._Argument
 
 
 def add_speed(p: argparse.ArgumentParser, script: str) -> None:
-    """The speed and memory flags (--cuda-graphs, --tf32, --workers, --micro-batch, --recompute, ...); `script`
+    """The speed and memory flags (--cuda-graphs, --tf32, --workers, --micro-batch, --recompute, --precision,
+    --attention, --distributed, ...); `script`
     names the command in their help."""
     f = p.add_argument_group("speed")
     f.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
@@ -81,6 +82,10 @@ def add_speed(p: argparse.ArgumentParser, script: str) -> None:
     f.add_argument("--growth-interval", type=positive_int, metavar="N",
                    help="with --precision fp16: clean steps in a row before the loss scale doubles (default "
                         f"{GROWTH_INTERVAL}; an overflow halves it)")
+    f.add_argument("--attention", choices=["auto", "explicit", "blocked"], default="auto",
+                   help="how attention runs: explicit (the (T, T) probabilities kept for backward), blocked (the "
+                        "FlashAttention-2 algorithm, no (T, T) array: less memory) or auto (blocked from 512 "
+                        "positions on; the default). The same results either way")
     f.add_argument("--distributed", action="store_true",
                    help=f"data-parallel over the ranks of an MPI job: mpiexec -n N arraygpt {script} --distributed "
                         "... (--batch-size is the global batch; rank 0 prints and saves; needs pip install -e "
@@ -101,10 +106,16 @@ def check_speed_flags(args: argparse.Namespace) -> None:
                           "--precision fp16 or leave --growth-interval out")
 
 
-def step_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`llm.training.loop.build_step` that the speed flags set."""
-    return dict(workers=args.workers, cuda_graphs=args.cuda_graphs, tf32=args.tf32, micro_batch=args.micro_batch,
-                recompute=args.recompute, precision=args.precision, growth_interval=args.growth_interval)
+def build_cli_step(args: argparse.Namespace, model: Any, optimizer: Any, comm: Any = None) -> Any:
+    """The training step the speed flags ask for (:func:`llm.training.loop.build_step`), after setting how the
+    model's attention runs (--attention)."""
+    from llm.nn.layers.attention import configure_attention
+    from llm.training.loop import build_step
+
+    configure_attention(model, args.attention)
+    return build_step(model, optimizer, comm=comm, workers=args.workers, cuda_graphs=args.cuda_graphs,
+                      tf32=args.tf32, micro_batch=args.micro_batch, recompute=args.recompute,
+                      precision=args.precision, growth_interval=args.growth_interval)
 
 
 def add_plot(p: argparse.ArgumentParser) -> None:

@@ -186,9 +186,10 @@ def check_paths(out: str | None, resume: str | None, overwrite: bool) -> None:
 # -- before anything is allocated ----------------------------------------------------------------------------------------
 
 def check_memory(config: Any, batch: int, seq_len: int, dtype: str, device: str, hint: str,
-                 unit: str = "tokens") -> None:
+                 unit: str = "tokens", attention: str = "auto") -> None:
     """Refuse, before the model is built, a run whose step would not fit in the machine's memory (the kernel would
-    kill it with no message). GPU devices are not checked: their memory is not the machine's."""
+    kill it with no message). GPU devices are not checked: their memory is not the machine's. `attention`: the
+    --attention path (explicit keeps (T, T) arrays at any length)."""
     from backends import host_memory
     from llm.nn.footprint import training_memory
 
@@ -197,7 +198,7 @@ def check_memory(config: Any, batch: int, seq_len: int, dtype: str, device: str,
     available = host_memory.available_memory()
     if available is None:
         return
-    need = training_memory(config, batch, seq_len, 8 if dtype == "float64" else 4)
+    need = training_memory(config, batch, seq_len, 8 if dtype == "float64" else 4, attention)
     if need > available:
         c = config
         raise ConfigError(f"out of memory: training would need about {host_memory.size_text(need)} of memory (vocabulary "

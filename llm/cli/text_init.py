@@ -53,6 +53,6 @@ def init_run(args: argparse.Namespace, explicit: set[str], session: Session, kwa
         encode_text(tok, text, args.text)  # a character the vocabulary lacks: refused, named
         corpus = text_corpus(args.text, text, tok, settings.val_fraction, seq_len)
     check_memory(model.config, settings.batch_size, seq_len, model.backend.dtype_name, args.device, MEMORY_HINT,
-                 "tokens")
+                 "tokens", args.attention)
     kwargs["step"] = make_step(args, session, model, settings)
     return TextRun(model, tok, corpus.train, corpus.val, settings, **kwargs), corpus

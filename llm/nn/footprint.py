@@ -20,14 +20,16 @@ def build_memory(config: Any, dtype_bytes: int) -> int:
     return config.num_parameters() * dtype_bytes + largest_tensor(config) * 16
 
 
-def training_memory(config: Any, batch: int, seq_len: int, dtype_bytes: int) -> int:
+def training_memory(config: Any, batch: int, seq_len: int, dtype_bytes: int, attention: str = "auto") -> int:
     """Bytes a training run needs: the parameters, their gradients and Adam's two moments, the float64 draw of the
     largest parameter when the model is built, plus the activations of `batch` sequences of `seq_len` positions (the
     (B*T, V) logits and their gradient dominate a large vocabulary; attention's (T, T) scores per head and layer a
     long context, unless blocked attention serves it: then one log-sum-exp per head and layer is kept, and one
-    block of keys per head is alive at a time)."""
+    block of keys per head is alive at a time). `attention`: the path the model's attention takes ("auto", the
+    default: explicit below BLOCKED_FROM positions; "explicit"; "blocked")."""
     c = config
-    if seq_len < BLOCKED_FROM:  # the explicit path keeps (T, T) probabilities per head and layer for backward
+    explicit = attention == "explicit" or (attention == "auto" and seq_len < BLOCKED_FROM)
+    if explicit:  # the explicit path keeps (T, T) probabilities per head and layer for backward
         attention = c.n_heads * seq_len * 3 * c.n_layers
     else:
         attention = c.n_heads * (c.n_layers + 4 * BLOCK_K)
