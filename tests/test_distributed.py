@@ -336,33 +336,31 @@ def test_dist_timeout_without_distributed_is_a_usage_error():
     assert p.returncode == 2 and "--dist-timeout needs --distributed" in p.stderr
 
 
-def test_the_book_trainer_with_distributed_matches_one_process(mpi, tmp_path):
+def _book_on_one_and_two_ranks(mpi: str, tmp_path, *flags: str) -> None:
+    # `arraygpt text` with `flags` in one process and on 2 ranks: the same printed lines (losses to 4 decimals,
+    # validation, the sample), printed once; the run saved by rank 0
     text = tmp_path / "book.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
     args = ["-m", "llm", "text", "--text", str(text), "--steps", "8", "--eval-every", "4",
             "--log-every", "4", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32",
-            "--max-seq-len", "16", "--batch-size", "6", "--dtype", "float64", "--sample-chars", "30"]
+            "--max-seq-len", "16", "--batch-size", "6", "--sample-chars", "30", *flags]
     one, _ = _run([sys.executable, *args])
     two, _ = _run([mpi, "-n", "2", sys.executable, *args, "--distributed", "--out", str(tmp_path / "run")])
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     drop = lambda out: [ln for ln in out.splitlines() if "tokens/s" not in ln and "saved" not in ln]  # noqa: E731
-    assert drop(two.stdout) == drop(one.stdout)  # losses, validation and the sample, printed once
-    assert two.stdout.count("val loss") == 2 and json.loads((tmp_path / "run" / "training.json").read_text())["trainer"] == "text"  # its resumable state
+    assert drop(two.stdout) == drop(one.stdout)
+    assert two.stdout.count("val loss") == 2
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["trainer"] == "text"  # its resumable state
+
+
+def test_the_book_trainer_with_distributed_matches_one_process(mpi, tmp_path):
+    _book_on_one_and_two_ranks(mpi, tmp_path, "--dtype", "float64")
 
 
 def test_the_book_trainer_in_fp16_with_micro_batches_on_two_ranks_matches_one_process(mpi, tmp_path):
     # mixed precision on ranks: each rank's slices on the float16 weights, the scaled float32 gradients summed,
-    # one unscaled update; the same printed losses (4 decimals) as one process, and the loss scale saved
-    text = tmp_path / "book.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
-    args = ["-m", "llm", "text", "--text", str(text), "--steps", "8", "--eval-every", "4", "--log-every", "4",
-            "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--max-seq-len", "16",
-            "--batch-size", "6", "--sample-chars", "30", "--precision", "fp16", "--micro-batch", "2"]
-    one, _ = _run([sys.executable, *args])
-    two, _ = _run([mpi, "-n", "2", sys.executable, *args, "--distributed", "--out", str(tmp_path / "run")])
-    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    drop = lambda out: [ln for ln in out.splitlines() if "tokens/s" not in ln and "saved" not in ln]  # noqa: E731
-    assert drop(two.stdout) == drop(one.stdout) and two.stdout.count("val loss") == 2
+    # one unscaled update; the loss scale saved
+    _book_on_one_and_two_ranks(mpi, tmp_path, "--precision", "fp16", "--micro-batch", "2")
     saved = json.loads((tmp_path / "run" / "training.json").read_text())["loss_scale"]
     assert saved["good_steps"] == 8 and saved["overflows"] == 0
 

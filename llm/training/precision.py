@@ -158,6 +158,23 @@ class MixedPrecision:
         return loss
 
 
+class PrecisionOfStep:
+    """What a step tells of its precision (TrainStep and DistributedStep both): ``mixed_precision`` and
+    ``loss_scale``, read from the step's ``_precision`` (a MixedPrecision, or None for fp32)."""
+
+    _precision: MixedPrecision | None = None
+
+    @property
+    def mixed_precision(self) -> MixedPrecision | None:
+        """The :class:`MixedPrecision` of fp16 / bf16 steps, or None (fp32)."""
+        return self._precision
+
+    @property
+    def loss_scale(self) -> LossScale | None:
+        """fp16's :class:`LossScale`, or None (fp32, bf16)."""
+        return None if self._precision is None else self._precision.loss_scale
+
+
 def build_precision(model: Any, precision: Any) -> MixedPrecision | None:
     """None for "fp32" (the plain float32 step), else a :class:`MixedPrecision` for `model`.
 

@@ -31,7 +31,7 @@ from backends.comm import fingerprint
 
 from llm import checks
 from llm.training.accumulate import accumulate, send_split
-from llm.training.precision import build_precision
+from llm.training.precision import PrecisionOfStep, build_precision
 from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (re-exported)
 from llm.errors import ConfigError
 
@@ -44,7 +44,7 @@ def run_fingerprints(**parts: Any) -> dict[str, str]:
     return {name: fingerprint(value) for name, value in parts.items()}
 
 
-class DistributedStep:
+class DistributedStep(PrecisionOfStep):
     """TrainStep's call on N ranks: ``step(tokens, targets, mask=None, lr=None) -> 0-d device loss``.
 
     `tokens`, `targets` (B, T) and `mask` (B, T) bool are the global batch, on the host, identical on every rank;
@@ -73,16 +73,6 @@ class DistributedStep:
     @property
     def last_grad_norm(self) -> Any:
         return self.optimizer.last_grad_norm
-
-    @property
-    def mixed_precision(self) -> Any:
-        """The :class:`~llm.training.precision.MixedPrecision` of fp16 / bf16 steps, or None (fp32)."""
-        return self._precision
-
-    @property
-    def loss_scale(self) -> Any:
-        """fp16's :class:`~llm.training.precision.LossScale`, or None (fp32, bf16)."""
-        return None if self._precision is None else self._precision.loss_scale
 
     # -- the step --------------------------------------------------------------------------------------------
     def __call__(self, tokens: Any, targets: Any, mask: Any = None, lr: float | None = None) -> Any:

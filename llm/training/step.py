@@ -25,10 +25,10 @@ from llm.training.accumulate import MicroBatches, accumulate, send_split, zero_s
 from llm.training.batch import batch_shape, host_shards, prepare_batch, prepare_padded_batch
 from llm.errors import ConfigError
 from llm.training.threads import DataParallel, resolve_workers
-from llm.training.precision import build_precision
+from llm.training.precision import PrecisionOfStep, build_precision
 
 
-class TrainStep:
+class TrainStep(PrecisionOfStep):
     """A model and its optimizer, stepped together; ``cuda_graphs`` is "auto" (on where supported), "on" or "off".
 
     ``tf32=True`` allows TF32 matmuls on GPUs (off by default). ``pad_multiple`` (graphs only, default 16) rounds
@@ -85,16 +85,6 @@ needs one worker ("auto" gives 1).
     @property
     def last_grad_norm(self) -> Any:
         return self.optimizer.last_grad_norm
-
-    @property
-    def mixed_precision(self) -> Any:
-        """The :class:`~llm.training.precision.MixedPrecision` of fp16 / bf16 steps, or None (fp32)."""
-        return self._precision
-
-    @property
-    def loss_scale(self) -> Any:
-        """fp16's :class:`~llm.training.precision.LossScale`, or None (fp32, bf16)."""
-        return None if self._precision is None else self._precision.loss_scale
 
     def _device_step(self, tokens: Any, targets: Any, rows: Any, weights: Any) -> Any:
         # Everything here runs on the device and reads nothing back: the unit a CUDA graph records.
