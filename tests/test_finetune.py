@@ -150,3 +150,15 @@ def test_init_from_on_a_dataset_of_the_models_tokenizer(pretrained, text_file, t
     line = one_error_line(run("text", "--text", str(text_file), "--init-from", str(pretrained), "--tokenizer", "char",
                               *STEPS), 2)
     assert "--init-from brings its model's tokenizer" in line, line
+
+
+def test_the_memory_check_counts_one_micro_batch(pretrained, text_file, tmp_path, monkeypatch, capsys):
+    # with --micro-batch M one forward pass holds M sequences: the check before fine-tuning counts M, as a new run's
+    from llm.cli import cmd_text, text_init
+
+    seen = []
+    monkeypatch.setattr(text_init, "check_memory", lambda config, batch, *a, **k: seen.append(batch))
+    code = cmd_text.main(["--text", str(text_file), "--init-from", str(pretrained), *STEPS, "--micro-batch", "2",
+                          "--out", str(tmp_path / "ft")])
+    capsys.readouterr()
+    assert code == 0 and seen == [2]

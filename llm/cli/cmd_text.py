@@ -58,7 +58,7 @@ from typing import Any
 
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli
-from llm.cli.flags import build_cli_step
+from llm.cli.flags import build_cli_step, pass_batch
 from llm.cli.session import Session, check_memory, perplexity_text
 from llm.cli.text_args import (MEMORY_HINT, MODEL_DEFAULTS, RUN_DEFAULTS, SAMPLE_PROMPT_CHARS,  # noqa: F401
                                build_parser, check_flags, check_resume_flags, explicit_flags, settings_from_args)
@@ -143,7 +143,7 @@ def _new_run(args: argparse.Namespace, session: Session, kwargs: dict) -> tuple:
         text = read_text(args.text, settings.max_chars)
         tok = new_tokenizer(args, text, settings.val_fraction)
     config = GPTConfig(vocab_size=tok.vocab_size, **size)
-    batch = min(settings.batch_size, args.micro_batch or settings.batch_size)  # the sequences of one pass
+    batch = pass_batch(settings.batch_size, args)
     check_memory(config, batch, config.max_seq_len, backend.dtype_name, args.device, MEMORY_HINT,
                  "symbols", args.attention)  # before the model is allocated
     if corpus is None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from llm.cli.common import EXIT_OK, cli_message, one_line_warnings, run_cli  # noqa: E402
-from llm.cli.flags import build_cli_step  # noqa: E402
+from llm.cli.flags import build_cli_step, pass_batch  # noqa: E402
 from llm.cli.session import Output, Session, chat_loop, check_memory, perplexity_text  # noqa: E402
 from llm.cli.train_args import (FLAGS, MEMORY_HINT, MODEL_SIZE, RECIPE_FLAGS, VOCAB_HINT,  # noqa: E402,F401
                                 build_parser, check_flags, check_resume_flags, recipe_from_args)
@@ -130,7 +130,7 @@ def _new_model(args: argparse.Namespace, backend: Any, texts: list[str]) -> tupl
     config = GPTConfig(vocab_size=tok.vocab_size, **size, pos_encoding=args.pos_encoding or "learned")
     recipe = recipe_from_args(args, RECIPES[args.recipe or "default"])
     longest = max((len(tok.encode(t)) for t in texts), default=1) - 1
-    batch = min(recipe.batch_size, len(texts), args.micro_batch or recipe.batch_size)  # one pass's sequences
+    batch = pass_batch(min(recipe.batch_size, len(texts)), args)
     check_memory(config, batch, max(1, min(config.max_seq_len, longest)),
                  backend.dtype_name, args.device, VOCAB_HINT, "words", args.attention)  # before the model is allocated
     return GPT(config, backend, seed=seed), tok, recipe, seed

@@ -106,6 +106,11 @@ def check_speed_flags(args: argparse.Namespace) -> None:
                           "--precision fp16 or leave --growth-interval out")
 
 
+def pass_batch(batch: int, args: argparse.Namespace) -> int:
+    """The sequences one forward pass holds: the batch, or its micro-batches (--micro-batch) when smaller."""
+    return min(batch, args.micro_batch or batch)
+
+
 def build_cli_step(args: argparse.Namespace, model: Any, optimizer: Any, comm: Any = None) -> Any:
     """The training step the speed flags ask for (:func:`llm.training.loop.build_step`), after setting how the
     model's attention runs (--attention)."""

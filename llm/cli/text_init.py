@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from llm.cli.flags import pass_batch
 from llm.cli.session import Session, check_memory
 from llm.cli.text_args import MEMORY_HINT, MODEL_DEFAULTS, settings_from_args
 from llm.errors import ConfigError
@@ -52,7 +53,7 @@ def init_run(args: argparse.Namespace, explicit: set[str], session: Session, kwa
         text = read_text(args.text, settings.max_chars)
         encode_text(tok, text, args.text)  # a character the vocabulary lacks: refused, named
         corpus = text_corpus(args.text, text, tok, settings.val_fraction, seq_len)
-    check_memory(model.config, settings.batch_size, seq_len, model.backend.dtype_name, args.device, MEMORY_HINT,
+    check_memory(model.config, pass_batch(settings.batch_size, args), seq_len, model.backend.dtype_name, args.device, MEMORY_HINT,
                  "tokens", args.attention)
     kwargs["step"] = make_step(args, session, model, settings)
     return TextRun(model, tok, corpus.train, corpus.val, settings, **kwargs), corpus
