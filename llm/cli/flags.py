@@ -13,7 +13,7 @@ from llm.cli.common import (WORKERS_HELP, flag_name, int_at_least, nonnegative_i
                              workers_flag)
 from llm.errors import ConfigError
 from llm.nn.config import POS_ENCODINGS
-from llm.training.precision import GROWTH_INTERVAL
+from llm.training.precision import GROWTH_INTERVAL, check_growth_interval
 
 
 DEVICE_HELP = ("where the model runs: cpu (default), cuda, auto, strict, torch, or torch:DEVICE for any device PyTorch "
@@ -61,8 +61,7 @@ def add_checkpoints(p: argparse.ArgumentParser, when: str) -> argparse._Argument
 
 def add_speed(p: argparse.ArgumentParser, script: str) -> None:
     """The speed and memory flags (--cuda-graphs, --tf32, --workers, --micro-batch, --recompute, --precision,
-    --attention, --distributed, ...); `script`
-    names the command in their help."""
+    --attention, --distributed, ...); `script` names the command in their help."""
     f = p.add_argument_group("speed")
     f.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
                    help="record each training step as a CUDA graph and replay it (torch:cuda only; auto: where "
@@ -101,9 +100,7 @@ def check_speed_flags(args: argparse.Namespace) -> None:
     """The combinations of the speed flags that cannot work, said before anything is read or built."""
     if args.dist_timeout is not None and not args.distributed:
         raise ConfigError("--dist-timeout needs --distributed")
-    if args.growth_interval is not None and args.precision != "fp16":
-        raise ConfigError(f"--growth-interval sets fp16's loss scale; this run is {args.precision}: add "
-                          "--precision fp16 or leave --growth-interval out")
+    check_growth_interval(args.precision, args.growth_interval)
 
 
 def pass_batch(batch: int, args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np  # host side: the padded id batches in, the four totals per example out
+
 from llm import checks
 from llm.errors import DataError
 from llm.infer.evaluation import token_losses
@@ -109,8 +111,6 @@ def example_rows(tokenizer: Any, ex: HellaSwagExample, max_len: int) -> list[tup
 def score_hellaswag(model: Any, tokenizer: Any, examples: list[HellaSwagExample],
                     batch_size: int = 8) -> HellaSwagScore:
     """Score `examples` (see the module docstring), `batch_size` examples (4 rows each) a forward pass."""
-    import numpy as np
-
     checks.positive_int(batch_size, "batch_size")
     be = model.backend
     xp = be.xp

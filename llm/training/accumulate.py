@@ -77,8 +77,8 @@ class MicroBatches:
     def _accumulate_device(self, tokens: Any, targets: Any, rows: Any, weights: Any) -> Any:
         # recorded while the weights bound are the ones the replays read: the low-precision shadow under mixed
         # precision (fp16 scales the loss gradient by the device scalar of its loss scale), the masters otherwise
-        mixed = self.step.mixed_precision
-        scale = None if mixed is None or mixed.loss_scale is None else mixed.loss_scale.scale
+        loss_scale = self.step.loss_scale
+        scale = None if loss_scale is None else loss_scale.scale
         return self.step.model.loss_and_grads_device(tokens, targets, rows, weights, scale, accumulate=True,
                                                      recompute=self.step.recompute)
 

@@ -104,12 +104,10 @@ def build_step(model: Any, optimizer: Any, *, comm: Any = None, workers: int | s
     `micro_batch`, `recompute` and `precision` go to either (gradient accumulation, activation recomputation,
     mixed precision). `growth_interval` (fp16 only, None: the default 2000): clean steps before the loss scale
     doubles."""
-    if growth_interval is not None:
-        from llm.training.precision import MixedPrecision
+    from llm.training.precision import MixedPrecision, check_growth_interval
 
-        if precision != "fp16":
-            raise ConfigError(f"growth_interval sets fp16's loss scale; precision is {precision!r}: use "
-                              "precision='fp16' or leave growth_interval out", param="growth_interval")
+    check_growth_interval(precision, growth_interval)
+    if growth_interval is not None:
         precision = MixedPrecision(model, "fp16", growth_interval=growth_interval)
     if comm is not None:
         if workers not in ("auto", 1):

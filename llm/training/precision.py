@@ -159,10 +159,15 @@ class MixedPrecision:
 
 
 class PrecisionOfStep:
-    """What a step tells of its precision (TrainStep and DistributedStep both): ``mixed_precision`` and
-    ``loss_scale``, read from the step's ``_precision`` (a MixedPrecision, or None for fp32)."""
+    """A step's precision (TrainStep and DistributedStep both): ``precision`` (its name), ``mixed_precision`` and
+    ``loss_scale``, set once by :meth:`_set_precision`."""
 
     _precision: MixedPrecision | None = None
+    precision: str = "fp32"
+
+    def _set_precision(self, model: Any, precision: Any) -> None:
+        self._precision = build_precision(model, precision)
+        self.precision = "fp32" if self._precision is None else self._precision.precision
 
     @property
     def mixed_precision(self) -> MixedPrecision | None:
@@ -173,6 +178,13 @@ class PrecisionOfStep:
     def loss_scale(self) -> LossScale | None:
         """fp16's :class:`LossScale`, or None (fp32, bf16)."""
         return None if self._precision is None else self._precision.loss_scale
+
+
+def check_growth_interval(precision: Any, growth_interval: int | None) -> None:
+    """ConfigError (param="growth_interval") when a growth interval is given for a precision other than fp16."""
+    if growth_interval is not None and precision != "fp16":
+        raise ConfigError(f"`growth_interval` sets fp16's loss scale, but `precision` is {precision}: use fp16 or "
+                          "leave `growth_interval` out", param="growth_interval")
 
 
 def build_precision(model: Any, precision: Any) -> MixedPrecision | None:

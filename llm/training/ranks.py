@@ -31,7 +31,7 @@ from backends.comm import fingerprint
 
 from llm import checks
 from llm.training.accumulate import accumulate, send_split
-from llm.training.precision import PrecisionOfStep, build_precision
+from llm.training.precision import PrecisionOfStep
 from llm.training.batch import batch_shape, host_shards, send_shard, shard_bounds  # noqa: F401  (re-exported)
 from llm.errors import ConfigError
 
@@ -67,8 +67,7 @@ class DistributedStep(PrecisionOfStep):
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.micro_batch = checks.positive_int(micro_batch, "micro_batch", allow_none=True)
         self.recompute = checks.boolean(recompute, "recompute")
-        self._precision = build_precision(model, precision)
-        self.precision = precision if self._precision is None else self._precision.precision
+        self._set_precision(model, precision)
 
     @property
     def last_grad_norm(self) -> Any:

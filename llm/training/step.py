@@ -25,7 +25,7 @@ from llm.training.accumulate import MicroBatches, accumulate, send_split, zero_s
 from llm.training.batch import batch_shape, host_shards, prepare_batch, prepare_padded_batch
 from llm.errors import ConfigError
 from llm.training.threads import DataParallel, resolve_workers
-from llm.training.precision import PrecisionOfStep, build_precision
+from llm.training.precision import PrecisionOfStep
 
 
 class TrainStep(PrecisionOfStep):
@@ -49,8 +49,8 @@ class TrainStep(PrecisionOfStep):
     ``precision``: "fp32" (the default, the float32 step as it always was), "fp16" or "bf16": matmuls and
     activations in that dtype over float32 master weights, with dynamic loss scaling for fp16 (see
     :mod:`llm.training.precision`; ``loss_scale`` is its state, None without one), or a ``MixedPrecision`` built for
-    the model (its growth interval, its initial scale). Composes with ``micro_batch``, ``recompute`` and CUDA graphs;
-needs one worker ("auto" gives 1).
+    the model (its growth interval, its initial scale). Composes with ``micro_batch``, ``recompute`` and CUDA
+    graphs; needs one worker ("auto" gives 1).
     """
 
     def __init__(self, model: Any, optimizer: Any, cuda_graphs: str = "auto", tf32: bool = False,
@@ -60,8 +60,7 @@ needs one worker ("auto" gives 1).
             raise ConfigError("the optimizer was built for another model: Adam(model) with this model")
         pad_multiple = checks.positive_int(pad_multiple, "pad_multiple")
         self.model, self.optimizer, self.pad_multiple = model, optimizer, pad_multiple
-        self._precision = build_precision(model, precision)
-        self.precision = precision if self._precision is None else self._precision.precision
+        self._set_precision(model, precision)
         if self._precision is not None:
             workers = 1 if workers == "auto" else workers
             if workers != 1:
